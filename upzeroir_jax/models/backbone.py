@@ -1,0 +1,36 @@
+"""The contract between the sampler and a diffusion backbone.
+
+The sampler (METHOD.md §3) is generic: it needs an autoencoder, a noise predictor and the
+ᾱ table of the forward process. A backbone is a pytree (a `flax.struct.dataclass`) whose array
+leaves are its parameters, so it is passed into `jax.jit` as an argument rather than baked in
+as a constant, and whose modules and settings are static fields.
+
+Shapes: images are float32 NHWC in [0, 1]; latents are NHWC `[B, H/f, W/f, C]` with
+`f = latent_factor`.
+"""
+
+from typing import Any, Protocol
+
+import jax
+
+
+class Backbone(Protocol):
+  """What the sampler requires of a diffusion backbone."""
+
+  alphas_cumprod: jax.Array  # [T] float32, ᾱ_t for t = 0 … T-1.
+  prediction_type: str  # "epsilon" or "v_prediction".
+  latent_factor: int  # image pixels per latent pixel along each spatial axis.
+  latent_channels: int
+
+  def encode(self, img: jax.Array) -> jax.Array:
+    """[B, H, W, 3] in [0, 1] -> latent [B, H/f, W/f, C] (scaled posterior mean)."""
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """Latent [B, h, w, C] -> image [B, h·f, w·f, 3], nominally in [0, 1] (not clipped)."""
+
+  def model_output(self, z: jax.Array, t: jax.Array, ctx: Any, cfg_scale: float) -> jax.Array:
+    """Raw network prediction (ε or v, per `prediction_type`) for latents z at timestep t.
+
+    `ctx` is the conditioning built outside jit (None for no prompt: one unconditional pass);
+    with a context, classifier-free guidance with weight `cfg_scale` in one batched call.
+    """
