@@ -1,7 +1,7 @@
 """The contract between the sampler and a diffusion backbone.
 
 The sampler (METHOD.md §3) is generic: it needs an autoencoder, a noise predictor and the
-ᾱ table of the forward process. A backbone is a pytree (a `flax.struct.dataclass`) whose array
+DDIM schedule of the forward process (its ᾱ table and prediction type). A backbone is a pytree (a `flax.struct.dataclass`) whose array
 leaves are its parameters, so it is passed into `jax.jit` as an argument rather than baked in
 as a constant, and whose modules and settings are static fields.
 
@@ -17,8 +17,7 @@ import jax
 class Backbone(Protocol):
   """What the sampler requires of a diffusion backbone."""
 
-  alphas_cumprod: jax.Array  # [T] float32, ᾱ_t for t = 0 … T-1.
-  prediction_type: str  # "epsilon" or "v_prediction".
+  schedule: Any  # models.schedule.DDIMSchedule: ᾱ table, prediction type, spacing.
   latent_factor: int  # image pixels per latent pixel along each spatial axis.
   latent_channels: int
 
