@@ -1,0 +1,39 @@
+"""Shared pieces of the PyTorch -> JAX converters: reading state dicts, re-laying out weights."""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Loads a PyTorch `.pth` state dict (tensors only, no code execution) as numpy arrays.
+
+  A checkpoint that wraps its state dict (`{"state_dict": ...}` or `{"model": ...}`) is unwrapped.
+  """
+  import torch  # Converters only: torch is not a runtime dependency.
+
+  state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+  for wrapper in ("state_dict", "model"):
+    if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+      state = state[wrapper]
+  return to_numpy(state)
+
+
+def to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A state dict of torch tensors (or arrays) -> float32 numpy arrays, same keys."""
+  out = {}
+  for name, value in state.items():
+    if hasattr(value, "detach"):
+      value = value.detach().cpu().numpy()
+    out[name] = np.asarray(value, dtype=np.float32)
+  return out
+
+
+def conv(state: Mapping[str, np.ndarray], prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
+  """torch Conv2d `{prefix}.weight [O, I, kh, kw]` (+ bias) -> Flax `{kernel [kh, kw, I, O], bias}`."""
+  params = {"kernel": np.transpose(state[f"{prefix}.weight"], (2, 3, 1, 0))}
+  if bias:
+    params["bias"] = state[f"{prefix}.bias"]
+  return params
