@@ -1,0 +1,322 @@
+"""Dynamic quality refinement (METHOD.md §7, Eq. 16–17): the restore loop with early stop.
+
+`run` drives a pure sampler step `state -> state` inside one `lax.while_loop`. Every k steps
+(`dqr_every`) it scores the latest decoded x̂0 with a no-reference quality model (`Scorer`) and,
+with `Δ = |S_t − S_{t+k}|` the change since the previous check (Eq. 16):
+
+- `Δ < τ`: quality has settled; stop.
+- `Δ ≥ τ` and `t > t_r`: continue the reverse process.
+- `Δ ≥ τ` and `t ≤ t_r`: re-noise the latest ẑ0 to t_r (Eq. 17),
+  `z_{t_r} = sqrt(ᾱ_{t_r})·ẑ0 + γ·sqrt(1−ᾱ_{t_r})·ε`, ε ~ N(0, I), and continue from there.
+
+The result is the x̂0 with the best score seen, not the last one.
+
+Choices where METHOD.md is silent (all documented again in the README):
+
+- t is the timestep of the step that produced the scored x̂0. t_r is snapped to the nearest
+  timestep of the sampler's grid (`restart_index`; ties go to the larger timestep) and Eq. 17
+  uses ᾱ at that grid timestep, so the re-noised latent matches the step it re-enters.
+- Δ needs two scores on the same trajectory: the first check after stage 1 and the first check
+  after each restart only record their score; they can neither stop nor restart.
+- No checks in stage 1 (t ≥ `stage2_t`): there the latent is not guided yet, so x̂0 is a free
+  prior sample and neither its score nor its settling says anything about the restoration.
+  Those checks are skipped (no scorer call) and are not candidates for the output.
+- The check after the last timestep is always scored (even in stage 1), so the final x̂0 is
+  always a candidate. When fewer than k steps remain, that check comes fewer than k steps
+  after the previous one.
+- Restart cap (`dqr_max_restarts`, default 2): once spent, a due restart is refused and the
+  reverse process continues; the run then ends by settling or at the last timestep. Each pass
+  is at most one sweep of the timesteps, so the loop always terminates.
+- Scores are computed on x̂0 clipped to [0, 1]. τ applies to `Scorer.quality`, the score
+  divided by the scorer's `unit` (ARNIQA 1, NIQE 10; see `scorers.py`), so one τ serves both.
+
+Under `vmap` every image stops and restarts on its own. The loop runs until the last image is
+done; a finished image is frozen: its steps, re-noising and bookkeeping are masked by its
+`done` flag, so its latent, PRNG key and PCDM state stay exactly as they were when it stopped.
+
+Structure: the loop body runs k guarded steps (`lax.fori_loop`) and then one check. Checking
+once per body, rather than a per-step `lax.cond` on "is this a check step", keeps the scorer
+off the other steps also under `vmap`, where a `lax.cond` on a per-image predicate becomes a
+select that evaluates both branches on every step.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# info["stop_reason"] codes; STOP_REASONS[code] names them.
+RUNNING = 0  # never returned: the loop ends only with one of the codes below.
+SETTLED = 1  # Δ < τ at a check (Eq. 16).
+END_OF_SCHEDULE = 2  # the timesteps ran out with no restart due.
+RESTART_CAP = 3  # the timesteps ran out after a restart was refused because the cap was spent.
+STOP_REASONS = ("running", "settled", "end_of_schedule", "restart_cap")
+
+
+class DQRError(ValueError):
+  """Input the quality-refinement loop cannot use; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithoutParams:
+  """Adapts a user's `score(img) -> [B]` to the `apply(params, img)` form (hashable)."""
+
+  fn: Callable[[jax.Array], jax.Array]
+
+  def __call__(self, params: Any, img: jax.Array) -> jax.Array:
+    del params
+    return self.fn(img)
+
+
+@flax.struct.dataclass
+class Scorer:
+  """A no-reference image quality model for DQR: `scorer(img [B, H, W, 3]) -> [B]`.
+
+  A pytree: `params` (e.g. an ARNIQA model) are leaves, so a scorer passes through `jax.jit`
+  as an argument; `apply(params, img)` and the settings are static.
+
+  Attributes:
+    apply: `apply(params, img [B, H, W, 3] in [0, 1]) -> [B]` raw scores.
+    params: pytree of arrays given to `apply` (None for parameter-free scorers).
+    higher_is_better: orientation of the raw score (ARNIQA True, NIQE False).
+    unit: raw-score size of one quality unit; τ is compared with differences of
+      `quality = ±score / unit` (METHOD.md §7 gives τ = 0.01 for ARNIQA's [0, 1] scale).
+  """
+
+  apply: Callable[[Any, jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
+  params: Any = None
+  higher_is_better: bool = flax.struct.field(pytree_node=False, default=True)
+  unit: float = flax.struct.field(pytree_node=False, default=1.0)
+
+  def __call__(self, img: jax.Array) -> jax.Array:
+    """Raw scores `[B]` of images `[B, H, W, 3]` in [0, 1]."""
+    return self.apply(self.params, img)
+
+  def quality(self, score: jax.Array) -> jax.Array:
+    """Raw score -> DQR quality: higher is better, in units of `unit` (τ's scale)."""
+    sign = 1.0 if self.higher_is_better else -1.0
+    return sign * score / self.unit
+
+
+def wrap(
+    fn: Callable[[jax.Array], jax.Array], higher_is_better: bool = True, unit: float = 1.0
+) -> Scorer:
+  """A `Scorer` from any jit-able `fn(img [B, H, W, 3]) -> [B]` (METHOD.md §7, pluggable).
+
+  `unit`: raw-score size that τ is measured in (1 for scores on a [0, 1] scale).
+  """
+  if isinstance(fn, Scorer):
+    return fn
+  if not callable(fn):
+    raise DQRError(f"a DQR scorer must be callable as score(img) -> [B], got {type(fn).__name__}")
+  if not (isinstance(unit, (int, float)) and unit > 0):
+    raise DQRError(f"scorer unit must be a number > 0, got {unit!r}")
+  return Scorer(apply=_WithoutParams(fn), higher_is_better=higher_is_better, unit=float(unit))
+
+
+@flax.struct.dataclass
+class DQRState:
+  """The refinement bookkeeping of one image, carried beside the sampler state.
+
+  Attributes:
+    steps: int32, sampler steps taken (all passes).
+    restarts: int32, Eq. 17 restarts done.
+    refused: bool, a restart was due but the cap was spent.
+    done: bool, the run has finished; the image is frozen.
+    reason: int32 stop-reason code (`STOP_REASONS`).
+    prev: float32 quality of the previous check on this trajectory; NaN when there is none.
+    best: float32 best quality seen (−inf before the first scored check).
+    best_score: float32 raw score of `best_x0`.
+    best_x0: [1, H, W, 3] the x̂0 with the best score.
+    checks: int32, scored checks so far (the fill level of the trace).
+    scores: [C] float32 raw score of each scored check, NaN after `checks`.
+    score_t: [C] int32 timestep of the x̂0 of each scored check, −1 after `checks`.
+  """
+
+  steps: jax.Array
+  restarts: jax.Array
+  refused: jax.Array
+  done: jax.Array
+  reason: jax.Array
+  prev: jax.Array
+  best: jax.Array
+  best_score: jax.Array
+  best_x0: jax.Array
+  checks: jax.Array
+  scores: jax.Array
+  score_t: jax.Array
+
+
+def trace_len(num_steps: int, every: int, max_restarts: int) -> int:
+  """Static size of the score trace: an upper bound on the number of scored checks.
+
+  A pass sweeps at most `num_steps` steps and is checked once per `every` steps (the last
+  check of a pass may come sooner); there are at most `1 + max_restarts` passes.
+  """
+  return (1 + max_restarts) * math.ceil(num_steps / every)
+
+
+def restart_index(timesteps: jax.Array, t_restart: int) -> jax.Array:
+  """Index into the descending timestep array of the timestep closest to `t_restart`.
+
+  Ties (t_r midway between two grid timesteps) go to the larger timestep, the earlier index.
+  """
+  return jnp.argmin(jnp.abs(jnp.asarray(timesteps, jnp.int32) - t_restart)).astype(jnp.int32)
+
+
+def renoise(state: Any, timesteps: jax.Array, alphas_cumprod: jax.Array, index: jax.Array,
+            gamma: float) -> Any:
+  """Eq. 17: re-noise the latest ẑ0 to timestep `timesteps[index]` and resume there.
+
+  `z = sqrt(ᾱ)·ẑ0 + γ·sqrt(1−ᾱ)·ε` with ᾱ = `alphas_cumprod[timesteps[index]]` and
+  `ε ~ N(0, I)` drawn from `jax.random.split(state.key)[1]`; the state keeps the first half of
+  the split as its key and gets `i = index`.
+  """
+  key, sub = jax.random.split(state.key)
+  z0 = state.z0
+  eps = jax.random.normal(sub, z0.shape, jnp.float32)
+  a = alphas_cumprod[timesteps[index]].astype(jnp.float32)
+  z = jnp.sqrt(a) * z0.astype(jnp.float32) + gamma * jnp.sqrt(1.0 - a) * eps
+  return state.replace(z=z.astype(state.z.dtype), i=index, key=key)
+
+
+def init(state: Any, trace_size: int) -> DQRState:
+  """Fresh bookkeeping for a sampler state whose x̂0 is `state.x0` `[1, H, W, 3]`."""
+  return DQRState(
+    steps=jnp.int32(0),
+    restarts=jnp.int32(0),
+    refused=jnp.bool_(False),
+    done=jnp.bool_(False),
+    reason=jnp.int32(RUNNING),
+    prev=jnp.float32(jnp.nan),
+    best=jnp.float32(-jnp.inf),
+    best_score=jnp.float32(jnp.nan),
+    best_x0=state.x0,
+    checks=jnp.int32(0),
+    scores=jnp.full((trace_size,), jnp.nan, jnp.float32),
+    score_t=jnp.full((trace_size,), -1, jnp.int32),
+  )
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
+           alphas_cumprod: jax.Array, i_restart: jax.Array, config: Any) -> tuple[Any, DQRState]:
+  """One quality check after a block of steps: score, record, stop / continue / restart."""
+  n = timesteps.shape[0]
+  live = ~d.done
+  t = timesteps[jnp.clip(state.i - 1, 0, n - 1)]
+  at_end = state.i >= n
+  scored = live & (at_end | (t < config.stage2_t))
+
+  def score() -> jax.Array:
+    return scorer(jnp.clip(state.x0, 0.0, 1.0)).astype(jnp.float32).reshape(())
+
+  raw = jax.lax.cond(scored, score, lambda: jnp.float32(jnp.nan))
+  q = scorer.quality(raw)
+  delta = jnp.abs(q - d.prev)
+  settled = scored & (delta < config.dqr_tau)
+  restart_due = scored & (delta >= config.dqr_tau) & (t <= config.dqr_t_restart)
+  restart = restart_due & (d.restarts < config.dqr_max_restarts)
+  refused = d.refused | (restart_due & ~restart)
+  finished = settled | (live & at_end & ~restart)
+  reason = jnp.where(settled, SETTLED, jnp.where(refused, RESTART_CAP, END_OF_SCHEDULE))
+
+  better = scored & (q > d.best)
+  slot = jnp.where(scored, d.checks, d.scores.shape[0])  # out of range: dropped.
+  d = d.replace(
+    restarts=d.restarts + restart.astype(jnp.int32),
+    refused=refused,
+    done=d.done | finished,
+    reason=jnp.where(finished, reason, d.reason).astype(jnp.int32),
+    prev=jnp.where(restart, jnp.nan, jnp.where(scored, q, d.prev)),
+    best=jnp.where(better, q, d.best),
+    best_score=jnp.where(better, raw, d.best_score),
+    best_x0=jnp.where(better, state.x0, d.best_x0),
+    checks=d.checks + scored.astype(jnp.int32),
+    scores=d.scores.at[slot].set(raw, mode="drop"),
+    score_t=d.score_t.at[slot].set(t, mode="drop"),
+  )
+  state = jax.lax.cond(
+    restart,
+    lambda s: renoise(s, timesteps, alphas_cumprod, i_restart, config.dqr_gamma),
+    lambda s: s,
+    state,
+  )
+  return state, d
+
+
+def run(
+    step_fn: Callable[[Any], Any],
+    scorer: Scorer | Callable[[jax.Array], jax.Array],
+    state: Any,
+    timesteps: jax.Array,
+    alphas_cumprod: jax.Array,
+    config: Any,
+    *,
+    unet_per_step: int = 1,
+) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
+  """The restore loop with dynamic quality refinement (METHOD.md §7, Eq. 16–17).
+
+  Args:
+    step_fn: pure `state -> state`, one reverse step at `timesteps[state.i]`, which sets
+      `state.z` (next latent), `state.z0` (ẑ0), `state.x0` (decoded x̂0) and advances `i`.
+    scorer: a `Scorer`, or any `score(img [B, H, W, 3]) -> [B]` (higher is better, [0, 1]).
+    state: sampler state of one image with fields `z`, `i`, `z0`, `x0` `[1, H, W, 3]`, `key`
+      and a `replace` method (a `flax.struct.dataclass`). vmap `run` for a batch.
+    timesteps: int32 `[N]`, descending, the timestep of each step.
+    alphas_cumprod: `[T]` ᾱ table of the forward process (Eq. 17).
+    config: a `RestoreConfig` (static); reads `dqr_every`, `dqr_tau`, `dqr_t_restart`,
+      `dqr_max_restarts`, `dqr_gamma` and `stage2_t`.
+    unet_per_step: UNet evaluations one step costs (2 with classifier-free guidance).
+
+  Returns:
+    `(state, image, info)`: the final sampler state, the best-scored x̂0 `[1, H, W, 3]` (the
+    last x̂0 when no check produced a finite score), and `info` with int32 `steps`,
+    `unet_evals`, `restarts`, `stop_reason` (`STOP_REASONS[code]`), `checks`, the timestep
+    `stop_t` of the last step taken, `best_score` (raw units), and the trace: `scores` `[C]`
+    float32 (raw scores of the scored checks in order, NaN-padded) and `score_t` `[C]` int32
+    (their timesteps, −1-padded), C = `trace_len(N, dqr_every, dqr_max_restarts)`.
+  """
+  scorer = wrap(scorer)
+  if state.x0.ndim != 4 or state.x0.shape[0] != 1:
+    raise DQRError(
+      f"dqr.run drives one image per state (x0 [1, H, W, 3]), got x0 {state.x0.shape}; "
+      "vmap it over a batch")
+  timesteps = jnp.asarray(timesteps, jnp.int32)
+  n = timesteps.shape[0]
+  every = config.dqr_every
+  i_restart = restart_index(timesteps, config.dqr_t_restart)
+
+  def guarded_step(_, carry):
+    s, d = carry
+    active = ~d.done & (s.i < n)
+    s = jax.lax.cond(active, step_fn, lambda s: s, s)
+    return s, d.replace(steps=d.steps + active.astype(jnp.int32))
+
+  def body(carry):
+    s, d = jax.lax.fori_loop(0, every, guarded_step, carry)
+    return _check(s, d, scorer, timesteps, alphas_cumprod, i_restart, config)
+
+  d = init(state, trace_len(n, every, config.dqr_max_restarts))
+  state, d = jax.lax.while_loop(lambda c: ~c[1].done, body, (state, d))
+  image = jnp.where(jnp.isfinite(d.best), d.best_x0, state.x0)
+  info = {
+    "steps": d.steps,
+    "unet_evals": d.steps * unet_per_step,
+    "restarts": d.restarts,
+    "stop_reason": d.reason,
+    "stop_t": timesteps[jnp.clip(state.i - 1, 0, n - 1)],
+    "checks": d.checks,
+    "best_score": d.best_score,
+    "scores": d.scores,
+    "score_t": d.score_t,
+  }
+  return state, image, info
+
