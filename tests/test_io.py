@@ -13,15 +13,15 @@ ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (
          (1, 0, 2, 1))
 
 
-def _filter_rows(sub: np.ndarray) -> bytes:
-  """PNG-filters a uint16 [h, w, C] image byte by byte, cycling through filter types 0..4."""
+def _filter_rows(sub: np.ndarray, cycle: int = 5) -> bytes:
+  """PNG-filters a uint16 [h, w, C] image byte by byte, cycling through filter types 0..cycle-1."""
   h = sub.shape[0]
   bpp = sub.shape[2] * 2
   rows = [bytes(sub[r].astype(">u2").tobytes()) for r in range(h)]
   out = bytearray()
   prev = bytes(len(rows[0]))
   for r, row in enumerate(rows):
-    ftype = r % 5
+    ftype = r % cycle
     out.append(ftype)
     for i, x in enumerate(row):
       a = row[i - bpp] if i >= bpp else 0
@@ -44,14 +44,15 @@ def _filter_rows(sub: np.ndarray) -> bytes:
   return bytes(out)
 
 
-def _png16(arr: np.ndarray, ctype: int, interlace: bool = False, trns: bytes = b"") -> bytes:
+def _png16(arr: np.ndarray, ctype: int, interlace: bool = False, trns: bytes = b"",
+           cycle: int = 5) -> bytes:
   """A 16-bit PNG written from scratch (independent of the reader under test)."""
   h, w, _ = arr.shape
   if interlace:
-    raw = b"".join(_filter_rows(arr[r0::dr, c0::dc]) for r0, c0, dr, dc in ADAM7
+    raw = b"".join(_filter_rows(arr[r0::dr, c0::dc], cycle) for r0, c0, dr, dc in ADAM7
                    if arr[r0::dr, c0::dc].size)
   else:
-    raw = _filter_rows(arr)
+    raw = _filter_rows(arr, cycle)
 
   def chunk(kind, body):
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -77,13 +78,15 @@ def _smooth(h, w):
                    0.2 + 0.6 * xx], axis=-1).astype(np.float32)
 
 
-@pytest.mark.parametrize("interlace", [False, True])
-def test_png16_rgb_read_exactly(tmp_path, interlace):
-  v = _random16((13, 11, 3))
+@pytest.mark.parametrize("interlace,shape,cycle", [
+    (False, (13, 11, 3), 5), (True, (13, 11, 3), 5), (False, (10, 9, 3), 3),
+    (False, (1030, 2, 3), 5)])  # cycle 3: None/Sub/Up rows only; 1030 rows: 3 bands of 512
+def test_png16_rgb_read_exactly(tmp_path, interlace, shape, cycle):
+  v = _random16(shape)
   path = tmp_path / "x.png"
-  path.write_bytes(_png16(v, 2, interlace))
+  path.write_bytes(_png16(v, 2, interlace, cycle=cycle))
   got = io.read_image(path)
-  assert got.dtype == np.float32 and got.shape == (13, 11, 3)
+  assert got.dtype == np.float32 and got.shape == shape
   np.testing.assert_array_equal(np.round(got.astype(np.float64) * 65535).astype(np.uint16), v)
   np.testing.assert_allclose(got, v / 65535.0, rtol=0, atol=1e-7)
 

@@ -95,36 +95,77 @@ def _png_chunks(data: bytes, path: PathLike) -> dict[bytes, bytes]:
     pos += 12 + length
 
 
-def _png_unfilter(raw: np.ndarray, filters: np.ndarray, path: PathLike) -> np.ndarray:
-  """Undoes the PNG row filters of one (sub-)image.
+def _unfilter_rows(raw: np.ndarray, filters: np.ndarray, prev: np.ndarray) -> np.ndarray:
+  """Row-by-row reconstruction for rows filtered None (0), Sub (1) or Up (2) only."""
+  out = np.empty_like(raw)
+  for r in range(raw.shape[0]):
+    if filters[r] == 1:
+      out[r] = np.cumsum(raw[r], axis=0, dtype=np.uint8)  # uint8 sums wrap modulo 256
+    else:
+      out[r] = raw[r] + prev if filters[r] == 2 else raw[r]
+    prev = out[r]
+  return out
 
-  Pixel (r, c) depends on its left, upper and upper-left neighbours, so the loop runs over
-  anti-diagonals r + c = k, each one vectorised; H + W − 1 iterations for any filter mix.
+
+def _unfilter_diagonals(raw: np.ndarray, filters: np.ndarray, prev: np.ndarray) -> np.ndarray:
+  """Reconstruction for any filter mix, one vectorised step per anti-diagonal k = r + c.
+
+  Pixel (r, c) depends on its left, upper and upper-left neighbours only, so each diagonal
+  follows from the two before it; the rows are stored skewed so that a diagonal is one slice.
+  """
+  n, w, bpp = raw.shape
+  i = np.arange(n)[None, :]
+  col = np.arange(n + w - 1)[:, None] - i  # [k, i] -> column of row i on diagonal k
+  valid = (col >= 0) & (col < w)
+  skew = np.zeros((n + w - 1, n, bpp), np.int16)
+  skew[valid] = raw[np.broadcast_to(i, col.shape)[valid], col[valid]]
+  # rec[k + 2, i + 1] holds row i at column k − i; rec[:, 0] is the row above.
+  rec = np.zeros((n + w + 1, n + 1, bpp), np.int16)
+  rec[1:w + 1, 0] = prev
+  f = filters[:, None]
+  present = set(np.unique(filters).tolist())
+  for k in range(n + w - 1):
+    left, up, up_left = rec[k + 1, 1:], rec[k + 1, :-1], rec[k, :-1]
+    pred = np.where(f == 1, left, np.where(f == 2, up, 0))
+    if 3 in present:
+      pred = np.where(f == 3, (left + up) // 2, pred)
+    if 4 in present:
+      p = left + up - up_left
+      pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+      paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+      pred = np.where(f == 4, paeth, pred)
+    rec[k + 2, 1:] = np.where(valid[k][:, None], (skew[k] + pred) & 255, 0)
+  rows = np.arange(n)[:, None]
+  return rec[np.arange(w)[None, :] + rows + 2, rows + 1].astype(np.uint8)
+
+
+def _png_unfilter(raw: np.ndarray, filters: np.ndarray, path: PathLike,
+                  band: int = 512) -> np.ndarray:
+  """Undoes the PNG row filters of one (sub-)image, in bands of rows.
+
+  Bands with only None/Sub/Up rows are reconstructed row by row; bands with Average or Paeth
+  rows diagonal by diagonal (about band + W vectorised steps per band).
 
   Args:
     raw: uint8 `[h, w, bpp]` filtered bytes, bpp bytes per pixel.
     filters: uint8 `[h]` filter type of each row (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth).
     path: for error messages.
+    band: rows per band (bounds the memory of the skewed copies).
 
   Returns:
     uint8 `[h, w, bpp]` reconstructed bytes.
   """
   if filters.size and filters.max() > 4:
     raise _fail(path, f"corrupt PNG (unknown row filter type {int(filters.max())})")
-  h, w, _ = raw.shape
-  rec = np.zeros((h + 1, w + 1, raw.shape[2]), np.int32)  # zero row and column in front
-  raw = raw.astype(np.int32)
-  for k in range(h + w - 1):
-    r = np.arange(max(0, k - w + 1), min(h, k + 1))
-    c = k - r
-    left, up, up_left = rec[r + 1, c], rec[r, c + 1], rec[r, c]
-    f = filters[r][:, None]
-    p = left + up - up_left
-    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
-    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
-    pred = np.select([f == 1, f == 2, f == 3, f == 4], [left, up, (left + up) // 2, paeth], 0)
-    rec[r + 1, c + 1] = (raw[r, c] + pred) & 255
-  return rec[1:, 1:].astype(np.uint8)
+  out = np.empty_like(raw)
+  prev = np.zeros(raw.shape[1:], np.uint8)
+  for r0 in range(0, raw.shape[0], band):
+    rows = slice(r0, r0 + band)
+    simple = filters[rows].max() <= 2
+    unfilter = _unfilter_rows if simple else _unfilter_diagonals
+    out[rows] = unfilter(raw[rows], filters[rows], prev)
+    prev = out[min(r0 + band, raw.shape[0]) - 1]
+  return out
 
 
 def _read_png16(path: pathlib.Path) -> np.ndarray:
