@@ -184,7 +184,7 @@ def test_exif_rotated_jpeg_is_read_upright(tmp_path):
   exif[0x0112] = 6
   Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "r.jpg", quality=100, exif=exif)
   got = io.read_image(tmp_path / "r.jpg")
-  assert got.shape == (48, 32, 3)
+  assert got.shape == (48, 32, 3) and io.image_size(tmp_path / "r.jpg") == (48, 32)
   assert np.abs(got - upright / 255.0).mean() < 0.02
 
 
@@ -197,6 +197,7 @@ def test_orientation_matches_pillow_exif_transpose(tmp_path, orientation):
   with Image.open(tmp_path / "o.png") as im:
     want = np.asarray(ImageOps.exif_transpose(im).convert("RGB")) / 255.0
   np.testing.assert_allclose(io.read_image(tmp_path / "o.png"), want, atol=1e-7)
+  assert io.image_size(tmp_path / "o.png") == want.shape[:2]
 
 
 def _truncated(tmp_path, name, fmt):
@@ -229,6 +230,9 @@ def test_unreadable_inputs_raise_one_line_image_error(tmp_path, make):
   assert isinstance(err.value, ValueError)
   msg = str(err.value)
   assert "\n" not in msg and msg.startswith(str(path))
+  if path.name not in ("t.png", "t.jpg", "t16.png"):  # truncated files keep a readable header
+    with pytest.raises(io.ImageError, match="^" + str(path)):
+      io.image_size(path)
 
 
 @pytest.mark.parametrize("shape", [(601, 399), (1, 1), (4000, 3), (3, 4000)])

@@ -253,6 +253,20 @@ def orient(img: np.ndarray, orientation: int) -> np.ndarray:
   return np.ascontiguousarray(ops[orientation](img)) if orientation in ops else img
 
 
+def _orientation(im: Image.Image) -> int:
+  """EXIF orientation of an opened image, read from its header only.
+
+  For PNG only an eXIf chunk before the image data counts (Pillow would decode the whole image
+  to look further), so `image_size` and `read_image` always agree.
+  """
+  if im.format == "PNG":
+    exif = Image.Exif()
+    if im.info.get("exif"):
+      exif.load(im.info["exif"])
+    return exif.get(_EXIF_ORIENTATION, 1)
+  return im.getexif().get(_EXIF_ORIENTATION, 1)
+
+
 def read_image(path: PathLike) -> np.ndarray:
   """Reads an image file as upright RGB.
 
@@ -276,7 +290,7 @@ def read_image(path: PathLike) -> np.ndarray:
       raise _fail(path, "empty file (0 bytes)")
     header = _png_header(p)
     with Image.open(p) as im:
-      orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+      orientation = _orientation(im)
       if header is not None and header[0] == 16:
         pixels = _read_png16(p)
       else:
@@ -292,6 +306,30 @@ def read_image(path: PathLike) -> np.ndarray:
   except _PIL_ERRORS as e:
     raise _fail(path, f"truncated or corrupt image ({e})") from None
   return _to_rgb(orient(pixels, orientation))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+  """Upright `(H, W)` of an image file from its header (no pixel decoding).
+
+  Raises:
+    ImageError: as `read_image`, for files whose header cannot be read.
+  """
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise _fail(path, "is a directory, not an image file" if p.is_dir() else "no such file")
+  try:
+    with Image.open(p) as im:
+      width, height = im.size
+      swap = _orientation(im) in (5, 6, 7, 8)
+  except Image.UnidentifiedImageError:
+    if p.stat().st_size == 0:
+      raise _fail(path, "empty file (0 bytes)") from None
+    raise _fail(path, "not a recognised image file (PNG, JPEG, BMP, TIFF or WebP)") from None
+  except PermissionError:
+    raise _fail(path, "cannot open (permission denied)") from None
+  except _PIL_ERRORS as e:
+    raise _fail(path, f"truncated or corrupt image ({e})") from None
+  return (width, height) if swap else (height, width)
 
 
 def _as_float_image(img: np.ndarray, name: str = "image") -> np.ndarray:
