@@ -1,0 +1,309 @@
+r"""Degradation statistics in pixel and latent space (the paper's Fig. 2(b) and Fig. 3).
+
+For every clean image of `--input` it synthesises each degradation of METHOD.md §1 (noise,
+haze, low light) at the light and heavy intensity, and records
+
+- (a) the histogram of pixel values (all channels pooled) per degradation and intensity, over
+  whole images at their full resolution: `histograms.csv`, `fig2b_histograms.png`;
+- (b) the per-channel GGD parameters (α, β) of the SD VAE latents of each degraded image
+  (`physics.ggd.fit` over the spatial axes, METHOD §2): `ggd.csv`, `fig3_ggd_scatter.png`.
+
+Degradations run at each image's full resolution (the haze depth map of Eq. 20 depends on the
+image size). For the encoder, the degraded image is centre-cropped to `--crop` × `--crop`
+pixels (rounded down to the VAE's factor; 0 keeps the whole image, rounded down likewise); a
+crop, unlike a resize, keeps the per-pixel noise statistics. Noise for image k uses
+`fold_in(key(seed), k)`.
+
+`--model` is any source `upzeroir_jax.models.sd.load` accepts (a converted checkpoint, a
+diffusers folder, a hub id), or `tiny`: the randomly initialised tiny VAE of `sd.tiny(key)`
+(the same VAE weights, initialised alone), which the plot titles say. Plots need matplotlib
+(`pip install 'upzeroir-jax[plots]'`).
+
+Example (the figures in docs/, 24 Kodak images, 256-pixel crops, about a minute on a CPU):
+  python eval/analyze_degradations.py --input=../shared/datasets/kodak24 \
+      --output=/tmp/degradation_analysis --model=tiny --crop=256
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import csv
+import dataclasses
+import pathlib
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from tqdm import tqdm
+
+from upzeroir_jax import io
+from upzeroir_jax.physics import degrade, ggd
+
+_INPUT = flags.DEFINE_string("input", None, "Folder of clean images.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the PNG figures and CSV files.")
+_MODEL = flags.DEFINE_string(
+  "model",
+  "tiny",
+  "SD source for sd.load (checkpoint folder, diffusers folder, hub id), or "
+  "'tiny' for the random tiny VAE.",
+)
+_CROP = flags.DEFINE_integer("crop", 256, "Centre crop side for the encoder (0: whole image).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).")
+_BINS = flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise and of the tiny VAE.")
+
+KINDS = ("noise", "haze", "lowlight")
+LEVELS = ("light", "heavy")
+KIND_LABELS = {"clean": "clean", "noise": "noise", "haze": "haze", "lowlight": "low light"}
+KIND_COLORS = {"clean": "black", "noise": "tab:blue", "haze": "tab:orange", "lowlight": "tab:green"}
+LEVEL_MARKERS = {"none": "x", "light": "o", "heavy": "^"}
+_degrade = jax.jit(degrade.apply, static_argnames="spec")  # One compile per spec and size.
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+  """One degradation at one intensity; `kind == "clean"` (level "none") is the reference."""
+
+  kind: str
+  level: str
+
+  @property
+  def spec(self) -> str:
+    return f"{self.kind}:{self.level}"
+
+  @property
+  def label(self) -> str:
+    return "clean" if self.kind == "clean" else f"{KIND_LABELS[self.kind]}, {self.level}"
+
+
+CONDITIONS = (Condition("clean", "none"),) + tuple(Condition(k, lv) for k in KINDS for lv in LEVELS)
+
+
+@dataclasses.dataclass
+class Analysis:
+  """What `analyze` measured.
+
+  Attributes:
+    edges: histogram bin edges over [0, 1], `[bins + 1]`.
+    counts: condition -> pixel-value counts `[bins]` summed over images and channels.
+    rows: one dict per (image, condition, latent channel) with keys image, kind, level,
+      channel, alpha, beta.
+  """
+
+  edges: np.ndarray
+  counts: dict[Condition, np.ndarray]
+  rows: list[dict]
+
+
+def degraded_versions(img: np.ndarray, key: jax.Array) -> dict[Condition, np.ndarray]:
+  """Every condition of CONDITIONS applied to one image `[H, W, 3]` (noise keyed by `key`)."""
+  out = {}
+  for cond in CONDITIONS:
+    out[cond] = img if cond.kind == "clean" else np.asarray(_degrade(img, spec=cond.spec, key=key))
+  return out
+
+
+def centre_crop(img: np.ndarray, crop: int, multiple: int) -> np.ndarray:
+  """The centre `crop` × `crop` window (whole image for 0), sides rounded down to `multiple`."""
+  h, w = img.shape[:2]
+  ch, cw = (min(crop, h), min(crop, w)) if crop else (h, w)
+  ch, cw = ch - ch % multiple, cw - cw % multiple
+  if ch == 0 or cw == 0:
+    raise ValueError(f"an image of {h}×{w} pixels is smaller than the encoder's factor {multiple}")
+  top, left = (h - ch) // 2, (w - cw) // 2
+  return img[top : top + ch, left : left + cw]
+
+
+def analyze(
+  files: Sequence[pathlib.Path],
+  encode: Callable[[jax.Array], jax.Array],
+  latent_factor: int,
+  crop: int = 256,
+  bins: int = 64,
+  seed: int = 0,
+  progress: bool = True,
+) -> Analysis:
+  """Pixel histograms and latent GGD parameters of every condition for every image.
+
+  Args:
+    files: clean image files.
+    encode: images `[B, h, w, 3]` in [0, 1] -> latents `[B, h/f, w/f, C]`.
+    latent_factor: f, the encoder's downsampling factor (crops are multiples of it).
+    crop: centre crop side for the encoder (0: whole image).
+    bins: histogram bins over [0, 1].
+    seed: noise seed; image k uses `fold_in(key(seed), k)`.
+    progress: show a tqdm progress bar.
+
+  Returns:
+    The `Analysis`.
+  """
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  counts = {cond: np.zeros(bins, np.int64) for cond in CONDITIONS}
+  rows = []
+  fit = jax.jit(lambda z: ggd.fit(z, axis=(1, 2)))
+  for k, path in enumerate(tqdm(files, desc="images", disable=not progress)):
+    versions = degraded_versions(io.read_image(path), jax.random.fold_in(jax.random.key(seed), k))
+    for cond, img in versions.items():
+      counts[cond] += np.histogram(img, bins=edges)[0]
+    batch = np.stack([centre_crop(versions[c], crop, latent_factor) for c in CONDITIONS])
+    alpha, beta = (np.asarray(v) for v in fit(encode(jnp.asarray(batch))))
+    for i, cond in enumerate(CONDITIONS):
+      for c in range(alpha.shape[1]):
+        rows.append(
+          {
+            "image": path.name,
+            "kind": cond.kind,
+            "level": cond.level,
+            "channel": c,
+            "alpha": float(alpha[i, c]),
+            "beta": float(beta[i, c]),
+          }
+        )
+  return Analysis(edges, counts, rows)
+
+
+def write_csv(analysis: Analysis, folder: pathlib.Path) -> None:
+  """histograms.csv (kind, level, bin_lo, bin_hi, count, density) and ggd.csv (one row each)."""
+  with open(folder / "histograms.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["kind", "level", "bin_lo", "bin_hi", "count", "density"])
+    widths = np.diff(analysis.edges)
+    for cond, counts in analysis.counts.items():
+      density = counts / (counts.sum() * widths)
+      for i, n in enumerate(counts):
+        lo, hi = analysis.edges[i], analysis.edges[i + 1]
+        w.writerow([cond.kind, cond.level, f"{lo:.6g}", f"{hi:.6g}", int(n), f"{density[i]:.6g}"])
+  with open(folder / "ggd.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=["image", "kind", "level", "channel", "alpha", "beta"])
+    w.writeheader()
+    w.writerows(analysis.rows)
+
+
+def _pyplot():
+  try:
+    import matplotlib
+  except ImportError:
+    raise app.UsageError("the plots need matplotlib: pip install 'upzeroir-jax[plots]'") from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def plot_histograms(analysis: Analysis, path: pathlib.Path, note: str) -> None:
+  """Fig. 2(b): one panel per degradation, the clean histogram against light and heavy."""
+  plt = _pyplot()
+  centres = 0.5 * (analysis.edges[1:] + analysis.edges[:-1])
+  widths = np.diff(analysis.edges)
+  clean = analysis.counts[CONDITIONS[0]]
+  fig, axes = plt.subplots(1, len(KINDS), figsize=(13, 3.6), sharey=True)
+  for ax, kind in zip(axes, KINDS):
+    ax.plot(centres, clean / (clean.sum() * widths), color="black", lw=1.5, label="clean")
+    for cond in CONDITIONS:
+      if cond.kind == kind:
+        counts = analysis.counts[cond]
+        style = "-" if cond.level == "light" else "--"
+        ax.plot(
+          centres,
+          counts / (counts.sum() * widths),
+          style,
+          color=KIND_COLORS[kind],
+          lw=1.5,
+          label=cond.level,
+        )
+    ax.set_yscale("log")
+    ax.set_title(KIND_LABELS[kind])
+    ax.set_xlabel("pixel value")
+    ax.legend(fontsize=8)
+  axes[0].set_ylabel("density")
+  fig.suptitle(f"Pixel-value histograms per degradation and intensity ({note})", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def plot_scatter(analysis: Analysis, path: pathlib.Path, note: str) -> None:
+  """Fig. 3: latent GGD (α, β) per channel, coloured by degradation, marked by intensity."""
+  plt = _pyplot()
+  channels = sorted({r["channel"] for r in analysis.rows})
+  fig, axes = plt.subplots(1, len(channels), figsize=(3.4 * len(channels), 3.6))
+  axes = np.atleast_1d(axes)
+  for ax, c in zip(axes, channels):
+    for cond in CONDITIONS:
+      pts = [
+        (r["alpha"], r["beta"])
+        for r in analysis.rows
+        if r["channel"] == c and r["kind"] == cond.kind and r["level"] == cond.level
+      ]
+      a, b = np.array(pts).T
+      ax.scatter(
+        a,
+        b,
+        s=14,
+        alpha=0.75,
+        color=KIND_COLORS[cond.kind],
+        marker=LEVEL_MARKERS[cond.level],
+        label=cond.label,
+      )
+    ax.set_title(f"latent channel {c}")
+    ax.set_xlabel("GGD scale α")
+  axes[0].set_ylabel("GGD shape β")
+  axes[-1].legend(fontsize=7, loc="best")
+  fig.suptitle(f"Per-channel GGD parameters of the VAE latents ({note})", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def load_encoder(model: str, seed: int) -> tuple[Callable[[jax.Array], jax.Array], int, str]:
+  """(encode, latent factor, note for the plot titles) for `--model`."""
+  from upzeroir_jax.models import sd
+
+  if model == "tiny":
+    vae_only = sd.from_config(sd.TINY, jax.random.key(seed), parts=("vae",))
+    note = "random tiny VAE, untrained: illustrates the pipeline, not SD's latents"
+  else:
+    vae_only = sd.load(model)
+    note = f"SD VAE of {model}"
+  encode = jax.jit(sd.encode)
+  return (lambda img: encode(vae_only, img)), vae_only.latent_factor, note
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for flag in (_INPUT, _OUTPUT):
+    if not flag.value:
+      raise app.UsageError(f"--{flag.name} is required")
+  _pyplot()
+  src = pathlib.Path(_INPUT.value)
+  if not src.is_dir():
+    raise app.UsageError(f"input folder {src} does not exist")
+  files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
+  files = files[: _MAX_IMAGES.value] if _MAX_IMAGES.value else files
+  if not files:
+    raise app.UsageError(f"no images in {src}")
+  if _BINS.value < 1 or _CROP.value < 0:
+    raise app.UsageError("--bins must be at least 1 and --crop at least 0")
+  try:
+    encode, factor, note = load_encoder(_MODEL.value, _SEED.value)
+    analysis = analyze(files, encode, factor, _CROP.value, _BINS.value, _SEED.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  out = pathlib.Path(_OUTPUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  write_csv(analysis, out)
+  note = f"{len(files)} images; {note}"
+  plot_histograms(analysis, out / "fig2b_histograms.png", note)
+  plot_scatter(analysis, out / "fig3_ggd_scatter.png", note)
+  logging.info("wrote figures and CSV files to %s", out)
+  print(f"figures and CSV files in {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
