@@ -19,7 +19,7 @@ diffusers folder, a hub id), or `tiny`: the randomly initialised tiny VAE of `sd
 (the same VAE weights, initialised alone), which the plot titles say. Plots need matplotlib
 (`pip install 'upzeroir-jax[plots]'`).
 
-Example (the figures in docs/, 24 Kodak images, 256-pixel crops, about a minute on a CPU):
+Example (the figures in docs/: 24 Kodak images, 256-pixel crops; minutes on a 2-core CPU):
   python eval/analyze_degradations.py --input=../shared/datasets/kodak24 \
       --output=/tmp/degradation_analysis --model=tiny --crop=256
 """
