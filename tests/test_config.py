@@ -41,6 +41,7 @@ def test_config_is_hashable_and_usable_as_static_jit_argument():
   ("steps", 0), ("steps", 2.5), ("guidance_scale", -1.0), ("stage3_t", 800),
   ("pcdm_variant", "unet"), ("deg_loss", "l2"), ("dtype", "float16"), ("pcdm_lr", 0.0),
   ("dqr", 1), ("task", "deblur"), ("eta", 2.0), ("exp_target", 1.5),
+  ("pcdm_features", [64, 128]), ("disc_features", (64, 0)),
 ])
 def test_invalid_value_names_the_field(field, value):
   with pytest.raises(ValueError, match=field):

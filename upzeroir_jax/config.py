@@ -54,7 +54,10 @@ class RestoreConfig:
     pcdm_w_mse / pcdm_w_per / pcdm_w_adv: PCDM training weights (Eq. 12, per task).
     perc_damp_threshold / perc_damp_factor: from t < stage2_t the PCDM perceptual term x
       becomes `x if x <= threshold else factor·x` (10, 0.2 [LD-RPS]).
-    leaky_slope: negative slope of the LeakyReLUs of PCDM and discriminators (0.2).
+    leaky_slope: negative slope of the LeakyReLUs of PCDM and discriminators (0.01, torch's
+      `nn.LeakyReLU()` default used by LD-RPS).
+    pcdm_features / disc_features: conv widths of PCDM and of both discriminators
+      ((64, 128, 256) [METHOD §4]; narrower nets for cheap tests and small backbones).
   Guidance (§5–§6, Supp. Tab. 6):
     deg_loss: "kl" (GGD KL on latents, Eq. 13) or "l1" (pixel L1, §8 ablation).
     lambda_deg / lambda_mse / lambda_per / lambda_adv: image-distance weights (Eq. 14).
@@ -85,7 +88,9 @@ class RestoreConfig:
   pcdm_w_adv: float = _PCDM_WEIGHTS["lowlight"][2]
   perc_damp_threshold: float = 10.0
   perc_damp_factor: float = 0.2
-  leaky_slope: float = 0.2
+  leaky_slope: float = 0.01
+  pcdm_features: tuple[int, ...] = (64, 128, 256)
+  disc_features: tuple[int, ...] = (64, 128, 256)
   deg_loss: str = "kl"
   lambda_deg: float = _GUIDANCE_WEIGHTS["lowlight"][0]
   lambda_mse: float = _GUIDANCE_WEIGHTS["lowlight"][1]
@@ -126,6 +131,10 @@ class RestoreConfig:
     _check(self, "exp_target", _is_real(self.exp_target) and 0 <= self.exp_target <= 1,
            "in [0, 1]")
     _check(self, "prompt", isinstance(self.prompt, str), "a string")
+    for name in ("pcdm_features", "disc_features"):
+      v = getattr(self, name)
+      _check(self, name, isinstance(v, tuple) and len(v) >= 1
+             and all(_is_int(w) and w >= 1 for w in v), "a non-empty tuple of ints >= 1")
     for name in ("dqr", "remat"):
       _check(self, name, isinstance(getattr(self, name), bool), "True or False")
 

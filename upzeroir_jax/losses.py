@@ -1,0 +1,99 @@
+"""The loss terms of UP-ZeroIR as pure functions (METHOD.md §4–§6).
+
+Images are `[B, H, W, 3]` floats in [0, 1]; every loss is a scalar mean over all its elements
+(batch included), as LD-RPS takes means over pixels.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from upzeroir_jax.models import vgg
+from upzeroir_jax.physics import ggd
+
+
+def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean squared error over all elements (METHOD §4 Eq. 12, §5 Eq. 14)."""
+  return jnp.mean(jnp.square(a - b))
+
+
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean absolute error: the "w/o DegLoss" ablation's pixel L1 between ŷ and y (METHOD §8)."""
+  return jnp.mean(jnp.abs(a - b))
+
+
+def perceptual(vgg_params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
+  """MSE between VGG16 relu2_2 features of two images (METHOD §4, Perc [LD-RPS VGGLoss]).
+
+  a, b: `[B, H, W, 3]` in [0, 1]; both go through VGG in one batched call.
+  """
+  feats = vgg.perceptual_features(vgg_params, jnp.concatenate([a, b], axis=0))
+  fa, fb = jnp.split(feats, 2, axis=0)
+  return mse(fa, fb)
+
+
+def perceptual_to(vgg_params: dict, a: jax.Array, b_feats: jax.Array) -> jax.Array:
+  """`perceptual` against precomputed relu2_2 features of the second image (METHOD §5)."""
+  return mse(vgg.perceptual_features(vgg_params, a), b_feats)
+
+
+def bce_with_logits(logits: jax.Array, real: bool) -> jax.Array:
+  """Binary cross-entropy of sigmoid(logits) against all-real (1) or all-fake (0) labels.
+
+  METHOD §4 (LD-RPS GANLoss with `nn.BCELoss` after a sigmoid), in the stable logit form:
+  real: mean(softplus(−l)) = −mean(log σ(l)); fake: mean(softplus(l)) = −mean(log(1 − σ(l))).
+  """
+  return jnp.mean(jax.nn.softplus(-logits if real else logits))
+
+
+def damp(x: jax.Array, threshold: float | jax.Array, factor: float | jax.Array) -> jax.Array:
+  """Perceptual damping of METHOD §4 [LD-RPS dynamic_clip]: `x if x <= threshold else factor·x`."""
+  return jnp.where(x <= threshold, x, factor * x)
+
+
+def deg_loss(z_hat: jax.Array, alpha_y: jax.Array, beta_y: jax.Array) -> jax.Array:
+  """Degradation alignment loss DegLoss (METHOD §5, Eq. 13).
+
+  Per latent channel GGD fit of z_ŷ = E(ŷ) against the fixed fit (α_y, β_y) of z_y = E(y);
+  the mean over channels (and batch) of KL(GGD(z_ŷ) ‖ GGD(z_y)).
+
+  Args:
+    z_hat: latents of ŷ, `[B, h, w, C]`.
+    alpha_y, beta_y: `[B, C]` (or broadcastable), from `ggd.fit(E(y), axis=(1, 2))`.
+  """
+  alpha, beta = ggd.fit(z_hat, axis=(1, 2))
+  return jnp.mean(ggd.kl(alpha, beta, alpha_y, beta_y))
+
+
+def exposure(x: jax.Array, patch: int = 32, target: float = 0.5) -> jax.Array:
+  """Exposure loss L_exp(patch, target) of METHOD §6 (Eq. 15, [LD-RPS L_exp]).
+
+  The RGB mean image is average-pooled over non-overlapping `patch`×`patch` windows (trailing
+  rows/columns that do not fill a window are dropped, as `nn.AvgPool2d`), and the squared
+  distance of the window means to `target` is averaged. Images smaller than one window are
+  pooled as one window.
+  """
+  b, h, w, _ = x.shape
+  ph, pw = min(patch, h), min(patch, w)
+  m = jnp.mean(x, axis=-1)[:, :h - h % ph, :w - w % pw]
+  m = m.reshape(b, h // ph, ph, w // pw, pw).mean(axis=(2, 4))
+  return jnp.mean(jnp.square(m - target))
+
+
+def color(x: jax.Array) -> jax.Array:
+  """Colour-constancy loss L_color of METHOD §6 (Eq. 15, [LD-RPS L_color]).
+
+  With channel means μ_r, μ_g, μ_b and D_pq = (μ_p − μ_q)²: sqrt(D_rg² + D_rb² + D_gb²),
+  averaged over the batch. The square root has gradient 0 where its argument is 0 (grey
+  images), instead of NaN.
+  """
+  mu = jnp.mean(x, axis=(1, 2))
+  d = jnp.square(mu[:, [0, 0, 2]] - mu[:, [1, 2, 1]])
+  s = jnp.sum(jnp.square(d), axis=-1)
+  positive = s > 0
+  return jnp.mean(jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1.0)), 0.0))
+
+
+def quality(x: jax.Array, w_exp: float | jax.Array, w_col: float | jax.Array,
+            patch: int = 32, target: float = 0.5) -> jax.Array:
+  """Quality term Q = w_exp·L_exp + w_col·L_color of the restored image (METHOD §6, Eq. 15)."""
+  return w_exp * exposure(x, patch, target) + w_col * color(x)
