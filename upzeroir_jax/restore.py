@@ -1,0 +1,196 @@
+"""`restore`: zero-shot restoration of one image or a batch (METHOD.md §3–§7).
+
+`restore(models, y, key, config)` validates the input on the host, then runs one jit-compiled
+function: per image, `sampler.state.init` and either the fixed pass (`lax.scan` of
+`sampler.step`, `config.dqr` False) or the dynamic quality refinement loop
+(`sampler.dqr.run`, `config.dqr` True). A batch `[B, H, W, 3]` is a `jax.vmap` over the
+per-image states, each image with its own PCDM and key; it equals B single calls with the same
+keys.
+
+Compilation: the function is compiled once per input shape and per *static* configuration;
+the per-task loss weights and the guidance scale are traced values (`sampler.state.LossWeights`),
+so presets that differ only in their weights share one compiled function.
+
+Choices where METHOD.md is silent [ours]:
+- Output of the fixed pass: the final latent z after the last step, decoded and clipped to
+  [0, 1] (as diffusers pipelines decode their final latents). DQR returns its best-scored x̂0.
+- Backbone precision / remat: a backbone with `dtype` / `remat_decode` fields (models/sd.py)
+  is switched to `config.dtype` / `config.remat` here; other backbones are used as given.
+- In the batched fixed pass all images share the step index, so the timestep stays unbatched
+  and the stage `lax.cond` keeps skipping the guidance computation in stage 1.
+"""
+
+import dataclasses
+import functools
+import importlib
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from upzeroir_jax import config as config_lib
+from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.sampler import state as state_lib
+from upzeroir_jax.sampler import step as step_lib
+
+
+class InputError(ValueError):
+  """An input `restore` cannot use; the message says what to change."""
+
+
+@flax.struct.dataclass
+class Models:
+  """The networks a restoration uses: a `Backbone` (models/backbone.py), VGG16 params for the
+  perceptual loss (models/vgg.py), and the DQR scorer (sampler/dqr.py; needed when
+  `config.dqr` is True)."""
+
+  backbone: Any
+  vgg_params: Any
+  scorer: Any = None
+
+
+class RestoreResult(NamedTuple):
+  """`image`: `[H, W, 3]` or `[B, H, W, 3]` float32 in [0, 1] (as y); `info`: dict of arrays,
+  the sampler trace (`sampler.state.TRACE_KEYS`, `[N]` or `[B, N]`) and, with DQR, its info."""
+
+  image: jax.Array
+  info: dict[str, jax.Array]
+
+
+def _configure_backbone(backbone: Any, config: config_lib.RestoreConfig) -> Any:
+  """Applies `config.dtype` / `config.remat` to a backbone that has such settings."""
+  if not dataclasses.is_dataclass(backbone):
+    return backbone
+  names = {f.name for f in dataclasses.fields(backbone)}
+  changes = {}
+  if "dtype" in names:
+    changes["dtype"] = jnp.dtype(config.dtype)
+  if "remat_decode" in names:
+    changes["remat_decode"] = config.remat
+  return backbone.replace(**changes) if changes else backbone
+
+
+def _timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
+  return jnp.asarray(schedule_lib.timesteps(models.backbone.schedule, config.steps))
+
+
+def _finish(models: Models, st: state_lib.SamplerState) -> jax.Array:
+  return jnp.clip(models.backbone.decode(st.z).astype(jnp.float32), 0.0, 1.0)
+
+
+def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig,
+             ts: jax.Array, st: state_lib.SamplerState
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """One image through the DQR loop (METHOD §7); `y` `[1, H, W, 3]`."""
+  try:
+    dqr = importlib.import_module("upzeroir_jax.sampler.dqr")
+  except ImportError:
+    raise NotImplementedError("dynamic quality refinement is not available; "
+                              "pass a config with dqr=False") from None
+  st, image, info = dqr.run(lambda s: step_lib.step(models, y, ctx, config, ts, s),
+                            models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
+                            config)
+  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
+
+
+def _trace_len(config: config_lib.RestoreConfig) -> int:
+  return config.steps * (1 + config.dqr_max_restarts) if config.dqr else config.steps
+
+
+@functools.partial(jax.jit, static_argnames=("config", "batched"))
+def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossWeights,
+         ctx: Any, config: config_lib.RestoreConfig, batched: bool
+         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` when batched, else
+  y `[1, H, W, 3]` with one key."""
+  ts = _timesteps(models, config)
+  trace_len = _trace_len(config)
+
+  def init(yy, key):
+    return state_lib.init_with_weights(models, yy, key, config, weights, trace_len)
+
+  if config.dqr:
+    def one(yy, key):
+      return _run_dqr(models, yy, ctx, config, ts, init(yy, key))
+    return jax.vmap(one)(y, keys) if batched else one(y, keys)
+
+  if batched:
+    states = jax.vmap(init)(y, keys)
+    step_b = jax.vmap(lambda yy, t, s: step_lib.step_at(models, yy, ctx, config, t, s),
+                      in_axes=(0, None, 0))
+    states, _ = jax.lax.scan(lambda s, t: (step_b(y, t, s), None), states, ts)
+    return jax.vmap(lambda s: _finish(models, s))(states), states.trace
+  st = init(y, keys)
+  st, _ = jax.lax.scan(lambda s, t: (step_lib.step_at(models, y, ctx, config, t, s), None),
+                       st, ts)
+  return _finish(models, st), st.trace
+
+
+def _validate(models: Models, y: Any, key: Any, config: Any) -> tuple[np.ndarray | jax.Array, int]:
+  """One-line errors for bad input; returns y as an array and the batch size (0: one image)."""
+  if not isinstance(config, config_lib.RestoreConfig):
+    raise InputError(f"config must be a RestoreConfig, got {type(config).__name__}")
+  if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+    raise InputError(f"y must be an array [H, W, 3] or [B, H, W, 3], got {type(y).__name__}")
+  if y.ndim not in (3, 4) or y.shape[-1] != 3:
+    raise InputError(f"y must be [H, W, 3] or [B, H, W, 3] RGB, got shape {tuple(y.shape)}")
+  if not jnp.issubdtype(y.dtype, jnp.floating):
+    raise InputError(f"y must be float in [0, 1], got dtype {y.dtype}; "
+                     "use upzeroir_jax.io.read_image or divide uint8 by 255")
+  grid = 8 * models.backbone.latent_factor
+  h, w = y.shape[-3], y.shape[-2]
+  if h % grid or w % grid or h < grid or w < grid:
+    raise InputError(f"y is {h}x{w}; height and width must be positive multiples of {grid} "
+                     "for this backbone: bring it to the model grid with "
+                     "upzeroir_jax.io.to_model_grid")
+  if not isinstance(y, jax.core.Tracer):
+    lo, hi = float(jnp.min(y)), float(jnp.max(y))
+    if not (0.0 <= lo and hi <= 1.0):
+      raise InputError(f"y must hold values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+  if config.dqr and models.scorer is None:
+    raise InputError("config.dqr is True but models.scorer is None: "
+                     "give a scorer (sampler.dqr) or set dqr=False")
+  batch = y.shape[0] if y.ndim == 4 else 0
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  key_batch = key.shape[:1] if key.ndim == (1 if typed else 2) else ()
+  if key_batch and (not batch or key_batch[0] != batch):
+    raise InputError(f"got {key_batch[0]} keys for {batch or 'one'} image(s); "
+                     "give one key, or one key per image")
+  return y, batch
+
+
+def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
+            *, context: Any = None) -> RestoreResult:
+  """Restores degraded images with UP-ZeroIR (METHOD.md §3–§7).
+
+  Args:
+    models: `Models` (backbone, VGG16 params, scorer for DQR).
+    y: degraded image `[H, W, 3]` or batch `[B, H, W, 3]`, float in [0, 1], on the model grid
+      (height and width multiples of 8·latent_factor; `io.to_model_grid` brings images there).
+    key: PRNG key. For a batch, one key (image b uses `jax.random.split(key, B)[b]`) or a
+      `[B]` batch of keys (image b uses key[b]; then the result equals B single calls).
+    config: `RestoreConfig` (hashable; its non-weight fields select the compiled function).
+    context: text conditioning built outside jit (`models.sd.text_context`), or None.
+
+  Returns:
+    `RestoreResult(image, info)`: image shaped like y in [0, 1]; info the sampler trace
+    (`sampler.state.TRACE_KEYS`) and, with DQR, the refinement info (sampler/dqr.py).
+
+  Raises:
+    InputError: bad shape, dtype, range, grid size, key count, or DQR without a scorer.
+  """
+  y, batch = _validate(models, y, key, config)
+  models = models.replace(backbone=_configure_backbone(models.backbone, config))
+  y = jnp.asarray(y, jnp.float32)
+  h, w = y.shape[-3], y.shape[-2]
+  weights = state_lib.loss_weights(config, h * w)
+  static = state_lib.weightless(config)
+  if batch:
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
+    image, info = _run(models, y[:, None], keys, weights, context, static, True)
+    return RestoreResult(image[:, 0], info)
+  image, info = _run(models, y[None], key, weights, context, static, False)
+  return RestoreResult(image[0], info)

@@ -1,0 +1,202 @@
+"""The sampler's state pytree and its initialisation (METHOD.md §3–§5).
+
+Everything one image's restoration carries from step to step is one `SamplerState`: the
+latent, the latest ẑ0 / x̂0, the PRNG key, PCDM and both discriminators with their Adam states,
+the quantities of y computed once (E(y), its GGD fit, the GGD statistics and VGG features of y),
+the loss weights, and the per-step trace. `step.step` maps a state to the next one. A batch of
+images is a `jax.vmap` over states (each image has its own PCDM).
+
+The loss weights live in the state as float32 scalars (`LossWeights`) rather than being read
+from the static config inside the step, so presets that differ only in their weights (and
+guidance-scale sweeps) share one compiled function.
+
+Trace [ours]: `trace` is a dict of arrays `[trace_len]` (`TRACE_KEYS`); step number n (counting
+every step taken, restarts included) writes row n, rows past the end are dropped. Unwritten rows
+hold t = −1 and zeros.
+"""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from upzeroir_jax import config as config_lib
+from upzeroir_jax.models import pcdm, vgg
+from upzeroir_jax.physics import ggd
+
+TRACE_KEYS = (
+  "t",           # timestep of the step.
+  "stage",       # 1, 2 or 3 (METHOD §3 table).
+  "pcdm_loss",   # L_PCDM (Eq. 12), before the PCDM update, with the damped perceptual term.
+  "pcdm_mse", "pcdm_per", "pcdm_adv",  # its weighted terms.
+  "disc_loss",   # BCE of the PCDM discriminator (real y, fake ŷ), before its update.
+  "deg", "mse", "per", "adv",  # weighted terms of the image distance D (Eq. 14).
+  "distance",    # D(PCDM(x̂0), y) = deg + mse + per + adv (0 in stage 1).
+  "quality",     # the weighted quality term Q(x̂0) (Eq. 15; 0 before stage 3).
+  "grad_norm",   # ‖∇ẑ0 (D + Q)‖₂ before the scale s.
+)
+
+WEIGHT_FIELDS = ("pcdm_w_mse", "pcdm_w_per", "pcdm_w_adv", "lambda_deg", "lambda_mse",
+                 "lambda_per", "lambda_adv", "w_exp", "w_col", "guidance_scale")
+
+
+@flax.struct.dataclass
+class LossWeights:
+  """The per-task loss weights and the effective guidance scale, as traced float32 scalars."""
+
+  pcdm_w_mse: jax.Array
+  pcdm_w_per: jax.Array
+  pcdm_w_adv: jax.Array
+  lambda_deg: jax.Array
+  lambda_mse: jax.Array
+  lambda_per: jax.Array
+  lambda_adv: jax.Array
+  w_exp: jax.Array
+  w_col: jax.Array
+  guidance_scale: jax.Array
+
+
+def loss_weights(config: config_lib.RestoreConfig, num_pixels: int) -> LossWeights:
+  """The weights of `config`, with s scaled to the model grid (METHOD §3, s·N/N_ref [ours]).
+
+  num_pixels: N = H·W of the model-grid image. With `config.guidance_ref_pixels` = 0 the scale
+  is used as given.
+  """
+  values = {name: getattr(config, name) for name in WEIGHT_FIELDS}
+  if config.guidance_ref_pixels:
+    values["guidance_scale"] *= num_pixels / config.guidance_ref_pixels
+  return LossWeights(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+
+
+def weightless(config: config_lib.RestoreConfig) -> config_lib.RestoreConfig:
+  """`config` with the fields carried by `LossWeights` reset to their defaults.
+
+  The static part of a configuration: two configs with the same `weightless` form share a
+  compiled sampler.
+  """
+  default = config_lib.RestoreConfig()
+  return config.replace(task=default.task,
+                        **{name: getattr(default, name) for name in WEIGHT_FIELDS})
+
+
+@flax.struct.dataclass
+class SamplerState:
+  """One image's restoration state (METHOD §3–§5). Shapes for a model grid of H×W pixels.
+
+  Attributes:
+    z: z_t for the next step, `[1, h, w, C]` (h = H / latent_factor).
+    i: int32 index of the next step into the timesteps array.
+    n: int32 number of steps taken (restarts included); the trace row of the next step.
+    z0: latest ẑ0 `[1, h, w, C]`.
+    x0: latest decoded x̂0 `[1, H, W, 3]` (not clipped).
+    key: PRNG key.
+    pcdm, pcdm_opt: degradation-model params and Adam state (METHOD §4).
+    disc, disc_opt: discriminator telling y (real) from ŷ (fake) and its Adam state (§4).
+    disc2, disc2_opt: discriminator telling x̂0 − ŷ (real) from x̂0 − y (fake) (§5, Adv).
+    zy: E(y) `[1, h, w, C]`; zy_alpha, zy_beta: its per-channel GGD fit `[1, C]` (§5).
+    y_stats: log α, log β of the RGB GGD fit of y `[1, 6]` (PCDM conditioning, §4).
+    y_feats: VGG16 relu2_2 features of y `[1, H/2, W/2, 128]` (Perc(ŷ, y), §5).
+    weights: `LossWeights`.
+    trace: dict of `[trace_len]` arrays, keys `TRACE_KEYS`.
+  """
+
+  z: jax.Array
+  i: jax.Array
+  n: jax.Array
+  z0: jax.Array
+  x0: jax.Array
+  key: jax.Array
+  pcdm: Any
+  pcdm_opt: Any
+  disc: Any
+  disc_opt: Any
+  disc2: Any
+  disc2_opt: Any
+  zy: jax.Array
+  zy_alpha: jax.Array
+  zy_beta: jax.Array
+  y_stats: jax.Array
+  y_feats: jax.Array
+  weights: LossWeights
+  trace: dict[str, jax.Array]
+
+
+def optimizers(config: config_lib.RestoreConfig
+               ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+  """Adam for PCDM (lr `pcdm_lr`) and for both discriminators (lr `disc_lr`) (METHOD §4)."""
+  return optax.adam(config.pcdm_lr), optax.adam(config.disc_lr)
+
+
+def degradation_net(config: config_lib.RestoreConfig):
+  """The PCDM module (or its ResBlocks ablation) that `config` selects (METHOD §4, §8)."""
+  return pcdm.make(config.pcdm_variant, config.pcdm_features, config.leaky_slope)
+
+
+def discriminator(config: config_lib.RestoreConfig) -> pcdm.Discriminator:
+  """The discriminator module of `config` (METHOD §4); both discriminators share it."""
+  return pcdm.Discriminator(features=config.disc_features, slope=config.leaky_slope)
+
+
+def empty_trace(length: int) -> dict[str, jax.Array]:
+  """A trace of `length` unwritten rows (t = −1, zeros elsewhere)."""
+  trace = {k: jnp.zeros((length,), jnp.float32) for k in TRACE_KEYS}
+  trace["t"] = jnp.full((length,), -1, jnp.int32)
+  trace["stage"] = jnp.zeros((length,), jnp.int32)
+  return trace
+
+
+def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
+                      config: config_lib.RestoreConfig, weights: LossWeights,
+                      trace_len: int | None = None) -> SamplerState:
+  """`init` with explicitly given (possibly traced) loss weights."""
+  backbone = models.backbone
+  k_z, k_net, k_d, k_d2, k_run = jax.random.split(key, 5)
+  zy = backbone.encode(y).astype(jnp.float32)
+  zy_alpha, zy_beta = ggd.fit(zy, axis=(1, 2))
+  net, disc = degradation_net(config), discriminator(config)
+  pcdm_tx, disc_tx = optimizers(config)
+  net_params = pcdm.init(net, k_net)
+  d_params, d2_params = pcdm.init(disc, k_d), pcdm.init(disc, k_d2)
+  z = jax.random.normal(k_z, zy.shape, jnp.float32)
+  return SamplerState(
+    z=z,
+    i=jnp.zeros((), jnp.int32),
+    n=jnp.zeros((), jnp.int32),
+    z0=jnp.zeros_like(z),
+    x0=jnp.zeros_like(y, jnp.float32),
+    key=k_run,
+    pcdm=net_params,
+    pcdm_opt=pcdm_tx.init(net_params),
+    disc=d_params,
+    disc_opt=disc_tx.init(d_params),
+    disc2=d2_params,
+    disc2_opt=disc_tx.init(d2_params),
+    zy=zy,
+    zy_alpha=zy_alpha,
+    zy_beta=zy_beta,
+    y_stats=pcdm.image_stats(y),
+    y_feats=vgg.perceptual_features(models.vgg_params, y),
+    weights=weights,
+    trace=empty_trace(config.steps if trace_len is None else trace_len),
+  )
+
+
+def init(models: Any, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
+         trace_len: int | None = None) -> SamplerState:
+  """The state before the first reverse step (METHOD §3): z_T ~ N(0, I), fresh PCDM and
+  discriminators (Kaiming init, re-initialised per image [LD-RPS]), E(y) computed once.
+
+  Args:
+    models: `restore.Models` (backbone, vgg_params).
+    y: the degraded image on the model grid, `[1, H, W, 3]` in [0, 1].
+    key: PRNG key; split into z_T noise, PCDM, both discriminators and the running key.
+    config: the settings (static).
+    trace_len: rows of the trace (default `config.steps`; longer for restarts).
+
+  Returns:
+    The `SamplerState` with i = n = 0.
+  """
+  return init_with_weights(models, y, key, config, loss_weights(config, y.shape[1] * y.shape[2]),
+                           trace_len)

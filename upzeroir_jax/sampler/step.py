@@ -1,0 +1,185 @@
+"""One guided reverse step of the UP-ZeroIR sampler (METHOD.md §3–§6), `state -> state`.
+
+For the step's timestep t (stage s(t) of the METHOD §3 table):
+
+1. model output at z_t (classifier-free guidance when a context is given) -> DDIM:
+   z_{t−1} and ẑ0 (from z_t, as DPS; thresholded as the schedule asks);
+2. x̂0 = D(ẑ0), decoded once; its VJP later carries the guidance gradient to ẑ0;
+3. the PCDM discriminator takes one Adam step on (y real, ŷ fake), then PCDM one Adam step on
+   L_PCDM (Eq. 12) with x̂0, y held fixed — the discriminator first, as LD-RPS's GANLoss;
+4. stages 2–3 (t < stage2_t), in one `lax.cond`: ŷ = PCDM(x̂0) with the updated PCDM, the
+   second discriminator takes one Adam step on (x̂0 − ŷ real, x̂0 − y fake), and the gradient of
+   L = D(ŷ, y) + [t < stage3_t]·Q(x̂0) flows to ẑ0 through PCDM (its GGD conditioning
+   included), the encoder E(ŷ) of DegLoss, and the decoder VJP;
+5. z_{t−1} ← z_{t−1} − s·∇ẑ0 L (Eq. 9–10).
+
+Choices where METHOD.md is silent [ours]:
+- y meets x̂0 and ŷ in pixel space on the model grid (it is never resized inside the sampler);
+  E(y) and its GGD fit, the GGD statistics of y and its VGG features are computed once at init.
+- The second discriminator (Adv of Eq. 14) trains only while the guidance runs (t < stage2_t),
+  as LD-RPS calls it only there; its generator loss is evaluated on x̂0 − y with "real" labels,
+  and its gradient reaches x̂0 only through that input (its "real" side x̂0 − ŷ is detached).
+- Perceptual damping (METHOD §4): applied to the weighted PCDM perceptual term
+  w_per·Perc(ŷ, x̂0), from t < stage2_t, as LD-RPS's `dynamic_clip`.
+- With `deg_loss="l1"` (METHOD §8) the λ_deg term is the pixel L1 between ŷ and y; no E(ŷ).
+- In stage 1 the trace's distance terms are 0 (they are not computed).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from upzeroir_jax import config as config_lib
+from upzeroir_jax import losses
+from upzeroir_jax.models import pcdm
+from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.sampler import state as state_lib
+
+
+def _bce_disc(disc_apply, params, real: jax.Array, fake: jax.Array) -> jax.Array:
+  """Discriminator loss BCE(real → 1) + BCE(fake → 0), both batches in one call."""
+  logits = disc_apply({"params": params}, jnp.concatenate([real, fake], axis=0))
+  l_real, l_fake = jnp.split(logits, 2, axis=0)
+  return losses.bce_with_logits(l_real, True) + losses.bce_with_logits(l_fake, False)
+
+
+def _adam(tx: optax.GradientTransformation, grads, opt, params):
+  updates, opt = tx.update(grads, opt, params)
+  return optax.apply_updates(params, updates), opt
+
+
+def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.SamplerState,
+                x0: jax.Array, theta: jax.Array, y: jax.Array, t: jax.Array
+                ) -> tuple[state_lib.SamplerState, dict[str, jax.Array]]:
+  """One discriminator and one PCDM Adam step on fixed x̂0, y (METHOD §4, Eq. 12).
+
+  Args:
+    models: `restore.Models`.
+    config: settings (static).
+    st: the state (its pcdm/disc params and Adam states are updated).
+    x0: `[1, H, W, 3]` decoded estimate (treated as constant).
+    theta: `[1, 12]` PCDM conditioning of (x̂0, y) (constant).
+    y: `[1, H, W, 3]` degraded input.
+    t: timestep (selects the perceptual damping).
+
+  Returns:
+    The state with new PCDM / discriminator params and Adam states, and the loss terms
+    (`pcdm_loss`, `pcdm_mse`, `pcdm_per`, `pcdm_adv`, `disc_loss`) before the update.
+  """
+  x0, theta = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(theta)
+  w = st.weights
+  net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
+  pcdm_tx, disc_tx = state_lib.optimizers(config)
+  y_hat, net_vjp = jax.vjp(lambda p: net.apply({"params": p}, x0, theta), st.pcdm)
+  d_loss, d_grads = jax.value_and_grad(
+    lambda p: _bce_disc(disc.apply, p, y, jax.lax.stop_gradient(y_hat)))(st.disc)
+  d_params, d_opt = _adam(disc_tx, d_grads, st.disc_opt, st.disc)
+
+  def generator_loss(yh):
+    l_mse = w.pcdm_w_mse * losses.mse(yh, x0)
+    l_per = w.pcdm_w_per * losses.perceptual(models.vgg_params, yh, x0)
+    l_per = jnp.where(t < config.stage2_t,
+                      losses.damp(l_per, config.perc_damp_threshold, config.perc_damp_factor),
+                      l_per)
+    l_adv = w.pcdm_w_adv * losses.bce_with_logits(disc.apply({"params": d_params}, yh), True)
+    return l_mse + l_per + l_adv, (l_mse, l_per, l_adv)
+
+  (loss, (l_mse, l_per, l_adv)), g_yh = jax.value_and_grad(generator_loss, has_aux=True)(y_hat)
+  (g_params,) = net_vjp(g_yh)
+  params, opt = _adam(pcdm_tx, g_params, st.pcdm_opt, st.pcdm)
+  st = st.replace(pcdm=params, pcdm_opt=opt, disc=d_params, disc_opt=d_opt)
+  return st, {"pcdm_loss": loss, "pcdm_mse": l_mse, "pcdm_per": l_per, "pcdm_adv": l_adv,
+              "disc_loss": d_loss}
+
+
+def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.SamplerState,
+              x0: jax.Array, theta: jax.Array, theta_vjp, decode_vjp, y: jax.Array,
+              t: jax.Array) -> tuple[jax.Array, state_lib.SamplerState, dict[str, jax.Array]]:
+  """∇ẑ0 of D(PCDM(x̂0), y) + [t < stage3_t]·Q(x̂0) and the Adv discriminator step (§5–§6)."""
+  w = st.weights
+  net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
+  _, disc_tx = state_lib.optimizers(config)
+  y_hat, net_vjp = jax.vjp(lambda x, th: net.apply({"params": st.pcdm}, x, th), x0, theta)
+  d2_grads = jax.grad(lambda p: _bce_disc(disc.apply, p, jax.lax.stop_gradient(x0 - y_hat),
+                                          jax.lax.stop_gradient(x0 - y)))(st.disc2)
+  d2_params, d2_opt = _adam(disc_tx, d2_grads, st.disc2_opt, st.disc2)
+
+  def objective(x, yh):
+    if config.deg_loss == "kl":
+      deg = losses.deg_loss(models.backbone.encode(yh).astype(jnp.float32), st.zy_alpha,
+                            st.zy_beta)
+    else:
+      deg = losses.l1(yh, y)
+    terms = {
+      "deg": w.lambda_deg * deg,
+      "mse": w.lambda_mse * losses.mse(yh, y),
+      "per": w.lambda_per * losses.perceptual_to(models.vgg_params, yh, st.y_feats),
+      "adv": w.lambda_adv * losses.bce_with_logits(
+        disc.apply({"params": d2_params}, x - y), True),
+    }
+    terms["distance"] = terms["deg"] + terms["mse"] + terms["per"] + terms["adv"]
+    q = losses.quality(x, w.w_exp, w.w_col, config.exp_patch, config.exp_target)
+    terms["quality"] = jnp.where(t < config.stage3_t, q, 0.0)
+    return terms["distance"] + terms["quality"], terms
+
+  (_, terms), (g_x, g_yh) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(x0, y_hat)
+  g_x_net, g_theta = net_vjp(g_yh)
+  (g_x_theta,) = theta_vjp(g_theta)
+  (g_z0,) = decode_vjp(g_x + g_x_net + g_x_theta)
+  return g_z0, st.replace(disc2=d2_params, disc2_opt=d2_opt), terms
+
+
+def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, t: jax.Array,
+            st: state_lib.SamplerState) -> state_lib.SamplerState:
+  """`step` at an explicitly given timestep t (a scalar; unbatched under `vmap` it keeps the
+  stage `lax.cond` a real branch)."""
+  backbone = models.backbone
+  sched = backbone.schedule
+  t = jnp.asarray(t, jnp.int32)
+  prev_t = schedule_lib.prev_timestep(sched, t, config.steps)
+  key, k_eta = jax.random.split(st.key)
+  out = backbone.model_output(st.z, t, ctx, config.cfg_scale).astype(jnp.float32)
+  z_prev, z0 = schedule_lib.step(sched, out, t, prev_t, st.z, eta=config.eta,
+                                 key=k_eta if config.eta > 0 else None)
+  x0, decode_vjp = jax.vjp(lambda z: backbone.decode(z).astype(jnp.float32), z0)
+  theta, theta_vjp = jax.vjp(lambda x: pcdm.condition(x, st.y_stats), x0)
+  st, pcdm_terms = update_pcdm(models, config, st, x0, theta, y, t)
+
+  def guided(st):
+    return _guidance(models, config, st, x0, theta, theta_vjp, decode_vjp, y, t)
+
+  def unguided(st):
+    zero = jnp.zeros((), jnp.float32)
+    terms = dict.fromkeys(("deg", "mse", "per", "adv", "distance", "quality"), zero)
+    return jnp.zeros_like(z0), st, terms
+
+  g_z0, st, terms = jax.lax.cond(t < config.stage2_t, guided, unguided, st)
+  z_next = z_prev - st.weights.guidance_scale * g_z0
+  stage = 1 + (t < config.stage2_t).astype(jnp.int32) + (t < config.stage3_t).astype(jnp.int32)
+  row = {"t": t, "stage": stage, "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g_z0))),
+         **pcdm_terms, **terms}
+  trace = {k: v.at[st.n].set(jnp.asarray(row[k], v.dtype)) for k, v in st.trace.items()}
+  return st.replace(z=z_next, i=st.i + 1, n=st.n + 1, z0=z0, x0=x0, key=key, trace=trace)
+
+
+def step(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, ts: jax.Array,
+         st: state_lib.SamplerState) -> state_lib.SamplerState:
+  """One guided reverse step at t = ts[st.i] (METHOD §3–§6; the module docstring lists the parts).
+
+  Pure; jit-able with `config` static.
+
+  Args:
+    models: `restore.Models` (backbone, vgg_params).
+    y: degraded input on the model grid, `[1, H, W, 3]` in [0, 1].
+    ctx: text context built outside jit (None: one unconditional pass).
+    config: settings (static); `config.steps` sets the DDIM stride t − T // steps.
+    ts: int32 timesteps `[N]`, descending (`schedule.timesteps`).
+    st: the state before the step.
+
+  Returns:
+    The state after the step: z = z_{t−1}, i and n advanced, ẑ0 / x̂0 of this step, updated
+    PCDM and discriminators, the trace row n written.
+  """
+  return step_at(models, y, ctx, config, ts[st.i], st)
