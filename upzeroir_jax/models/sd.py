@@ -1,0 +1,359 @@
+"""Stable Diffusion as the diffusion prior: VAE, UNet and CLIP text encoder (METHOD.md §3).
+
+`SDModel` implements `models.backbone.Backbone`. It is a pytree: parameters are leaves, the
+architecture (configs, tokenizer) and settings are static, so a model passes into `jax.jit` as
+an argument. The networks are diffusers' / transformers' Flax modules (`sd_nets`).
+
+Conventions at this boundary: images float32 NHWC in [0, 1] (the VAE sees [−1, 1]); latents
+NHWC `[B, H/f, W/f, C]`, already multiplied by the VAE's `scaling_factor`.
+
+`load` reads a diffusers folder, a hub id, or a checkpoint written by `weights/convert_sd.py`
+(orbax params + `sd_config.json` + tokenizer files; no torch needed), see `sd_convert`.
+"""
+
+import functools
+import json
+import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.models import sd_configs, sd_convert, sd_nets
+
+TINY = sd_configs.TINY
+SD21_BASE = sd_configs.SD21_BASE
+PARTS = sd_nets.PARTS
+WeightsError = sd_nets.WeightsError
+Architecture = sd_nets.Architecture
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ShapeError(ValueError):
+  """An input whose shape the Stable Diffusion networks cannot take."""
+
+
+@flax.struct.dataclass
+class SDModel:
+  """A Stable Diffusion checkpoint as a pytree (implements `models.backbone.Backbone`).
+
+  Attributes:
+    unet_params, vae_params, text_params: the three networks' parameters (None if not loaded).
+    null_context: [1, L, D] text embedding of the empty prompt (the unconditional context).
+    schedule: the DDIM schedule of the checkpoint's scheduler config.
+    arch: configs and tokenizer (static).
+    remat_decode: decode with per-block `jax.checkpoint` (less memory for the guidance gradient).
+    dtype: compute dtype of the networks (float32 or bfloat16); outputs are float32.
+  """
+
+  unet_params: Any
+  vae_params: Any
+  text_params: Any
+  null_context: Any
+  schedule: schedule_lib.DDIMSchedule
+  arch: Architecture = flax.struct.field(pytree_node=False)
+  remat_decode: bool = flax.struct.field(pytree_node=False, default=False)
+  dtype: Any = flax.struct.field(pytree_node=False, default=jnp.float32)
+
+  @property
+  def latent_factor(self) -> int:
+    return 2 ** (len(self.arch.config["vae"]["block_out_channels"]) - 1)
+
+  @property
+  def latent_channels(self) -> int:
+    return int(self.arch.config["vae"].get("latent_channels", 4))
+
+  @property
+  def scaling_factor(self) -> float:
+    return float(self.arch.config["vae"].get("scaling_factor", 0.18215))
+
+  @property
+  def unet_multiple(self) -> int:
+    """Latent sizes must be multiples of this (the UNet's downsampling)."""
+    return 2 ** (len(self.arch.config["unet"]["down_block_types"]) - 1)
+
+  def encode(self, img: jax.Array) -> jax.Array:
+    return encode(self, img)
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    return decode(self, z)
+
+  def model_output(self, z: jax.Array, t: jax.Array, ctx: Any, cfg_scale: Any) -> jax.Array:
+    return model_output(self, z, t, ctx, cfg_scale)
+
+
+def _check_image(model: SDModel, img: jax.Array) -> None:
+  f = model.latent_factor
+  if img.ndim != 4 or img.shape[-1] != 3 or img.shape[1] % f or img.shape[2] % f:
+    raise ShapeError(f"images must be [B, H, W, 3] with H, W multiples of {f}; got {img.shape}")
+
+
+def _check_latent(model: SDModel, z: jax.Array, multiple: int) -> None:
+  c = model.latent_channels
+  if z.ndim != 4 or z.shape[-1] != c or z.shape[1] % multiple or z.shape[2] % multiple:
+    raise ShapeError(
+      f"latents must be [B, h, w, {c}] with h, w multiples of {multiple}; got {z.shape}"
+    )
+
+
+def encode(model: SDModel, img: jax.Array) -> jax.Array:
+  """z = scaling_factor · mean of the VAE posterior q(z | img) (METHOD.md notation, E).
+
+  Args:
+    model: the SD model.
+    img: [B, H, W, 3] float in [0, 1], H and W multiples of `latent_factor`.
+
+  Returns:
+    [B, H/f, W/f, C] float32 latents.
+  """
+  _check_image(model, img)
+  vae = model.arch.vae(model.dtype)
+  x = (2.0 * img - 1.0).astype(model.dtype)
+  with sd_nets.quiet():
+    moments = vae.apply({"params": model.vae_params}, x, method=sd_nets.encode_moments)
+  mean = jnp.split(moments, 2, axis=-1)[0]
+  return (mean * model.scaling_factor).astype(jnp.float32)
+
+
+def decode(model: SDModel, z: jax.Array) -> jax.Array:
+  """x = D(z / scaling_factor) mapped from [−1, 1] to [0, 1], not clipped (METHOD.md, D).
+
+  With `model.remat_decode`, every decoder stage (input block, each resnet, each upsampler,
+  output head) is a `jax.checkpoint`: the gradient through `decode` (the guidance gradient,
+  METHOD.md Eq. 9–10) then stores only stage inputs and recomputes the rest. Same values.
+
+  Args:
+    model: the SD model.
+    z: [B, h, w, C] latents.
+
+  Returns:
+    [B, h·f, w·f, 3] float32 image.
+  """
+  _check_latent(model, z, 1)
+  vae = model.arch.vae(model.dtype)
+  h = (z / model.scaling_factor).astype(model.dtype)
+  with sd_nets.quiet():
+    if model.remat_decode:
+      for stage in sd_nets.decoder_stages(model.arch.config["vae"]):
+        run = functools.partial(_apply_stage, vae, stage)
+        h = jax.checkpoint(run)(model.vae_params, h)
+    else:
+      h = vae.apply({"params": model.vae_params}, h, method=sd_nets.decode_full)
+  return ((h.astype(jnp.float32) + 1.0) / 2.0).astype(jnp.float32)
+
+
+def _apply_stage(vae: Any, stage: Any, params: Any, h: jax.Array) -> jax.Array:
+  return vae.apply({"params": params}, h, method=stage)
+
+
+def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Array:
+  """One UNet pass: z [N, h, w, C], t [N], ctx [N, L, D] -> output [N, h, w, C] float32."""
+  unet = model.arch.unet(model.dtype)
+  x = jnp.transpose(z, (0, 3, 1, 2)).astype(model.dtype)
+  with sd_nets.quiet():
+    out = unet.apply(
+      {"params": model.unet_params}, x, t, ctx.astype(model.dtype), return_dict=False
+    )[0]
+  return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+
+
+def model_output(
+  model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array | None, cfg_scale: Any = 1.0
+) -> jax.Array:
+  """The UNet's raw prediction (ε or v per `schedule.prediction_type`), METHOD.md §3.
+
+  Without a context, one pass on the empty-prompt embedding. With one, classifier-free
+  guidance in one batched pass: out = u + cfg_scale · (c − u) with u the unconditional and c
+  the conditional prediction.
+
+  Args:
+    model: the SD model.
+    z: [B, h, w, C] latents, h and w multiples of `unet_multiple`.
+    t: timestep, scalar or [B] integers in [0, T).
+    ctx: None, or [P, L, D] prompt embeddings from `text_context` with P = 1 or B.
+    cfg_scale: guidance weight (8 in LD-RPS); unused without a context.
+
+  Returns:
+    [B, h, w, C] float32.
+  """
+  _check_latent(model, z, model.unet_multiple)
+  b = z.shape[0]
+  t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
+  null = jnp.broadcast_to(model.null_context, (b,) + model.null_context.shape[1:])
+  if ctx is None:
+    return _unet(model, z, t, null)
+  if ctx.ndim != 3 or ctx.shape[0] not in (1, b) or ctx.shape[1:] != null.shape[1:]:
+    raise ShapeError(f"ctx must be [1 or {b}, {null.shape[1]}, {null.shape[2]}]; got {ctx.shape}")
+  cond = jnp.broadcast_to(ctx, null.shape)
+  out = _unet(
+    model, jnp.concatenate([z, z]), jnp.concatenate([t, t]), jnp.concatenate([null, cond])
+  )
+  uncond, cond_out = jnp.split(out, 2)
+  return uncond + cfg_scale * (cond_out - uncond)
+
+
+def eps(
+  model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array | None, cfg_scale: Any = 1.0
+) -> jax.Array:
+  """ε̂(z_t, t, c) with guidance (as `model_output`), converted from v or x0 where needed."""
+  out = model_output(model, z, t, ctx, cfg_scale)
+  if model.schedule.prediction_type == "epsilon":
+    return out
+  return schedule_lib.predict(model.schedule, z, out, jnp.asarray(t))[1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _embed(arch: Architecture, dtype: Any, params: Any, ids: jax.Array) -> jax.Array:
+  text = arch.text(dtype)
+  pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  with sd_nets.quiet():
+    out = text.apply({"params": params}, ids, jnp.ones_like(ids), pos, deterministic=True)
+  return out[0].astype(jnp.float32)
+
+
+def _tokens(arch: Architecture, prompts: Sequence[str]) -> np.ndarray:
+  tok = arch.tokenizer(
+    list(prompts),
+    padding="max_length",
+    max_length=arch.tokenizer.model_max_length,
+    truncation=True,
+    return_tensors="np",
+  )
+  return tok["input_ids"].astype(np.int32)
+
+
+def text_context(model: SDModel, prompts: str | Sequence[str] | None) -> jax.Array | None:
+  """CLIP text embeddings of the prompts (the last hidden state, as SD pipelines use it).
+
+  Host side, outside jit. Returns None when there is no non-empty prompt (the sampler then
+  runs one unconditional UNet pass; METHOD.md §3).
+
+  Args:
+    model: the SD model.
+    prompts: one prompt or one per image.
+
+  Returns:
+    [P, L, D] float32 or None.
+  """
+  prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
+  if not any(p.strip() for p in prompts):
+    return None
+  return _embed(model.arch, model.dtype, model.text_params, _tokens(model.arch, prompts))
+
+
+def _with_null_context(model: SDModel) -> SDModel:
+  null = _embed(model.arch, model.dtype, model.text_params, _tokens(model.arch, [""]))
+  return model.replace(null_context=null)
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+  """The pytree with its floating-point leaves cast to `dtype`."""
+
+  def cast_leaf(x: jax.Array) -> jax.Array:
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  return jax.tree.map(cast_leaf, tree)
+
+
+def assemble(
+  config: dict[str, Any], params: dict[str, Any], tokenizer: Any, dtype: Any = jnp.float32
+) -> SDModel:
+  """An `SDModel` from a config (`sd_configs` form), parameters by part, and a tokenizer.
+
+  Parameters are cast to `dtype`, which is also the compute dtype; the empty-prompt context
+  is computed once here.
+  """
+  sd_nets.check_supported(config)
+  arch = Architecture(json.dumps(config, sort_keys=True), tokenizer)
+  params = {p: None if params.get(p) is None else cast(params[p], dtype) for p in PARTS}
+  model = SDModel(
+    unet_params=params["unet"],
+    vae_params=params["vae"],
+    text_params=params["text_encoder"],
+    null_context=None,
+    schedule=schedule_lib.from_config(config["scheduler"]),
+    arch=arch,
+    dtype=jnp.dtype(dtype),
+  )
+  return model if model.text_params is None else _with_null_context(model)
+
+
+def from_config(
+  config: dict[str, Any],
+  key: jax.Array,
+  dtype: Any = jnp.float32,
+  parts: Sequence[str] = PARTS,
+  tokenizer: Any = None,
+) -> SDModel:
+  """A randomly initialised SD of the given architecture (e.g. `SD21_BASE` for benchmarks).
+
+  The weights are drawn on the host with numpy from a seed derived from `key` (deterministic;
+  fast even for full-size networks, where compiling Flax's `init` takes minutes on a CPU).
+
+  Args:
+    config: {"unet", "vae", "text_encoder", "scheduler"} config dicts (see `sd_configs`).
+    key: PRNG key of the initialisation.
+    dtype: parameter and compute dtype.
+    parts: the networks to initialise; the others are None (e.g. ("vae",) to time decoding).
+    tokenizer: defaults to the byte-level `tiny_tokenizer`.
+
+  Returns:
+    The model.
+  """
+  arch = Architecture(json.dumps(config, sort_keys=True))
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  seed = [int(v) for v in np.asarray(data).ravel()]
+  params = {}
+  for i, part in enumerate(PARTS):
+    if part in parts:
+      rng = np.random.default_rng([*seed, i])
+      params[part] = sd_nets.random_params(sd_nets.abstract_params(arch, part), rng)
+  max_length = config["text_encoder"].get("max_position_embeddings", 77)
+  return assemble(config, params, tokenizer or sd_nets.tiny_tokenizer(max_length), dtype)
+
+
+def tiny(key: jax.Array, dtype: Any = jnp.float32, config: dict[str, Any] = TINY) -> SDModel:
+  """A tiny random SD (`sd_configs.TINY`: SD's factor-8 VAE) that runs in seconds on a CPU."""
+  return from_config(config, key, dtype)
+
+
+def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
+  """Loads Stable Diffusion 1.x / 2.x (ε or v prediction) from one of three sources.
+
+  (a) a local diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
+  safetensors or .bin weights; needs torch); (b) a hub id such as
+  "stabilityai/stable-diffusion-2-1-base" (downloaded by huggingface_hub; needs the network and
+  torch); (c) a checkpoint folder written by `weights/convert_sd.py` (no torch).
+
+  Args:
+    source: folder path or hub id.
+    dtype: parameter and compute dtype (float32, or bfloat16 to halve memory).
+
+  Returns:
+    The model.
+
+  Raises:
+    WeightsError: the source is missing, unreadable or unsupported (one line says what to do).
+  """
+  path = pathlib.Path(source).expanduser()
+  if path.is_dir() and (path / sd_convert.CONFIG_NAME).is_file():
+    return assemble(*sd_convert.read_checkpoint(path), dtype)
+  if path.is_dir():
+    return assemble(*sd_convert.read_diffusers(path), dtype)
+  if not path.exists() and _HUB_ID.match(str(source)):
+    return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source))), dtype)
+  raise WeightsError(
+    f"{source} is neither a folder nor a hub id: pass a diffusers folder, a hub id such as "
+    "stabilityai/stable-diffusion-2-1-base, or a folder written by weights/convert_sd.py"
+  )
+
+
+def save(model: SDModel, path: str | pathlib.Path) -> None:
+  """Writes the model as a checkpoint folder that `load` reads without torch (`sd_convert`)."""
+  params = {"unet": model.unet_params, "vae": model.vae_params, "text_encoder": model.text_params}
+  sd_convert.write_checkpoint(path, model.arch.config, params, model.arch.tokenizer)
