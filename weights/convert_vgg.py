@@ -16,9 +16,6 @@ from absl import app, flags
 from upzeroir_jax.models import flat_checkpoint, vgg
 from weights import _torch_utils
 
-_INPUT = flags.DEFINE_string("input", None, "torchvision vgg16 state dict (.pth).")
-_OUTPUT = flags.DEFINE_string("output", "vgg16.safetensors", "Checkpoint to write.")
-
 
 def convert_features(state: Mapping[str, np.ndarray], prefix: str = "features.") -> dict:
   """torchvision `vgg16` state dict -> `VGG16Features` params (conv `features.{i}` by layer index)."""
@@ -36,9 +33,11 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike) -> No
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  convert(_INPUT.value, _OUTPUT.value)
+  convert(flags.FLAGS.input, flags.FLAGS.output)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("input")
+  # Flags are defined here, not at import, so converters can import each other's functions.
+  flags.DEFINE_string("input", None, "torchvision vgg16 state dict (.pth).", required=True)
+  flags.DEFINE_string("output", "vgg16.safetensors", "Checkpoint to write.")
   app.run(main)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from upzeroir_jax.models import flat_checkpoint
+from upzeroir_jax.models import flat_checkpoint, random_init
 
 WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
@@ -74,7 +74,8 @@ class VGG16Features(nn.Module):
 
 def init_random(key: jax.Array) -> dict:
   """Random VGG16 params (all 13 convs; He-normal kernels, zero biases as torchvision)."""
-  return VGG16Features().init(key, jnp.zeros((1, 32, 32, 3)))["params"]
+  example = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return random_init.conv_net(key, VGG16Features().init, example)["params"]
 
 
 def load(path: str | os.PathLike) -> dict:
