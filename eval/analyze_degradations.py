@@ -44,19 +44,6 @@ from tqdm import tqdm
 from upzeroir_jax import io
 from upzeroir_jax.physics import degrade, ggd
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of clean images.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for the PNG figures and CSV files.")
-_MODEL = flags.DEFINE_string(
-  "model",
-  "tiny",
-  "SD source for sd.load (checkpoint folder, diffusers folder, hub id), or "
-  "'tiny' for the random tiny VAE.",
-)
-_CROP = flags.DEFINE_integer("crop", 256, "Centre crop side for the encoder (0: whole image).")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).")
-_BINS = flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise and of the tiny VAE.")
-
 KINDS = ("noise", "haze", "lowlight")
 LEVELS = ("light", "heavy")
 KIND_LABELS = {"clean": "clean", "noise": "noise", "haze": "haze", "lowlight": "low light"}
@@ -274,28 +261,52 @@ def load_encoder(model: str, seed: int) -> tuple[Callable[[jax.Array], jax.Array
   return (lambda img: encode(vae_only, img)), vae_only.latent_factor, note
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for flag in (_INPUT, _OUTPUT):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of this binary in `fv` (only when run, so binaries can be imported)."""
+  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv)
+  flags.DEFINE_string("output", None, "Folder for the PNG figures and CSV files.", flag_values=fv)
+  flags.DEFINE_string(
+    "model",
+    "tiny",
+    "SD source for sd.load (checkpoint folder, diffusers folder, hub id), or 'tiny' for the "
+    "random tiny VAE.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "crop", 256, "Centre crop side for the encoder (0: whole image).", flag_values=fv
+  )
+  flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).", flag_values=fv)
+  flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the noise and of the tiny VAE.", flag_values=fv)
+
+
+def run(
+  fv: flags.FlagValues,
+  encoder: Callable[[str, int], tuple[Callable[[jax.Array], jax.Array], int, str]] | None = None,
+) -> None:
+  """Runs the binary with parsed flags `fv`; bad input raises `app.UsageError`.
+
+  `encoder(model, seed) -> (encode, latent factor, note)` defaults to `load_encoder`.
+  """
+  for name in ("input", "output"):
+    if not fv[name].value:
+      raise app.UsageError(f"--{name} is required")
+  if fv.bins < 1 or fv.crop < 0:
+    raise app.UsageError("--bins must be at least 1 and --crop at least 0")
   _pyplot()
-  src = pathlib.Path(_INPUT.value)
+  src = pathlib.Path(fv.input)
   if not src.is_dir():
     raise app.UsageError(f"input folder {src} does not exist")
   files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
-  files = files[: _MAX_IMAGES.value] if _MAX_IMAGES.value else files
+  files = files[: fv.max_images] if fv.max_images else files
   if not files:
     raise app.UsageError(f"no images in {src}")
-  if _BINS.value < 1 or _CROP.value < 0:
-    raise app.UsageError("--bins must be at least 1 and --crop at least 0")
   try:
-    encode, factor, note = load_encoder(_MODEL.value, _SEED.value)
-    analysis = analyze(files, encode, factor, _CROP.value, _BINS.value, _SEED.value)
+    encode, factor, note = (encoder or load_encoder)(fv.model, fv.seed)
+    analysis = analyze(files, encode, factor, fv.crop, fv.bins, fv.seed)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  out = pathlib.Path(_OUTPUT.value)
+  out = pathlib.Path(fv.output)
   out.mkdir(parents=True, exist_ok=True)
   write_csv(analysis, out)
   note = f"{len(files)} images; {note}"
@@ -305,5 +316,12 @@ def main(argv: list[str]) -> None:
   print(f"figures and CSV files in {out}")
 
 
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  run(flags.FLAGS)
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

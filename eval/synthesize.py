@@ -49,17 +49,6 @@ from upzeroir_jax.physics import degrade
 MANIFEST = "manifest.json"
 _apply = jax.jit(degrade.apply, static_argnames="spec")  # One compile per spec and image size.
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of clean images.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for the degraded PNGs and manifest.json.")
-_SPEC = flags.DEFINE_string(
-  "spec",
-  None,
-  f"Degradation spec, e.g. 'lowlight:0.3+haze:0.05+noise:light', or a preset: "
-  f"{', '.join(degrade.PRESETS)}.",
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rewrite outputs that exist.")
-
 
 class SynthesisError(ValueError):
   """Input or output folders that cannot be used; the message says what to do."""
@@ -153,18 +142,41 @@ def synthesize(
   return manifest
 
 
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of this binary in `fv` (only when run, so binaries can be imported)."""
+  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv)
+  flags.DEFINE_string(
+    "output", None, "Folder for the degraded PNGs and manifest.json.", flag_values=fv
+  )
+  flags.DEFINE_string(
+    "spec",
+    None,
+    f"Degradation spec, e.g. 'lowlight:0.3+haze:0.05+noise:light', or a preset: "
+    f"{', '.join(degrade.PRESETS)}.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer("seed", 0, "Seed of the noise.", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Rewrite outputs that exist.", flag_values=fv)
+
+
+def run(fv: flags.FlagValues) -> None:
+  """Runs the binary with parsed flags `fv`; bad input raises `app.UsageError`."""
+  for name in ("input", "output", "spec"):
+    if not fv[name].value:
+      raise app.UsageError(f"--{name} is required")
+  try:
+    manifest = synthesize(fv.input, fv.output, fv.spec, fv.seed, fv.overwrite)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  print(f"{len(manifest['files'])} images in {fv.output}")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for flag in (_INPUT, _OUTPUT, _SPEC):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
-  try:
-    manifest = synthesize(_INPUT.value, _OUTPUT.value, _SPEC.value, _SEED.value, _OVERWRITE.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  print(f"{len(manifest['files'])} images in {_OUTPUT.value}")
+  run(flags.FLAGS)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

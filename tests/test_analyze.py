@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from absl import app
+from absl import app, flags
 from PIL import Image
 from scipy import optimize, special, stats
 from skimage import color
@@ -111,7 +111,7 @@ def test_latent_ggd_rows_match_scipy_on_the_centre_crop(images, analysis):
         np.testing.assert_allclose([r["alpha"], r["beta"]], [alpha, beta], rtol=2e-3)
 
 
-def test_csv_and_figures_are_written(analysis, tmp_path):
+def test_csv_holds_the_numbers(analysis, tmp_path):
   ad.write_csv(analysis, tmp_path)
   with open(tmp_path / "ggd.csv") as f:
     rows = list(csv.DictReader(f))
@@ -123,11 +123,31 @@ def test_csv_and_figures_are_written(analysis, tmp_path):
   np.testing.assert_array_equal(counts, analysis.counts[ad.Condition("haze", "heavy")])
   density = np.array([float(r["density"]) for r in hist])
   assert np.sum(density / 16) == pytest.approx(1.0, rel=1e-4)
-  ad.plot_histograms(analysis, tmp_path / "h.png", "test")
-  ad.plot_scatter(analysis, tmp_path / "s.png", "test")
-  for name in ("h.png", "s.png"):
-    with Image.open(tmp_path / name) as im:
+
+
+def test_flags_run_writes_figures_and_csv(images, tmp_path, capsys):
+  fv = flags.FlagValues()
+  ad.define_flags(fv)
+  out = tmp_path / "out"
+  fv(["analyze", f"--input={images[0].parent}", f"--output={out}", "--crop=16", "--bins=16"])
+  seen = []
+
+  def encoder(model, seed):
+    seen.append((model, seed))
+    return _pool_encoder, 4, "stand-in encoder"
+
+  ad.run(fv, encoder)
+  assert seen == [("tiny", 0)]
+  assert "figures and CSV files" in capsys.readouterr().out
+  for name in ("fig2b_histograms.png", "fig3_ggd_scatter.png"):
+    with Image.open(out / name) as im:
       assert im.format == "PNG" and im.width > 600
+  with open(out / "ggd.csv") as f:
+    assert len(list(csv.DictReader(f))) == 2 * len(ad.CONDITIONS) * 3
+  fv.unparse_flags()
+  fv(["analyze", f"--input={tmp_path / 'missing'}", f"--output={out}"])
+  with pytest.raises(app.UsageError, match="does not exist"):
+    ad.run(fv, encoder)
 
 
 def test_centre_crop_rounds_to_the_encoder_factor():

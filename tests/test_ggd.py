@@ -62,11 +62,17 @@ def degenerate_loss():
 
 
 def test_fit_recovers_gennorm_parameters():
-  """1e5 stratified draws (scipy ppf at (i + 1/2)/n) of each of 8 GGDs, fitted in one call."""
+  """1e5 stratified draws (scipy ppf at (i + 1/2)/n) of each of 8 GGDs, fitted in one call.
+
+  Stratified, not random: with 1e5 random draws the estimator's own sampling spread of α at
+  β = 0.5 is about 4 % (std over 20 seeds), above the 3 % asked of the implementation; random
+  draws are checked against scipy's solution of the same moment equations instead.
+  """
   n = 100_000
   u = (np.arange(n) + 0.5) / n
   params = list(itertools.product(BETAS, (0.05, 3.0)))
-  x = np.stack([stats.gennorm(b, scale=a).ppf(u) for b, a in params], axis=-1)
+  unit = {b: stats.gennorm(b).ppf(u) for b in BETAS}  # ppf(u; scale a) = a · ppf(u; scale 1)
+  x = np.stack([a * unit[b] for b, a in params], axis=-1)
   alpha, beta = jax.jit(lambda x: ggd.fit(x, axis=0))(x.astype(np.float32))
   true_beta = np.array([b for b, _ in params])
   true_alpha = np.array([a for _, a in params])

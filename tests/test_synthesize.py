@@ -7,7 +7,6 @@ import zlib
 import numpy as np
 import pytest
 from absl import app, flags
-from absl.testing import flagsaver
 from skimage import color
 
 from eval import synthesize
@@ -102,17 +101,29 @@ def test_resumes_skipping_existing_outputs_and_refuses_other_spec(clean_dir, tmp
   assert np.abs(got - np.round(_hand_lowlight_haze(x, 1.0, 0.12) * 255)).max() <= 1
 
 
-def test_main_turns_bad_input_into_usage_errors(clean_dir, tmp_path):
-  flags.FLAGS.mark_as_parsed()
+def test_flags_turn_bad_input_into_usage_errors(clean_dir, tmp_path):
   cases = [
-    ({"spec": "fog:1"}, "fog:1"),
-    ({"spec": "noise:light", "input": str(tmp_path / "missing")}, "does not exist"),
-    ({"spec": None}, "--spec is required"),
+    (["--spec=fog:1"], "fog:1"),
+    (["--spec=noise:light", f"--input={tmp_path / 'missing'}"], "does not exist"),
+    ([], "--spec is required"),
   ]
-  for overrides, message in cases:
-    values = {"input": str(clean_dir), "output": str(tmp_path / "o"), **overrides}
-    with flagsaver.flagsaver(**values), pytest.raises(app.UsageError, match=message):
-      synthesize.main(["synthesize"])
+  for extra, message in cases:
+    fv = flags.FlagValues()
+    synthesize.define_flags(fv)
+    fv(["synthesize", f"--input={clean_dir}", f"--output={tmp_path / 'o'}", *extra])
+    with pytest.raises(app.UsageError, match=message):
+      synthesize.run(fv)
+
+
+def test_flags_run_the_synthesis(clean_dir, tmp_path, capsys):
+  fv = flags.FlagValues()
+  synthesize.define_flags(fv)
+  fv(["synthesize", f"--input={clean_dir}", f"--output={tmp_path / 'o'}", "--spec=haze:heavy"])
+  synthesize.run(fv)
+  assert "3 images" in capsys.readouterr().out
+  x = io.read_image(clean_dir / "b.png")
+  got = np.round(io.read_image(tmp_path / "o" / "b.png") * 255)
+  assert np.abs(got - np.round(_hand_lowlight_haze(x, 1.0, 0.12) * 255)).max() <= 1
 
 
 def test_mixed_set_on_low_light_kodak(kodak_dir, tmp_path):
