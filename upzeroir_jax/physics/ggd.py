@@ -95,8 +95,7 @@ def fit(x: jax.Array, axis: int | tuple[int, ...] = -1) -> tuple[jax.Array, jax.
     `(alpha, beta)`, each of x's shape without `axis`, e.g. `[B, C]`.
   """
   x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # at least float32 (bfloat16, ints)
   m1 = jnp.mean(jnp.abs(x), axis=axis)
   m2 = jnp.mean(jnp.square(x), axis=axis)
   r_min, r_max = (
