@@ -5,6 +5,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import app
+
+
+def require_files(*paths: str | None) -> None:
+  """Command-line check: a one-line usage error for the first given path that is absent."""
+  for path in paths:
+    if path and not os.path.isfile(path):
+      raise app.UsageError(f"input file {path!r} not found")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

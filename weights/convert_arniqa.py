@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from upzeroir_jax.models import arniqa, flat_checkpoint, resnet
 from weights import _torch_utils
@@ -112,19 +112,23 @@ def convert(output_dir: str | os.PathLike, encoder: str | None = None,
     variables = convert_resnet50(_torch_utils.read_state_dict(encoder))
     flat_checkpoint.save(encoder_path(output_dir), variables,
                          {"model": "arniqa_encoder", "source": os.path.basename(encoder)})
+    logging.info("wrote the ARNIQA encoder to %s", encoder_path(output_dir))
   if regressor:
     dataset = dataset or _dataset_from_name(regressor)
     flat_checkpoint.save(regressor_path(output_dir, dataset), read_regressor(regressor),
                          {"model": "arniqa_regressor", "dataset": dataset,
                           "source": os.path.basename(regressor)})
+    logging.info("wrote the %s regressor to %s", dataset, regressor_path(output_dir, dataset))
 
 
 def main(argv: list[str]) -> None:
+  """Converts the files named by the flags."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = flags.FLAGS
   if not (cfg.encoder or cfg.regressor):
     raise app.UsageError("pass --encoder=ARNIQA.pth and/or --regressor=regressor_<dataset>.pth")
+  _torch_utils.require_files(cfg.encoder, cfg.regressor)
   convert(cfg.output_dir, cfg.encoder, cfg.regressor, cfg.dataset)
 
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from upzeroir_jax.metrics import lpips
 from upzeroir_jax.models import alexnet, flat_checkpoint
@@ -62,12 +62,15 @@ def convert(net: str, backbone: str, output: str, linear: str | None = None) -> 
   flat_checkpoint.save(output, params, {"model": "lpips", "net": net, "version": "0.1",
                                         "backbone": os.path.basename(backbone),
                                         "linear": os.path.basename(linear)})
+  logging.info("wrote LPIPS-%s (%s + %s) to %s", net, backbone, linear, output)
 
 
 def main(argv: list[str]) -> None:
+  """Converts the files named by the flags."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = flags.FLAGS
+  _torch_utils.require_files(cfg.backbone, cfg.linear)
   convert(cfg.net, cfg.backbone, cfg.output or f"lpips_{cfg.net}.safetensors", cfg.linear)
 
 

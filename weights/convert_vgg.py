@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from upzeroir_jax.models import flat_checkpoint, vgg
 from weights import _torch_utils
@@ -28,11 +28,14 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike) -> No
   params = convert_features(_torch_utils.read_state_dict(input_path))
   flat_checkpoint.save(output_path, params,
                        {"model": "vgg16", "source": os.path.basename(os.fspath(input_path))})
+  logging.info("wrote VGG16 features from %s to %s", input_path, output_path)
 
 
 def main(argv: list[str]) -> None:
+  """Converts the files named by the flags."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _torch_utils.require_files(flags.FLAGS.input)
   convert(flags.FLAGS.input, flags.FLAGS.output)
 
 
