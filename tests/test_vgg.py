@@ -111,3 +111,16 @@ def test_load_errors_are_one_line(reference, tmp_path):
     vgg.load(tmp_path / "other.safetensors")
   with pytest.raises(ValueError, match=r"expected images \[B, H, W, 3\]"):
     vgg.perceptual_features(vgg.load(path / "vgg16.safetensors"), jnp.zeros((8, 8, 3)))
+
+
+def test_init_random_is_torchvision_he_init_and_deterministic():
+  params = vgg.init_random(jax.random.key(3))
+  again = vgg.init_random(jax.random.key(3))
+  other = vgg.init_random(jax.random.key(4))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again),
+                                                   strict=True))
+  assert not np.array_equal(params["conv3_1"]["kernel"], other["conv3_1"]["kernel"])
+  kernel = np.asarray(params["conv3_1"]["kernel"])
+  assert kernel.shape == (3, 3, 128, 256)
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 256)), rtol=0.02)  # fan-out
+  np.testing.assert_array_equal(params["conv3_1"]["bias"], np.zeros(256))

@@ -40,7 +40,7 @@ def to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def conv(state: Mapping[str, np.ndarray], prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
-  """torch Conv2d `{prefix}.weight [O, I, kh, kw]` (+ bias) -> Flax `{kernel [kh, kw, I, O], bias}`."""
+  """torch Conv2d `{prefix}.weight [O, I, kh, kw]` (+ bias) -> Flax `{kernel [kh, kw, I, O]}`."""
   params = {"kernel": np.transpose(state[f"{prefix}.weight"], (2, 3, 1, 0))}
   if bias:
     params["bias"] = state[f"{prefix}.bias"]

@@ -18,7 +18,7 @@ from weights import _torch_utils
 
 
 def convert_features(state: Mapping[str, np.ndarray], prefix: str = "features.") -> dict:
-  """torchvision `vgg16` state dict -> `VGG16Features` params (conv `features.{i}` by layer index)."""
+  """torchvision `vgg16` state dict -> `VGG16Features` params (`features.{i}` by layer index)."""
   return {name: _torch_utils.conv(state, f"{prefix}{vgg.LAYERS.index(name)}")
           for name in vgg.CONVS}
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upzeroir_jax.metrics import common
 from upzeroir_jax.models import alexnet, flat_checkpoint, random_init, vgg
 
 SHIFT = (-0.030, -0.088, -0.188)
@@ -82,15 +83,19 @@ def lpips(params: dict, a: jax.Array, b: jax.Array, net: str = "vgg") -> jax.Arr
     a: `[B, H, W, 3]` float in [0, 1].
     b: same shape as `a`.
     net: "vgg" or "alex" (static under jit).
+
+  Raises:
+    common.MetricInputError: images of different shapes, wrong rank or below the minimum size.
+    ValueError: unknown `net`, or params of the other net.
   """
   _check_net(net)
   taps, channels, min_size = NETS[net]
   if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
-    raise ValueError(f"expected two images [B, H, W, 3] of one shape, got {tuple(a.shape)} "
-                     f"and {tuple(b.shape)}")
+    raise common.MetricInputError(f"expected two images [B, H, W, 3] of one shape, got "
+                                  f"{tuple(a.shape)} and {tuple(b.shape)}")
   if min(a.shape[1:3]) < min_size:
-    raise ValueError(f"LPIPS-{net} needs images of at least {min_size}x{min_size} pixels, "
-                     f"got {a.shape[1]}x{a.shape[2]}")
+    raise common.MetricInputError(f"LPIPS-{net} needs images of at least {min_size}x{min_size} "
+                                  f"pixels, got {a.shape[1]}x{a.shape[2]}")
   if params["lin"]["lin1"].shape != (channels[1],):
     raise ValueError(f"these LPIPS params are not for net={net!r}")
   x = jnp.concatenate([a, b]).astype(jnp.float32) * 2.0 - 1.0

@@ -88,7 +88,8 @@ def load(path: str | os.PathLike) -> dict:
   tree, metadata = flat_checkpoint.load(path, CONVERTER)
   missing = [name for name in CONVS if name not in tree]
   if metadata.get("model") != "vgg16" or missing:
-    raise ValueError(f"{os.fspath(path)!r} is not a VGG16 checkpoint; rebuild it with `{CONVERTER}`")
+    raise ValueError(f"{os.fspath(path)!r} is not a VGG16 checkpoint; "
+                     f"rebuild it with `{CONVERTER}`")
   return jax.tree.map(jnp.asarray, {name: tree[name] for name in CONVS})
 
 
