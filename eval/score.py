@@ -1,0 +1,215 @@
+r"""Scores restored images against ground truth: per-image CSV and mean JSON (METHOD.md §9).
+
+  python eval/score.py --run_dir=runs/lolv1
+  python eval/score.py --restored_dir=out/ --gt_dir=LOLv1/eval15/high --output_dir=out/
+
+Metrics (upzeroir_jax.metrics, pyiqa's definitions): PSNR, SSIM, LPIPS (VGG; needs the
+converted weights, `--lpips`), NIQE (no weights), ARNIQA (needs the converted weights,
+`--arniqa`). A metric that cannot be computed — weights missing, no ground truth for the
+full-reference ones, an image too small for it — is reported as missing (empty CSV cell,
+`null` in JSON, with the reason under "missing"), never as 0.
+
+With `--run_dir` (an eval/run.py folder) the restored images are `<run_dir>/restored/*.png`
+and each one's ground truth is the one eval/run.py recorded in its sidecar; otherwise ground
+truth is matched by file stem in `--gt_dir`. Writes `scores.csv` and `scores.json` to
+`--output_dir` (default: the run folder, or the restored folder).
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import csv
+import functools
+import json
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags
+
+from upzeroir_jax import cli, io
+
+PROG = "eval/score.py"
+METRICS = ("psnr", "ssim", "lpips", "niqe", "arniqa")
+FULL_REFERENCE = ("psnr", "ssim", "lpips")
+USAGE = f"""\
+usage: {PROG} --run_dir=DIR | --restored_dir=DIR [--gt_dir=DIR] [flags]
+
+Writes scores.csv (one row per image) and scores.json (means) of {", ".join(METRICS)}.
+"""
+
+
+def _jit(fn: Callable) -> Callable:
+  import jax
+  return jax.jit(fn)
+
+
+def metric_functions(lpips_path: str | None, arniqa_dir: str | None
+                     ) -> tuple[dict[str, Callable], dict[str, str]]:
+  """The available metrics as `fn(restored [H, W, 3], gt [H, W, 3] | None) -> float`, and the
+  reason each unavailable one is missing.
+
+  LPIPS and ARNIQA load their converted weights here; absent files make them missing.
+  """
+  from upzeroir_jax import metrics
+  from upzeroir_jax.models import arniqa, flat_checkpoint
+
+  fns: dict[str, Callable] = {
+    "psnr": _jit(metrics.psnr),
+    "ssim": _jit(metrics.ssim),
+    "niqe": _jit(metrics.niqe.niqe),
+  }
+  missing: dict[str, str] = {}
+  try:
+    params = metrics.lpips.load(lpips_path or "")
+    net = "vgg" if params["lin"]["lin1"].shape == (metrics.lpips.NETS["vgg"][1][1],) else "alex"
+    lp = _jit(functools.partial(metrics.lpips.lpips, net=net))
+    fns["lpips"] = lambda a, b: lp(params, a[None], b[None])[0]
+  except (flat_checkpoint.MissingCheckpointError, ValueError) as e:
+    missing["lpips"] = f"LPIPS weights not available ({e})"
+  enc = pathlib.Path(arniqa_dir or "") / "arniqa_encoder.safetensors"
+  reg = pathlib.Path(arniqa_dir or "") / "arniqa_regressor_kadid10k.safetensors"
+  try:
+    model = arniqa.load(enc, reg)
+    fns["arniqa"] = _jit(functools.partial(metrics.arniqa_score, model))
+  except (flat_checkpoint.MissingCheckpointError, ValueError) as e:
+    missing["arniqa"] = f"ARNIQA weights not available ({e})"
+  return fns, missing
+
+
+def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path | None]]:
+  restored = run_dir / "restored"
+  if not restored.is_dir():
+    raise ValueError(f"--run_dir={run_dir}: no restored/ folder (run eval/run.py first)")
+  pairs = []
+  for image in sorted(restored.glob("*.png")):
+    sidecar = image.with_suffix(".json")
+    if not sidecar.is_file():
+      continue  # unfinished
+    gt = json.loads(sidecar.read_text()).get("gt")
+    pairs.append((image, pathlib.Path(gt) if gt else None))
+  return pairs
+
+
+def _pairs_from_dirs(restored_dir: pathlib.Path, gt_dir: pathlib.Path | None
+                     ) -> list[tuple[pathlib.Path, pathlib.Path | None]]:
+  if not restored_dir.is_dir():
+    raise ValueError(f"--restored_dir={restored_dir}: no such folder")
+  if gt_dir is not None and not gt_dir.is_dir():
+    raise ValueError(f"--gt_dir={gt_dir}: no such folder")
+  truth = {} if gt_dir is None else {
+    p.stem: p for p in gt_dir.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES}
+  return [(p, truth.get(p.stem)) for p in sorted(restored_dir.iterdir())
+          if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES]
+
+
+def score_pairs(pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]],
+                fns: dict[str, Callable], missing: dict[str, str]
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Per-image rows and the summary (means over the images that have each metric).
+
+  A non-finite value (e.g. NIQE of a flat image) counts as missing for that image.
+
+  Returns:
+    (rows: dicts with `name`, `restored`, `gt` and one float or None per metric,
+     summary: `count`, `means` (None when no image has the metric), `counts`, `missing`).
+  """
+  missing = dict(missing)
+  notes: dict[str, str] = {}
+  rows = []
+  for restored, gt in pairs:
+    row: dict[str, Any] = {"name": restored.stem, "restored": str(restored),
+                           "gt": str(gt) if gt else ""}
+    x = io.read_image(restored)
+    y = io.read_image(gt) if gt is not None else None
+    if y is not None and y.shape != x.shape:
+      raise ValueError(f"{restored}: size {x.shape[:2]} differs from its ground truth {gt} "
+                       f"{y.shape[:2]}")
+    for metric in METRICS:
+      row[metric] = None
+      if metric not in fns or (metric in FULL_REFERENCE and y is None):
+        continue
+      try:
+        args = (x, y) if metric in FULL_REFERENCE else (x,)
+        value = float(fns[metric](*args))
+        row[metric] = value if math.isfinite(value) else None
+      except ValueError as e:
+        notes[metric] = " ".join(str(e).split())
+    rows.append(row)
+  means, counts = {}, {}
+  for metric in METRICS:
+    values = [r[metric] for r in rows if r[metric] is not None]
+    counts[metric] = len(values)
+    means[metric] = sum(values) / len(values) if values else None
+    if not values and metric not in missing:
+      missing[metric] = notes.get(metric) or (
+          "no ground truth" if metric in FULL_REFERENCE else "no image could be scored")
+  return rows, {"count": len(rows), "means": means, "counts": counts, "missing": missing}
+
+
+def write(rows: Sequence[dict[str, Any]], summary: dict[str, Any], output_dir: pathlib.Path,
+          extra: dict[str, Any]) -> None:
+  """Writes `scores.csv` (empty cells for missing values) and `scores.json`."""
+  output_dir.mkdir(parents=True, exist_ok=True)
+  with open(output_dir / "scores.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=["name", *METRICS, "restored", "gt"])
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  (output_dir / "scores.json").write_text(
+      json.dumps({**summary, **extra}, indent=2, sort_keys=True) + "\n")
+
+
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of eval/score.py on `fv`."""
+  flags.DEFINE_string("run_dir", None, "An eval/run.py folder.", flag_values=fv)
+  flags.DEFINE_string("restored_dir", None, "Folder of restored images (instead of "
+                      "--run_dir).", flag_values=fv)
+  flags.DEFINE_string("gt_dir", None, "Ground truth, matched by file stem (with "
+                      "--restored_dir).", flag_values=fv)
+  flags.DEFINE_string("output_dir", None, "Where scores.csv/json go (default: the run or "
+                      "restored folder).", flag_values=fv)
+  flags.DEFINE_string("lpips", "checkpoints/lpips_vgg.safetensors", "Converted LPIPS "
+                      "checkpoint.", flag_values=fv)
+  flags.DEFINE_string("arniqa", "checkpoints/arniqa", "Folder of the converted ARNIQA "
+                      "checkpoints.", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  if bool(fv.run_dir) == bool(fv.restored_dir):
+    raise ValueError("give exactly one of --run_dir or --restored_dir")
+  if fv.run_dir:
+    run_dir = pathlib.Path(fv.run_dir)
+    pairs = _pairs_from_run(run_dir)
+    out = pathlib.Path(fv.output_dir or run_dir)
+  else:
+    pairs = _pairs_from_dirs(pathlib.Path(fv.restored_dir),
+                             pathlib.Path(fv.gt_dir) if fv.gt_dir else None)
+    out = pathlib.Path(fv.output_dir or fv.restored_dir)
+  if not pairs:
+    raise ValueError("no restored images to score")
+  fns, missing = metric_functions(fv.lpips, fv.arniqa)
+  rows, summary = score_pairs(pairs, fns, missing)
+  write(rows, summary, out, {"run_dir": fv.run_dir, "restored_dir": fv.restored_dir,
+                             "gt_dir": fv.gt_dir})
+  means = ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}"
+                    for m, v in summary["means"].items())
+  print(f"{PROG}: {summary['count']} images: {means} -> {out / 'scores.json'}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs eval/score.py with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
