@@ -155,7 +155,7 @@ def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Arr
   """One UNet pass: z [N, h, w, C], t [N], ctx [N, L, D] -> output [N, h, w, C] float32."""
   unet = model.arch.unet(model.dtype)
   x = jnp.transpose(z, (0, 3, 1, 2)).astype(model.dtype)
-  with sd_nets.quiet():
+  with sd_nets.quiet(), sd_nets.pytorch_definitions():
     out = unet.apply(
       {"params": model.unet_params}, x, t, ctx.astype(model.dtype), return_dict=False
     )[0]

@@ -85,7 +85,7 @@ TINY_V = {
     "down_block_types": ["DownEncoderBlock2D"] * 3,
     "up_block_types": ["UpDecoderBlock2D"] * 3,
     "block_out_channels": [8, 16, 16],
-    "layers_per_block": 2,
+    "layers_per_block": 1,
     "latent_channels": 4,
     "norm_num_groups": 4,
     "sample_size": 32,

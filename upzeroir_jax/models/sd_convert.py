@@ -100,7 +100,9 @@ def _convert(part: str, state_dict: dict[str, Any], abstract: Any) -> Any:
 
 
 def _public(config: Any) -> dict[str, Any]:
-  return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+  """A network config without private entries and the torch dtype (we choose our own)."""
+  drop = ("torch_dtype", "dtype")
+  return {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in drop}
 
 
 def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
@@ -109,7 +111,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
   missing = [d for d in SUBFOLDERS if not (folder / d).is_dir()]
   if missing:
     raise WeightsError(
-      f"{folder} is not a diffusers Stable Diffusion folder (no {', '.join(missing)}/): pass one "
+      f"{folder} is not a diffusers Stable Diffusion folder (no {'/, '.join(missing)}/): pass one "
       "with unet/, vae/, text_encoder/, tokenizer/, scheduler/, or a weights/convert_sd.py output"
     )
   try:
@@ -125,17 +127,55 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
 
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    config, nets = {"scheduler": _public(scheduler)}, {}
-    for part, cls in classes.items():
-      nets[part] = cls.from_pretrained(str(folder / part), torch_dtype=torch.float32)
-      cfg = nets[part].config
+    config, params = {"scheduler": _public(scheduler)}, {}
+    for part, cls in classes.items():  # one network at a time, to bound host memory.
+      try:
+        safetensors = (folder / part / _WEIGHT_FILES[part][0]).is_file()
+        net = cls.from_pretrained(
+          str(folder / part), torch_dtype=torch.float32, use_safetensors=safetensors
+        )
+      except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read {folder / part}: {str(e).splitlines()[0]}") from None
+      cfg = net.config
       config[part] = _public(json.loads(cfg.to_json_string()) if part == "text_encoder" else cfg)
+      params.update(_params_from_torch(config, {part: net}))
+      del net
+  return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
+
+
+def _params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str, Any]:
+  """Flax parameters by part from PyTorch networks by part (None entries are skipped)."""
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
-  params = {}
-  for part, net in nets.items():
-    params[part] = _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part))
-  return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
+  return {
+    part: _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part))
+    for part, net in nets.items()
+    if net is not None
+  }
+
+
+def from_torch(
+  config: dict[str, Any],
+  unet: Any = None,
+  vae: Any = None,
+  text_encoder: Any = None,
+  tokenizer: Any = None,
+  dtype: Any = np.float32,
+) -> Any:
+  """An `sd.SDModel` holding the weights of in-memory diffusers / transformers PyTorch networks.
+
+  Args:
+    config: the architecture in `sd_configs` form (the networks' own configs, and "scheduler").
+    unet, vae, text_encoder: `UNet2DConditionModel`, `AutoencoderKL`, `CLIPTextModel`, or None
+      (that part's parameters are then None; without a text encoder `null_context` is None).
+    tokenizer: defaults to `sd_nets.tiny_tokenizer`.
+    dtype: parameter and compute dtype.
+  """
+  from upzeroir_jax.models import sd  # sd imports this module; resolved at call time.
+
+  params = _params_from_torch(config, {"unet": unet, "vae": vae, "text_encoder": text_encoder})
+  max_length = config["text_encoder"].get("max_position_embeddings", 77)
+  return sd.assemble(config, params, tokenizer or sd_nets.tiny_tokenizer(max_length), dtype)
 
 
 def _patterns(files: list[str]) -> list[str]:

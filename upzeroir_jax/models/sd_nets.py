@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import tempfile
 import warnings
@@ -48,6 +49,9 @@ def quiet() -> Iterator[None]:
 
 
 with quiet():
+  import flax.linen as nn
+  from diffusers.models.attention_flax import FlaxGEGLU
+  from diffusers.models.embeddings_flax import FlaxTimesteps
   from diffusers.models.unets.unet_2d_condition_flax import FlaxUNet2DConditionModel
   from diffusers.models.vae_flax import FlaxAutoencoderKL
   from transformers import CLIPTextConfig, CLIPTokenizer
@@ -87,7 +91,7 @@ def check_supported(config: dict[str, Any]) -> None:
   """Raises WeightsError for a UNet / VAE option the Flax modules would silently ignore."""
   for part, supported in _UNSUPPORTED.items():
     for key, value in supported.items():
-      if config[part].get(key, value) != value:
+      if config.get(part, {}).get(key, value) != value:
         raise WeightsError(
           f"{part} option {key}={config[part][key]!r} is not supported (only {value!r}): "
           "Stable Diffusion 1.x / 2.x checkpoints are"
@@ -128,6 +132,36 @@ class Architecture:
   def text(self, dtype: Any) -> FlaxCLIPTextModule:
     with quiet():
       return FlaxCLIPTextModule(CLIPTextConfig.from_dict(self.config["text_encoder"]), dtype=dtype)
+
+
+def _timestep_embedding(t: jax.Array, dim: int, flip: bool, shift: float) -> jax.Array:
+  """Sinusoidal timestep features computed as diffusers' PyTorch `get_timestep_embedding`."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000) * jnp.arange(half, dtype=jnp.float32) / (half - shift))
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  return jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1) if flip else emb
+
+
+def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+  """Method interceptor: the two UNet pieces where diffusers' Flax port departs from PyTorch.
+
+  `FlaxGEGLU` uses the tanh approximation of GELU (PyTorch: exact erf GELU, which SD was
+  trained with) and `FlaxTimesteps` orders the frequency arithmetic differently (its float32
+  result differs by up to ~1e-4 rad at t ≈ 1000). Both are replaced by PyTorch's definitions.
+  """
+  module = context.module
+  if context.method_name == "__call__" and isinstance(module, FlaxGEGLU):
+    linear, gate = jnp.split(module.proj(args[0]), 2, axis=-1)
+    return linear * jax.nn.gelu(gate, approximate=False)
+  if context.method_name == "__call__" and isinstance(module, FlaxTimesteps):
+    return _timestep_embedding(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
+  return next_fun(*args, **kwargs)
+
+
+def pytorch_definitions() -> contextlib.AbstractContextManager:
+  """Context in which the Flax UNet computes what diffusers' PyTorch UNet computes."""
+  return nn.intercept_methods(_pytorch_definitions)
 
 
 def encode_moments(m: FlaxAutoencoderKL, x: jax.Array) -> jax.Array:

@@ -1,0 +1,46 @@
+"""PyTorch Stable Diffusion references for the tests: tiny random diffusers folders."""
+
+import pathlib
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from upzeroir_jax.models import sd_nets
+
+
+def torch_networks(config: dict[str, Any], seed: int) -> dict[str, Any]:
+  """Random diffusers / transformers PyTorch networks of the config, in eval mode.
+
+  Every 1-D parameter (biases, norm scales) gets N(0, 0.1²) added, so that a converter that
+  mixed up or dropped one of them is caught (their defaults are 0 and 1).
+  """
+  torch.manual_seed(seed)
+  nets = {
+    "unet": diffusers.UNet2DConditionModel(**config["unet"]),
+    "vae": diffusers.AutoencoderKL(**config["vae"]),
+    "text_encoder": transformers.CLIPTextModel(
+      transformers.CLIPTextConfig(**config["text_encoder"])
+    ),
+  }
+  with torch.no_grad():
+    for net in nets.values():
+      net.eval()
+      for p in net.parameters():
+        if p.ndim == 1:
+          p.add_(0.1 * torch.randn_like(p))
+  return nets
+
+
+def save_folder(
+  path: pathlib.Path, config: dict[str, Any], seed: int, safetensors: bool = True
+) -> dict[str, Any]:
+  """Writes a diffusers Stable Diffusion folder of random weights; returns the networks."""
+  nets = torch_networks(config, seed)
+  for part, net in nets.items():
+    net.save_pretrained(str(path / part), safe_serialization=safetensors)
+  diffusers.DDIMScheduler(**config["scheduler"]).save_pretrained(str(path / "scheduler"))
+  max_length = config["text_encoder"]["max_position_embeddings"]
+  sd_nets.tiny_tokenizer(max_length).save_pretrained(str(path / "tokenizer"))
+  return nets

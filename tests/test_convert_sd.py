@@ -1,0 +1,66 @@
+"""weights/convert_sd.py: diffusers folder -> orbax checkpoint -> sd.load, without torch."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from upzeroir_jax.models import sd, sd_configs, sd_convert
+
+pytest.importorskip("torch")
+sd_reference = pytest.importorskip("tests.sd_reference")
+convert_sd = pytest.importorskip("weights.convert_sd")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+  root = tmp_path_factory.mktemp("convert_sd")
+  sd_reference.save_folder(root / "diffusers", sd_configs.TINY, seed=5, safetensors=True)
+  convert_sd.convert(str(root / "diffusers"), root / "orbax")
+  return root / "diffusers", root / "orbax"
+
+
+def _leaves(model):
+  return jax.tree.leaves((model.unet_params, model.vae_params, model.text_params))
+
+
+@pytest.mark.parity
+def test_round_trip_keeps_weights_config_and_tokenizer(folders, monkeypatch):
+  diffusers_folder, orbax_folder = folders
+  want = sd.load(diffusers_folder)
+  monkeypatch.setitem(sys.modules, "torch", None)  # the checkpoint must load without torch.
+  got = sd.load(orbax_folder)
+  assert got.arch == want.arch
+  assert jax.tree.structure(got.unet_params) == jax.tree.structure(want.unet_params)
+  for a, b in zip(_leaves(got), _leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(got.null_context, want.null_context)
+  np.testing.assert_array_equal(got.schedule.alphas_cumprod, want.schedule.alphas_cumprod)
+  prompt = "a photo of a cat"
+  assert got.arch.tokenizer(prompt)["input_ids"] == want.arch.tokenizer(prompt)["input_ids"]
+
+
+def test_bfloat16_conversion_halves_the_stored_weights(folders, tmp_path):
+  diffusers_folder, orbax_folder = folders
+  convert_sd.convert(str(diffusers_folder), tmp_path, dtype="bfloat16")
+  _, full, _ = sd_convert.read_checkpoint(orbax_folder)
+  _, half, _ = sd_convert.read_checkpoint(tmp_path)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(half), strict=True):
+    assert b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=2**-8, atol=1e-30)
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(folders, tmp_path):
+  _, orbax_folder = folders
+  config, params, tokenizer = sd_convert.read_checkpoint(orbax_folder)
+  config["unet"]["block_out_channels"] = [32, 96]
+  sd_convert.write_checkpoint(tmp_path, config, params, tokenizer)
+  with pytest.raises(sd.WeightsError, match="unet parameters do not match"):
+    sd.load(tmp_path)
+
+
+def test_convert_refuses_a_folder_without_the_diffusers_layout(tmp_path):
+  with pytest.raises(sd.WeightsError, match="not a diffusers Stable Diffusion folder"):
+    convert_sd.convert(str(tmp_path), tmp_path / "out")
