@@ -22,7 +22,6 @@ Choices where METHOD.md is silent [ours]:
 
 import dataclasses
 import functools
-import importlib
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -32,6 +31,7 @@ import numpy as np
 
 from upzeroir_jax import config as config_lib
 from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.sampler import dqr
 from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
 
@@ -84,14 +84,9 @@ def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreC
              ts: jax.Array, st: state_lib.SamplerState
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One image through the DQR loop (METHOD §7); `y` `[1, H, W, 3]`."""
-  try:
-    dqr = importlib.import_module("upzeroir_jax.sampler.dqr")
-  except ImportError:
-    raise NotImplementedError("dynamic quality refinement is not available; "
-                              "pass a config with dqr=False") from None
   st, image, info = dqr.run(lambda s: step_lib.step(models, y, ctx, config, ts, s),
                             models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
-                            config)
+                            config, unet_per_step=1 if ctx is None else 2)
   return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
 
 
@@ -183,6 +178,8 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   """
   y, batch = _validate(models, y, key, config)
   models = models.replace(backbone=_configure_backbone(models.backbone, config))
+  if config.dqr:
+    models = models.replace(scorer=dqr.wrap(models.scorer))
   y = jnp.asarray(y, jnp.float32)
   h, w = y.shape[-3], y.shape[-2]
   weights = state_lib.loss_weights(config, h * w)
