@@ -160,6 +160,16 @@ def test_restart_cap_ends_a_run_that_never_settles():
     info["score_t"][:12], [700, 600, 500, 420, 320, 420, 320, 220, 120, 20, 0, -1])
 
 
+def test_nan_score_counts_as_no_score():
+  # t = 700 records 0.4; NaN at 600 decides nothing and clears the history, so 500 (0.4 again)
+  # only records; 400 (after 30 steps, t = TS[29]) settles.
+  _, image, info = runner()(toy_state([0.1, 0.1, 0.4, np.nan, 0.4, 0.405, 0.9], 5))
+  assert int(info["stop_reason"]) == dqr.SETTLED and int(info["steps"]) == 30
+  np.testing.assert_array_equal(info["score_t"][:5], [700, 600, 500, 400, -1])
+  np.testing.assert_allclose(info["scores"][:4], [0.4, np.nan, 0.4, 0.405], rtol=1e-6)
+  np.testing.assert_allclose(image, np.full((1, 4, 4, 3), 0.405), rtol=1e-6)
+
+
 def test_lower_is_better_scorer_and_unit():
   # Raw scores 0.5, 0.3, 0.3005 at t = 700, 600, 500 with unit 0.1 are qualities −5, −3,
   # −3.005: the check at 500 settles (Δ = 0.005 < τ); the best is the lowest raw score.

@@ -146,7 +146,8 @@ def _validate(models: Models, y: Any, key: Any, config: Any) -> tuple[np.ndarray
       raise InputError(f"y must hold values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
   if config.dqr and models.scorer is None:
     raise InputError("config.dqr is True but models.scorer is None: "
-                     "give a scorer (sampler.dqr) or set dqr=False")
+                     "give one (sampler.scorers.arniqa / niqe, or any score(img) -> [B]) "
+                     "or set dqr=False")
   batch = y.shape[0] if y.ndim == 4 else 0
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   key_batch = key.shape[:1] if key.ndim == (1 if typed else 2) else ()

@@ -29,6 +29,8 @@ Choices where METHOD.md is silent (all documented again in the README):
   is at most one sweep of the timesteps, so the loop always terminates.
 - Scores are computed on x̂0 clipped to [0, 1]. τ applies to `Scorer.quality`, the score
   divided by the scorer's `unit` (ARNIQA 1, NIQE 10; see `scorers.py`), so one τ serves both.
+- A NaN score (e.g. NIQE of a perfectly flat image) counts as no score: it neither stops nor
+  restarts, never becomes the output, and the next check only records.
 
 Under `vmap` every image stops and restarts on its own. The loop runs until the last image is
 done; a finished image is frozen: its steps, re-noising and bookkeeping are masked by its
