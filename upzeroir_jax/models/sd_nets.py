@@ -250,8 +250,12 @@ def _init_part(arch: Architecture, part: str, key: jax.Array) -> Any:
     return arch.text(jnp.float32).init(key, ids, ids, ids)["params"]
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_params(arch: Architecture, part: str) -> Any:
-  """Shapes and dtypes (float32) of one network's parameters, without computing them."""
+  """Shapes and dtypes (float32) of one network's parameters, without computing them.
+
+  Memoised per architecture: tracing a full-size UNet's `init` takes seconds.
+  """
   return jax.eval_shape(functools.partial(_init_part, arch, part), jax.random.key(0))
 
 
