@@ -204,10 +204,6 @@ def init(state: Any, trace_size: int) -> DQRState:
   )
 
 
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
            alphas_cumprod: jax.Array, i_restart: jax.Array, config: Any) -> tuple[Any, DQRState]:
   """One quality check after a block of steps: score, record, stop / continue / restart."""
