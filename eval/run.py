@@ -176,10 +176,16 @@ def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None
     return
   old = json.loads(path.read_text())
   for key in ("config", "model", "seed", "grid", "size", "input_dir"):
-    if old.get(key) != settings.get(key):
-      raise pipeline.RunError(
-        f"{path.parent} holds a run with another {key} ({old.get(key)!r} there, "
-        f"{settings.get(key)!r} now); use another --output_dir or --overwrite")
+    before, now = old.get(key), settings.get(key)
+    if before == now:
+      continue
+    if isinstance(before, dict) and isinstance(now, dict):
+      diff = [f"{k}: {before.get(k)!r} there, {now.get(k)!r} now"
+              for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    else:
+      diff = [f"{before!r} there, {now!r} now"]
+    raise pipeline.RunError(f"{path.parent} holds a run with another {key} ({'; '.join(diff)}); "
+                            "use another --output_dir or --overwrite")
 
 
 def _initialize_distributed(fv: flags.FlagValues) -> None:
@@ -218,6 +224,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
     "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
   }
+  settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
   run_file = out / RUN_FILE
   _check_same_run(run_file, settings, fv.overwrite)
   if jax.process_index() == 0:

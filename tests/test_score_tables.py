@@ -117,7 +117,8 @@ def test_tables_place_runs_beside_the_paper(tmp_path):
   text = tables.render_all(tables.find_runs(tmp_path))
   t1 = "Table 1: low-light enhancement (LOLv1, LOLv2)"
   # The latest LOLv1 run; PI is not implemented; LOLv2 has no run.
-  assert _row(text, t1, "**upzeroir-jax**") == ["18.12", "0.812", "0.246", "—", "5.43"] + ["—"] * 5
+  want = ["18.12", "0.812", "0.246", "—", "5.43"] + ["—"] * 5
+  assert _row(text, t1, "**upzeroir-jax**") == want
   assert _row(text, t1, "LD-RPS") == ["17.26", "0.797", "0.291", "5.02", "5.79",
                                       "18.22", "0.744", "0.335", "5.05", "6.03"]
   t2 = "Table 2: dehazing (HSTS)"

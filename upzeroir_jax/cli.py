@@ -131,6 +131,9 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
     raise pipeline.RunError(f"--prompt_dir={prompt_dir}: no such folder")
   if not src.exists():
     raise pipeline.RunError(f"--input={input_path}: no such file or folder")
+  if dst.resolve() == src.resolve():
+    raise pipeline.RunError(f"--output={output_path} is the input itself; choose another "
+                            "output so that the originals are kept")
   if src.is_dir():
     files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in io.IMAGE_SUFFIXES)

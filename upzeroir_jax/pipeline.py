@@ -15,8 +15,9 @@ The last batch of a group is filled up to the full batch with copies of its last
 (discarded), so each grid shape compiles once.
 
 Progress: `restore` runs all sampling steps of a batch in one compiled call with no host
-synchronisation inside the loop, so the progress bar advances per batch (images, and the
-sampling steps those images took), not per step.
+synchronisation inside the loop, so the progress bar advances per batch: images done, the
+batch being restored, and the sampling steps the last batch took (fewer than `config.steps`
+when dynamic quality refinement stopped early, more after restarts).
 """
 
 from __future__ import annotations
@@ -178,8 +179,9 @@ def _load_scorer(scorer: str, arniqa_dir: str, smoke_test: bool) -> tuple[Any, s
   if smoke_test:
     return scorers.arniqa(arniqa_lib.init_random(jax.random.PRNGKey(1))), "ARNIQA, random weights"
   raise _missing(str(enc if not enc.is_file() else reg), "ARNIQA weights",
-                 f"convert them with `{arniqa_lib.CONVERTER}` into {arniqa_dir}, "
-                 "or pass --scorer=niqe or --scorer=none")
+                 "convert them with `python -m weights.convert_arniqa --encoder=ARNIQA.pth "
+                 f"--regressor=regressor_kadid10k.pth --output_dir={arniqa_dir}`, or pass "
+                 "--scorer=niqe or --scorer=none")
 
 
 def _load_vgg(path: str, smoke_test: bool) -> tuple[Any, str]:
@@ -189,7 +191,8 @@ def _load_vgg(path: str, smoke_test: bool) -> tuple[Any, str]:
     return vgg.load(path), f"VGG16 from {path}"
   if smoke_test:
     return vgg.init_random(jax.random.PRNGKey(2)), "VGG16, random weights"
-  raise _missing(path, "VGG16 weights (perceptual loss)", f"convert them with `{vgg.CONVERTER}`")
+  raise _missing(path, "VGG16 weights (perceptual loss)", "convert them with `python -m "
+                 f"weights.convert_vgg --input=vgg16-397923af.pth --output={path}`")
 
 
 def _load_backbone(source: str) -> Any:
@@ -199,13 +202,14 @@ def _load_backbone(source: str) -> Any:
     return sd.tiny(jax.random.PRNGKey(0))
   try:
     return sd.load(source)
+  except ImportError as e:
+    raise RunError(f"reading the diffusion model {source!r} needs {e.name or 'torch'}: "
+                   "pip install -e '.[convert]', or convert it once with "
+                   "`python -m weights.convert_sd` and pass the converted folder") from None
   except (OSError, ValueError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise RunError(
-      f"cannot load the diffusion model {source!r} ({first}); on a machine with internet it "
-      f"downloads on first use, otherwise pass --model=/path/to/a/diffusers/folder "
-      f"(e.g. from `huggingface-cli download {SD_DEFAULT}`), or --model=tiny for a smoke "
-      "test on random weights") from None
+    first = " ".join(str(e).split()) or type(e).__name__
+    raise RunError(f"cannot load the diffusion model {source!r}: {first}; --model=tiny runs a "
+                   "smoke test on random weights instead") from None
 
 
 def load_models(source: str = SD_DEFAULT, *, vgg_path: str = "checkpoints/vgg16.safetensors",
@@ -359,7 +363,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig, *
     bits: 8 or 16 (PNG outputs).
     overwrite: redo finished outputs.
     mesh: 1-D device mesh (default: all devices, `make_mesh()`).
-    progress: show a tqdm bar (process 0 only).
+    progress: show a tqdm bar (process 0, when stderr is a terminal).
     record: extra entries for every sidecar (e.g. the dataset).
 
   Returns:
@@ -394,7 +398,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig, *
   rows = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
   n_batches = sum(math.ceil(len(g) / global_batch) for g in groups.values())
   bar = tqdm(total=len(pending), unit="img", desc="restoring",
-             disable=not progress or jax.process_index() != 0)
+             disable=None if progress and jax.process_index() == 0 else True)
   common = {
     "seed": seed, "task": config.task, "config": dataclasses.asdict(config),
     "model": {"source": loaded.source, "smoke_test": loaded.smoke_test, **loaded.notes},
@@ -409,11 +413,12 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig, *
       k += 1
       chunk = group[start:start + global_batch]
       filled = chunk + [chunk[-1]] * (global_batch - len(chunk))
-      bar.set_postfix_str(f"batch {k}/{n_batches}: {len(chunk)} x {shape[0]}x{shape[1]}, "
+      bar.set_postfix_str(f"batch {k}/{n_batches}: {len(chunk)} x {shape[0]}x{shape[1]}, up to "
                           f"{config.steps} steps")
-      _run_batch(filled, len(chunk), shape, models, ctx, loaded, config, seed, grid, size, bits,
-                 rows, first, common, summary)
+      steps = _run_batch(filled, len(chunk), shape, models, ctx, loaded, config, seed, grid,
+                         size, bits, rows, first, common, summary)
       first = False
+      bar.set_postfix_str(f"batch {k}/{n_batches} took {steps} sampling steps per image")
       bar.update(len(chunk))
   bar.close()
   return summary
@@ -422,8 +427,11 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig, *
 def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any, ctx: Any,
                loaded: Loaded, config: config_lib.RestoreConfig, seed: int, grid: str,
                size: int, bits: int, rows: NamedSharding, first: bool, common: dict,
-               summary: Summary) -> None:
-  """Reads this process's rows of one batch, restores the batch, writes the real rows."""
+               summary: Summary) -> str:
+  """Reads this process's rows of one batch, restores it, writes the real rows.
+
+  Returns the sampling steps this process's images took ("4", or "31-45" under DQR).
+  """
   g = len(filled)
   full_shape = (g, shape[0], shape[1], 3)
   t0 = time.perf_counter()
@@ -453,6 +461,8 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
   batch_s = time.perf_counter() - t1
   image_rows = _rows_of(images)
   info_rows = {name: _rows_of(v) for name, v in info.items()}
+  taken = sorted({int(info_rows["steps"][r]) for r in image_rows if r < real}
+                 if config.dqr else {config.steps})
   for r in sorted(image_rows):
     if r >= real or r in failed:
       continue
@@ -470,4 +480,5 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
       "sampling": _dqr_summary(info_r, config),
     })
     summary.done.append(job.name)
+  return "-".join(str(t) for t in sorted({taken[0], taken[-1]})) if taken else "0"
 

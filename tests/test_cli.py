@@ -1,0 +1,141 @@
+"""The `upzeroir` console script end to end on the tiny random SD, and its error handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from upzeroir_jax import cli, io, pipeline
+
+# One configuration for every restoring test here and in test_eval_run.py: one compilation.
+TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
+        "--batch=2", "--override=pcdm_features=8,8,8", "--override=disc_features=8,8,8"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return pipeline.load_models("tiny", scorer="none")
+
+
+@pytest.fixture
+def use_tiny(tiny, monkeypatch):
+  """Reuses the module's tiny models instead of building them on every call."""
+  calls = []
+
+  def load(source, **kwargs):
+    calls.append((source, kwargs))
+    return tiny
+
+  monkeypatch.setattr(pipeline, "load_models", load)
+  return calls
+
+
+def _inputs(folder):
+  """Grayscale, RGBA, 16-bit, an odd-sized JPEG and a broken file; returns {name: (H, W)}."""
+  folder.mkdir()
+  Image.fromarray(np.linspace(0, 255, 50 * 70).reshape(50, 70).astype(np.uint8), "L").save(
+      folder / "gray.png")
+  rgba = np.random.default_rng(0).integers(0, 256, (33, 47, 4), dtype=np.uint8)
+  Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+  deep = (np.random.default_rng(1).random((40, 30)) * 65535).astype(np.uint16)
+  Image.fromarray(deep).save(folder / "deep.png")  # mode I;16: a 16-bit grayscale PNG
+  Image.fromarray(np.random.default_rng(2).integers(0, 256, (399, 601, 3), dtype=np.uint8)).save(
+      folder / "odd.jpg", quality=90)
+  (folder / "broken.png").write_bytes((folder / "gray.png").read_bytes()[:60])
+  return {"gray": (50, 70), "rgba": (33, 47), "deep": (40, 30), "odd": (399, 601)}
+
+
+@pytest.mark.slow
+def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, capsys):
+  sizes = _inputs(tmp_path / "in")
+  out = tmp_path / "out"
+  argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *TINY]
+  assert cli.main(argv) == 2  # broken.png cannot be read; the others are restored
+  std = capsys.readouterr()
+  err = std.err.strip().splitlines()
+  assert len(err) == 1
+  assert err[0].startswith(f"upzeroir: error: {tmp_path / 'in' / 'broken.png'}: truncated")
+  assert "Traceback" not in std.err and "restored 4, skipped 0" in std.out
+  assert use_tiny == [("tiny", {"vgg_path": "checkpoints/vgg16.safetensors",
+                                "arniqa_dir": "checkpoints/arniqa", "scorer": "none"})]
+  for name, (h, w) in sizes.items():
+    assert io.read_image(out / f"{name}.png").shape == (h, w, 3)
+    meta = json.loads((out / f"{name}.json").read_text())
+    assert meta["grid"]["input_shape"] == [h, w] and meta["grid"]["shape"] == [64, 64]
+    assert meta["model"]["source"] == "tiny" and meta["model"]["smoke_test"] is True
+    assert meta["seed"] == 0 and meta["config"]["steps"] == 4 and meta["task"] == "lowlight"
+    assert meta["sampling"] == {"enabled": False, "steps": 4}
+    assert meta["timings"]["batch_images"] in (1, 2) and meta["timings"]["batch_s"] > 0
+  assert not (out / "broken.png").exists()
+
+  stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+  assert cli.main(argv) == 2
+  assert "restored 0, skipped 4" in capsys.readouterr().out
+  assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+  # Alone (batch filled with copies of itself) it gets the same key, so the same result.
+  single = tmp_path / "single.png"
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in' / 'odd.jpg'}",
+                   f"--output={single}", *TINY]) == 0
+  diff = np.abs(io.read_image(single) - io.read_image(out / "odd.png"))
+  assert diff.max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.slow
+def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
+  io.write_image(tmp_path / "a.png", np.random.default_rng(3).random((20, 61, 3)))
+  out = tmp_path / "a_out.png"
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'a.png'}", f"--output={out}",
+                   *TINY, "--grid=pad"]) == 0
+  meta = json.loads(out.with_suffix(".json").read_text())
+  assert meta["grid"] == {"mode": "pad", "shape": [64, 64], "input_shape": [20, 61]}
+  assert io.read_image(out).shape == (20, 61, 3)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["restore", "--input=/nonexistent/x.png", "--output=o", "--task=lowlight"],
+     "--input=/nonexistent/x.png: no such file or folder"),
+    (["restore", "--input=.", "--output=o", "--task=sharpen"], "value should be one of"),
+    (["restore", "--input=README.md", "--output=o"], "--task"),
+    (["repair", "--input=.", "--output=o", "--task=lowlight"], "unknown command 'repair'"),
+    (["restore", "--input=x.png", "--output=./x.png", "--task=lowlight"], "is the input itself"),
+    (["restore", "--input=.", "--output=o", "--task=lowlight", "--override=nope=1"],
+     "--override=nope=1"),
+    (["restore", "--input=.", "--output=o", "--task=lowlight", "--vgg=/nonexistent/vgg.st"],
+     "VGG16 weights (perceptual loss) not found at /nonexistent/vgg.st; convert them"),
+    (["restore", "--input=.", "--output=o", "--task=lowlight", "--model=tiny", "--size=100"],
+     "--size=100 must be a positive multiple of 64"),
+])
+def test_bad_input_gives_exit_2_and_one_line(tmp_path, monkeypatch, capsys, args, needle):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "README.md").write_text("not an image")
+  io.write_image(tmp_path / "x.png", np.zeros((8, 8, 3)))
+  if "--model=tiny" in args:  # fails on the grid size, before the models are used
+    monkeypatch.setattr(pipeline, "load_models", lambda source, **kw: pipeline.Loaded(
+        models=None, source=source, smoke_test=True, scorer="none",
+        text_context=lambda p: None, multiple=64, notes={}))
+  code = cli.main(["upzeroir", *args])
+  err = capsys.readouterr().err
+  assert code == 2
+  assert len(err.strip().splitlines()) == 1 and err.startswith("upzeroir: error: ")
+  assert needle in err and "Traceback" not in err
+
+
+def test_help_and_no_arguments(capsys):
+  assert cli.main(["upzeroir", "--help"]) == 0
+  assert "usage: upzeroir restore --input=FILE|DIR" in capsys.readouterr().out
+  assert cli.main(["upzeroir"]) == 2
+  assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "upzeroir_jax.cli", "restore", f"--input={tmp_path / 'no.png'}",
+       f"--output={tmp_path}", "--task=denoise"],
+      check=False, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == (
+      f"upzeroir: error: --input={tmp_path / 'no.png'}: no such file or folder")
