@@ -47,7 +47,7 @@ class SDModel:
     null_context: [1, L, D] text embedding of the empty prompt (the unconditional context).
     schedule: the DDIM schedule of the checkpoint's scheduler config.
     arch: configs and tokenizer (static).
-    remat_decode: decode with per-block `jax.checkpoint` (less memory for the guidance gradient).
+    remat_decode: decode recomputing activations in the backward pass (less gradient memory).
     dtype: compute dtype of the networks (float32 or bfloat16); outputs are float32.
   """
 
@@ -123,9 +123,10 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
 def decode(model: SDModel, z: jax.Array) -> jax.Array:
   """x = D(z / scaling_factor) mapped from [−1, 1] to [0, 1], not clipped (METHOD.md, D).
 
-  With `model.remat_decode`, every decoder stage (input block, each resnet, each upsampler,
-  output head) is a `jax.checkpoint`: the gradient through `decode` (the guidance gradient,
-  METHOD.md Eq. 9–10) then stores only stage inputs and recomputes the rest. Same values.
+  With `model.remat_decode`, the decoder runs as a chain of stages (input block, each resnet,
+  each upsampler, output head) whose backward pass recomputes each stage from its input: the
+  gradient through `decode` (the guidance gradient, METHOD.md Eq. 9–10) then keeps only stage
+  inputs plus one stage's activations. Same values; reverse mode only (no `jax.jvp`).
 
   Args:
     model: the SD model.
@@ -137,18 +138,42 @@ def decode(model: SDModel, z: jax.Array) -> jax.Array:
   _check_latent(model, z, 1)
   vae = model.arch.vae(model.dtype)
   h = (z / model.scaling_factor).astype(model.dtype)
-  with sd_nets.quiet():
-    if model.remat_decode:
-      for stage in sd_nets.decoder_stages(model.arch.config["vae"]):
-        run = functools.partial(_apply_stage, vae, stage)
-        h = jax.checkpoint(run)(model.vae_params, h)
-    else:
-      h = vae.apply({"params": model.vae_params}, h, method=sd_nets.decode_full)
+  if model.remat_decode:
+    for stage in sd_nets.decoder_stages(model.arch.config["vae"]):
+      h = _recomputed(functools.partial(_apply_stage, vae, stage), model.vae_params, h)
+  else:
+    h = _apply_stage(vae, sd_nets.decode_full, model.vae_params, h)
   return ((h.astype(jnp.float32) + 1.0) / 2.0).astype(jnp.float32)
 
 
 def _apply_stage(vae: Any, stage: Any, params: Any, h: jax.Array) -> jax.Array:
-  return vae.apply({"params": params}, h, method=stage)
+  with sd_nets.quiet():
+    return vae.apply({"params": params}, h, method=stage)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recomputed(fn: Any, params: Any, h: jax.Array) -> jax.Array:
+  """fn(params, h), not storing its activations: the backward pass recomputes them.
+
+  Unlike `jax.checkpoint`, the recomputation depends on the incoming cotangent (its input is
+  h + 0·c for one cotangent entry c), so XLA cannot start every stage's recomputation at the
+  beginning of the backward pass: its CPU pipeline drops the optimization barriers that
+  `jax.checkpoint` relies on, which left the gradient's peak memory almost unchanged.
+  """
+  return fn(params, h)
+
+
+def _recomputed_fwd(fn: Any, params: Any, h: jax.Array) -> tuple[jax.Array, Any]:
+  return fn(params, h), (params, h)
+
+
+def _recomputed_bwd(fn: Any, residuals: Any, cotangent: jax.Array) -> tuple[Any, jax.Array]:
+  params, h = residuals
+  h = h + 0.0 * cotangent.reshape(-1)[0].astype(h.dtype)
+  return jax.vjp(fn, params, h)[1](cotangent)
+
+
+_recomputed.defvjp(_recomputed_fwd, _recomputed_bwd)
 
 
 def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Array:

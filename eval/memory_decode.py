@@ -1,0 +1,103 @@
+r"""Peak host memory of the SD VAE decoder and its gradient, with and without rematerialisation.
+
+  python -m eval.memory_decode --resolution=512 --out=memory_decode.json
+
+The guidance gradient (METHOD.md §3, Eq. 9–10) differentiates the VAE decoder at the full
+image size. This measures, for the SD-2.1(-base) VAE architecture (random weights, float32
+unless --dtype), one jitted `value_and_grad` of ⟨decode(z), g⟩ at --resolution², once with
+`remat_decode=False` and once with `remat_decode=True`. Each variant runs in its own Python
+process (`ru_maxrss` never decreases), one after the other, and reports:
+
+- `maxrss_before_gb`: peak resident memory once the weights and inputs exist (before compiling),
+- `maxrss_gb`: peak resident memory after compiling and running the gradient twice,
+- `xla_temp_gb`: XLA's temporary buffer size for the compiled gradient (`memory_analysis`),
+  the part that would live on an accelerator,
+- `step_s`: wall time of the second (compiled) run.
+"""
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from upzeroir_jax.models import sd
+
+_RESOLUTION = flags.DEFINE_integer("resolution", 512, "Image side in pixels (multiple of 8).")
+_VARIANT = flags.DEFINE_enum(
+  "variant", "all", ["all", "plain", "remat"], "'all' runs each variant in a subprocess."
+)
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Decoder dtype.")
+_OUT = flags.DEFINE_string("out", None, "JSON file for the results (with --variant=all).")
+
+_GB = 1024**3
+
+
+def _maxrss_gb() -> float:
+  """Peak resident set size of this process (Linux reports kilobytes)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GB
+
+
+def measure(resolution: int, remat: bool, dtype: str) -> dict:
+  """Builds the SD-2.1 VAE, compiles and runs the decoder gradient; returns the numbers."""
+  model = sd.from_config(sd.SD21_BASE, jax.random.key(0), jnp.dtype(dtype), parts=("vae",))
+  model = model.replace(remat_decode=remat)
+  h = resolution // model.latent_factor
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal((1, h, h, model.latent_channels)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((1, resolution, resolution, 3)), jnp.float32)
+
+  def loss(model, z, g):
+    return jnp.sum(sd.decode(model, z) * g)
+
+  before = _maxrss_gb()
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=1)).lower(model, z, g).compile()
+  analysis = compiled.memory_analysis()
+  jax.block_until_ready(compiled(model, z, g))
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(model, z, g))
+  return {
+    "variant": "remat" if remat else "plain",
+    "resolution": resolution,
+    "dtype": dtype,
+    "maxrss_before_gb": round(before, 3),
+    "maxrss_gb": round(_maxrss_gb(), 3),
+    "xla_temp_gb": round(analysis.temp_size_in_bytes / _GB, 3) if analysis else None,
+    "step_s": round(time.perf_counter() - start, 2),
+  }
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _RESOLUTION.value % 8:
+    raise app.UsageError(f"--resolution must be a multiple of 8, got {_RESOLUTION.value}")
+  if _VARIANT.value != "all":
+    print(json.dumps(measure(_RESOLUTION.value, _VARIANT.value == "remat", _DTYPE.value)))
+    return
+  results = []
+  for variant in ("plain", "remat"):
+    cmd = [sys.executable, "-m", "eval.memory_decode", f"--variant={variant}"]
+    cmd += [f"--resolution={_RESOLUTION.value}", f"--dtype={_DTYPE.value}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    results.append(json.loads(out.strip().splitlines()[-1]))
+    print(json.dumps(results[-1]))
+  report = {
+    "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "results": results,
+  }
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
