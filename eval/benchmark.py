@@ -8,7 +8,9 @@ PyTorch eager reference (`eval/torch_reference.py`):
 
 - compile time (JAX: `lower().compile()` of each function; torch: its warm-up steps),
 - time per guided step at equal work, per batch size: a guided stage-2 step (PCDM update and
-  the guidance gradient through decoder and encoder) and a stage-1 step (PCDM update only),
+  the guidance gradient through decoder and encoder) and a stage-1 step (PCDM update only);
+  `--repeats` rounds of `--timed_steps` steps each, the best round reported (and the median).
+  On a CPU the rounds of JAX and torch alternate, so both see the same background load,
 - one-step parity: both sides run the first guided step from the same state; their loss
   terms, latents and PCDM updates are reported side by side (float32 only),
 - time per restored image of our `restore` at batch 1, fixed schedule and with DQR,
@@ -23,6 +25,11 @@ PyTorch eager reference (`eval/torch_reference.py`):
 
 It prints the ratios (torch time / JAX time: > 1 means JAX is faster) and each performance
 target with its measured value and MET / NOT MET / NOT MEASURED, and writes everything as JSON.
+
+Order: step times at batch 1 (on a GPU torch first, its cached memory released before JAX
+compiles) with the parity check, LD-RPS, our restores, then larger batches; `--time_budget_s`
+skips the parts that would start after the budget. Results are written after every part, so
+an interrupted run leaves what it measured.
 
 Timing: JAX results are waited for with `jax.block_until_ready`, torch work with
 `torch.cuda.synchronize()` on a GPU. Compilation and warm-up are excluded from per-step times
@@ -45,6 +52,7 @@ if __package__ in (None, ""):
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import platform
@@ -54,11 +62,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import diffusers
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 from absl import app, flags, logging
+from diffusers.models.attention_flax import FlaxAttention
 
 from eval import torch_reference as tr
 from upzeroir_jax import config as config_lib
@@ -73,6 +83,7 @@ from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
 
 PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
+VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", "xla", "cudnn", "auto")
 TRACE_TERMS = ("pcdm_loss", "pcdm_mse", "pcdm_per", "pcdm_adv", "disc_loss", "deg", "mse", "per",
                "adv", "distance", "quality", "grad_norm")
 
@@ -83,7 +94,11 @@ _RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side in pixels (0: 64
 _PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, any of {', '.join(PARTS)}.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "2", "4", "8"],
                              "Batch sizes of the batch / torch_batch parts.")
-_TIMED_STEPS = flags.DEFINE_integer("timed_steps", 5, "Timed steps per step measurement.")
+_TIMED_STEPS = flags.DEFINE_integer("timed_steps", 5, "Timed steps per round of a step timing.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of each step timing; the best is reported.")
+_CPU_THREADS = flags.DEFINE_integer(
+  "cpu_threads", 0, "Threads for torch and XLA on a CPU (0: the libraries' defaults). One "
+  "thread each keeps a shared, loaded machine from oversubscribing its cores.")
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed torch warm-up steps.")
 _STEPS = flags.DEFINE_integer("steps", 450, "DDIM steps of our restore (config.steps).")
 _RESTORE_SCALE = flags.DEFINE_float("restore_scale", 1.0,
@@ -93,12 +108,22 @@ _LDRPS_SCALE = flags.DEFINE_float("ldrps_scale", 1.0,
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Compute dtype of our UNet/VAE (PCDM, losses, latents stay float32).")
 _REMAT = flags.DEFINE_bool("remat", False, "Recompute the decoder in the guidance backward pass.")
+_ATTENTION = flags.DEFINE_enum(
+  "attention", "default", ["default", "xla", "cudnn", "auto"],
+  "UNet attention of our pipeline: diffusers' einsum-softmax (default) or "
+  "jax.nn.dot_product_attention with this implementation (auto: JAX chooses).")
+_VARIANTS = flags.DEFINE_list(
+  "variants", [], "Speed variants of our batch-1 step to time after the main parts, each a "
+  "'+'-joined set of: bfloat16, remat, cfg, xla, cudnn, auto (attention), e.g. "
+  "bfloat16,bfloat16+cudnn,remat.")
 _CFG = flags.DEFINE_bool("cfg", False, "Random prompt context: CFG on in our pipeline and in the "
                          "equal-work torch step (LD-RPS always runs CFG).")
 _TF32 = flags.DEFINE_bool("torch_tf32", True, "Let torch use TF32 for float32 matmuls and convs "
                           "on a GPU, as XLA does by default.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, inputs and noise.")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+_TIME_BUDGET = flags.DEFINE_float("time_budget_s", 0.0, "Skip the parts that would start after "
+                                  "this many seconds (0: no limit); they are listed as skipped.")
 _DEVICE_CHECK = flags.DEFINE_bool("device_check", False,
                                   "Require a GPU for both JAX and torch and print the devices.")
 
@@ -121,6 +146,11 @@ class Options:
   cfg: bool = False
   torch_tf32: bool = True
   seed: int = 0
+  time_budget_s: float = 0.0
+  repeats: int = 3
+  cpu_threads: int = 0
+  attention: str = "default"
+  variants: tuple[str, ...] = ()
 
   def __post_init__(self):
     unknown = sorted(set(self.parts) - set(PARTS))
@@ -128,12 +158,19 @@ class Options:
       raise app.UsageError(f"unknown --parts {unknown}; choose from {', '.join(PARTS)}")
     if not self.batches or min(self.batches) < 1:
       raise app.UsageError("--batches must be positive integers, e.g. 1,2,4,8")
-    if self.timed_steps < 1 or self.warmup_steps < 0 or self.steps < 2:
-      raise app.UsageError("--timed_steps must be >= 1, --warmup_steps >= 0, --steps >= 2")
+    if self.timed_steps < 1 or self.repeats < 1 or self.warmup_steps < 0 or self.steps < 2:
+      raise app.UsageError("--timed_steps and --repeats must be >= 1, --warmup_steps >= 0, "
+                           "--steps >= 2")
     if not (0 < self.restore_scale <= 1 and 0 < self.ldrps_scale <= 1):
       raise app.UsageError("--restore_scale and --ldrps_scale must be in (0, 1]")
-    if self.resolution and (self.resolution < 16 or self.resolution % 16):
-      raise app.UsageError("--resolution must be a multiple of 16 (0 for the size's default)")
+    for spec in self.variants:
+      bad = [m for m in spec.split("+") if m not in VARIANT_MODIFIERS]
+      if bad:
+        raise app.UsageError(f"unknown --variants modifier {bad[0]!r} in {spec!r}; use "
+                             f"{', '.join(VARIANT_MODIFIERS)} joined by '+'")
+    if self.resolution % 64 or self.resolution < 0:
+      raise app.UsageError("--resolution must be a multiple of 64, the model grid of SD "
+                           "(0 for the size's default)")
 
   @property
   def restore_steps(self) -> int:
@@ -163,6 +200,7 @@ class Setup:
   torch_y: torch.Tensor
   torch_ctx: Any
   torch_cfg_ctx: torch.Tensor
+  prompt: jax.Array
   device: torch.device
   seed: int
   resolution: int
@@ -170,6 +208,14 @@ class Setup:
   t_stage1: int
   t_guided: int
   setup_s: float
+  attention: str = "default"
+
+  def tracing(self) -> contextlib.AbstractContextManager:
+    """The context our functions are traced in: the `attention` choice of the UNet."""
+    if self.attention == "default":
+      return contextlib.nullcontext()
+    impl = None if self.attention == "auto" else self.attention
+    return flax.linen.intercept_methods(functools.partial(_dot_product_attention, impl))
 
   @property
   def num_pixels(self) -> int:
@@ -182,6 +228,24 @@ class Setup:
     return lambda: None
 
 
+def _dot_product_attention(implementation: str | None, next_fun: Any, args: Any, kwargs: Any,
+                           context: Any) -> Any:
+  """Flax method interceptor: diffusers' `FlaxAttention` through `jax.nn.dot_product_attention`
+  (same projections and scale; dropout is 0 in SD)."""
+  m = context.module
+  if context.method_name != "__call__" or not isinstance(m, FlaxAttention):
+    return next_fun(*args, **kwargs)
+  hidden = args[0]
+  ctx = kwargs.get("context", args[1] if len(args) > 1 else None)
+  ctx = hidden if ctx is None else ctx
+  b = hidden.shape[0]
+  q, k, v = (proj(x).reshape(b, -1, m.heads, m.dim_head)
+             for proj, x in ((m.query, hidden), (m.key, ctx), (m.value, ctx)))
+  out = jax.nn.dot_product_attention(q, k, v, scale=m.dim_head**-0.5,
+                                     implementation=implementation)
+  return m.proj_attn(out.reshape(b, -1, m.heads * m.dim_head))
+
+
 def check_devices() -> str:
   """A one-line description of the GPU both JAX and torch see; usage error if either has none."""
   jax_gpu = jax.default_backend() == "gpu"
@@ -192,6 +256,14 @@ def check_devices() -> str:
     raise app.UsageError(f"--device_check needs a GPU for both JAX and torch, found {found}; "
                          "install the CUDA builds or drop --device_check")
   return found
+
+
+def set_cpu_threads(n: int) -> None:
+  """n intra-op threads for torch and for XLA's CPU backend; call before JAX computes."""
+  torch.set_num_threads(n)
+  extra = (f"--xla_cpu_multi_thread_eigen={'false' if n == 1 else 'true'} "
+           f"intra_op_parallelism_threads={n}")
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {extra}".strip()
 
 
 def synthetic_input(resolution: int, seed: int) -> np.ndarray:
@@ -237,7 +309,8 @@ def build_setup(opts: Options) -> Setup:
   scorer = None
   if "dqr" in opts.parts:
     scorer = scorers.arniqa(arniqa_lib.init_random(jax.random.key(opts.seed + 2)))
-  models = restore_lib.Models(backbone=backbone, vgg_params=jax.tree.map(jnp.asarray, vgg.flax_params()), scorer=scorer)
+  vgg_params = jax.tree.map(jnp.asarray, vgg.flax_params())
+  models = restore_lib.Models(backbone=backbone, vgg_params=vgg_params, scorer=scorer)
   y = synthetic_input(resolution, opts.seed)
   torch_sd = tr.TorchSD(unet.to(device), vae.to(device), dict(arch["scheduler"]),
                         torch.from_numpy(null).to(device),
@@ -249,10 +322,31 @@ def build_setup(opts: Options) -> Setup:
     models=models, config=config, y=jnp.asarray(y), ctx=jnp.asarray(prompt) if opts.cfg else None,
     torch_sd=torch_sd, torch_vgg=vgg.to(device),
     torch_y=torch.from_numpy(y.transpose(0, 3, 1, 2).copy()).to(device),
-    torch_ctx=both if opts.cfg else None, torch_cfg_ctx=both, device=device, seed=opts.seed,
+    torch_ctx=both if opts.cfg else None, torch_cfg_ctx=both, prompt=jnp.asarray(prompt),
+    device=device, seed=opts.seed,
     resolution=resolution,
     latent_shape=(1, backbone.latent_channels, resolution // f, resolution // f),
-    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start)
+    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention)
+
+
+def variant_setup(setup: Setup, spec: str) -> Setup:
+  """`setup` with the modifiers of a `--variants` entry applied to our pipeline."""
+  backbone, config, ctx, attention = (setup.models.backbone, setup.config, setup.ctx,
+                                      setup.attention)
+  for mod in spec.split("+"):
+    if mod == "bfloat16":
+      backbone = backbone.replace(unet_params=sd_lib.cast(backbone.unet_params, jnp.bfloat16),
+                                  vae_params=sd_lib.cast(backbone.vae_params, jnp.bfloat16),
+                                  dtype=jnp.dtype(jnp.bfloat16))
+      config = config.replace(dtype="bfloat16")
+    elif mod == "remat":
+      backbone, config = backbone.replace(remat_decode=True), config.replace(remat=True)
+    elif mod == "cfg":
+      ctx = setup.prompt
+    else:
+      attention = mod
+  return dataclasses.replace(setup, models=setup.models.replace(backbone=backbone),
+                             config=config, ctx=ctx, attention=attention)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,16 +375,28 @@ def clock(sync: Callable[[], None] = _no_sync) -> Iterator[Timing]:
   timing.seconds = time.perf_counter() - start
 
 
-def memory(setup: Setup, torch_part: bool) -> dict[str, int]:
-  """Peak memory after a part (module docstring): process RSS; device peaks on a GPU."""
+def memory(setup: Setup) -> dict[str, int]:
+  """Peak memory so far (module docstring): process RSS; JAX and torch device peaks on a GPU."""
   out = {"process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-  if torch_part and setup.device.type == "cuda":
+  if setup.device.type == "cuda":
     out["torch_peak_bytes"] = int(torch.cuda.max_memory_allocated(setup.device))
-  if not torch_part:
-    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-    if peak is not None:
-      out["jax_peak_bytes"] = int(peak)
+  peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  if peak is not None:
+    out["jax_peak_bytes"] = int(peak)
   return out
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+  """XLA's memory analysis of a compiled function: argument, output and temporary bytes."""
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError):
+    return {}
+  if m is None:
+    return {}
+  names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+           "alias_size_in_bytes")
+  return {f"xla_{n}": int(getattr(m, n)) for n in names if hasattr(m, n)}
 
 
 def stage_counts(setup: Setup, steps: int) -> tuple[int, int]:
@@ -314,48 +420,57 @@ def _nchw(x: Any) -> torch.Tensor:
   return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
 
-def jax_step(setup: Setup, batch: int, timed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Compile time and per-step times of our step (`step_at`, jitted with the state donated).
+class JaxStepper:
+  """Our guided step (`step_at`) at batch B, compiled once with the state donated.
 
-  Returns the result and, for batch 1, a probe for `parity`: the state before and after the
-  first (guided) step.
+  Construction compiles (`lower().compile()`, timed) and runs the first step at the guided
+  timestep; for batch 1 it keeps `probe`, the state before and after that step, for `parity`.
   """
-  models, config, ctx = setup.models, setup.config, setup.ctx
 
-  def one(m, y, t, st):
-    return step_lib.step_at(m, y, ctx, config, t, st)
+  def __init__(self, setup: Setup, batch: int):
+    models, config, ctx = setup.models, setup.config, setup.ctx
 
-  key = jax.random.key(setup.seed)
-  if batch == 1:
-    fn, y = one, setup.y
-    st = state_lib.init(models, y, key, config)
-  else:
-    fn = jax.vmap(one, in_axes=(None, 0, None, 0))
-    y = jnp.broadcast_to(setup.y, (batch,) + setup.y.shape)
-    init = jax.vmap(lambda yy, k: state_lib.init(models, yy, k, config))
-    st = jax.jit(init)(y, jax.random.split(key, batch))
-  st = jax.block_until_ready(st)
-  probe = {}
-  if batch == 1:
-    probe["before"] = jax.device_get({k: getattr(st, k) for k in ("z", "pcdm", "disc", "disc2")})
-  t1, t2 = jnp.int32(setup.t_stage1), jnp.int32(setup.t_guided)
-  with clock() as c_compile:
-    compiled = jax.jit(fn, donate_argnums=(3,)).lower(models, y, t2, st).compile()
-  with clock() as c_first:
-    st = jax.block_until_ready(compiled(models, y, t2, st))
-  if batch == 1:
-    probe["after"] = jax.device_get(
-      {"z": st.z, "pcdm": st.pcdm, "trace": {k: st.trace[k][0] for k in TRACE_TERMS}})
-  times = {}
-  for name, t in (("stage1", t1), ("guided", t2)):
+    def one(m, y, t, st):
+      return step_lib.step_at(m, y, ctx, config, t, st)
+
+    key = jax.random.key(setup.seed)
+    if batch == 1:
+      fn, y = one, setup.y
+      st = state_lib.init(models, y, key, config)
+    else:
+      fn = jax.vmap(one, in_axes=(None, 0, None, 0))
+      y = jnp.broadcast_to(setup.y, (batch,) + setup.y.shape)
+      init = jax.vmap(lambda yy, k: state_lib.init(models, yy, k, config))
+      st = jax.jit(init)(y, jax.random.split(key, batch))
+    st = jax.block_until_ready(st)
+    self.probe: dict[str, Any] = {}
+    if batch == 1:
+      self.probe["before"] = jax.device_get(
+        {k: getattr(st, k) for k in ("z", "pcdm", "disc", "disc2")})
+    t2 = jnp.int32(setup.t_guided)
+    with clock() as c_compile, setup.tracing():
+      self.compiled = jax.jit(fn, donate_argnums=(3,)).lower(models, y, t2, st).compile()
+    with clock() as c_first:
+      st = jax.block_until_ready(self.compiled(models, y, t2, st))
+    if batch == 1:
+      self.probe["after"] = jax.device_get(
+        {"z": st.z, "pcdm": st.pcdm, "disc": st.disc, "disc2": st.disc2,
+         "trace": {k: st.trace[k][0] for k in TRACE_TERMS}})
+    self.models, self.y, self.st = models, y, st
+    self.info = {"batch": batch, "compile_s": c_compile.seconds, "first_run_s": c_first.seconds,
+                 **compiled_memory(self.compiled)}
+
+  def run(self, t: int, n: int) -> float:
+    """Seconds per step over n chained steps at timestep t (results waited for)."""
+    t = jnp.int32(t)
     with clock() as c:
-      for _ in range(timed):
-        st = compiled(models, y, t, st)
-      st = jax.block_until_ready(st)
-    times[name] = c.seconds / timed
-  return {"batch": batch, "compile_s": c_compile.seconds, "first_run_s": c_first.seconds,
-          "step_s_stage1": times["stage1"], "step_s_guided": times["guided"],
-          "timed_steps": timed, "finite": bool(np.isfinite(np.asarray(st.z)).all())}, probe
+      for _ in range(n):
+        self.st = self.compiled(self.models, self.y, t, self.st)
+      self.st = jax.block_until_ready(self.st)
+    return c.seconds / n
+
+  def finite(self) -> bool:
+    return bool(np.isfinite(np.asarray(self.st.z)).all())
 
 
 def jax_restore(setup: Setup, dqr: bool, steps: int) -> dict[str, Any]:
@@ -368,12 +483,13 @@ def jax_restore(setup: Setup, dqr: bool, steps: int) -> dict[str, Any]:
     return res.image, res.info
 
   key = jax.random.key(setup.seed + 1)
-  with clock() as c_compile:
+  with clock() as c_compile, setup.tracing():
     compiled = jax.jit(run).lower(setup.models, setup.y[0], key).compile()
   with clock() as c_run:
     image, info = jax.block_until_ready(compiled(setup.models, setup.y[0], key))
   out = {"dqr": dqr, "steps_config": steps, "compile_s": c_compile.seconds,
-         "run_s": c_run.seconds, "finite": bool(np.isfinite(np.asarray(image)).all())}
+         "run_s": c_run.seconds, "finite": bool(np.isfinite(np.asarray(image)).all()),
+         **compiled_memory(compiled)}
   if dqr:
     out.update(steps_taken=int(info["steps"]), restarts=int(info["restarts"]),
                stop_reason=dqr_lib.STOP_REASONS[int(info["stop_reason"])])
@@ -386,47 +502,118 @@ def jax_restore(setup: Setup, dqr: bool, steps: int) -> dict[str, Any]:
 # PyTorch parts.
 
 
-def torch_step(setup: Setup, batch: int, timed: int, warmup: int) -> dict[str, Any]:
-  """Warm-up and per-step times (stage 1 and guided) of the torch reference step."""
-  if setup.device.type == "cuda":
-    torch.cuda.reset_peak_memory_stats(setup.device)
-  step = tr.GuidedStep(setup.torch_sd, setup.torch_vgg, setup.config, setup.num_pixels)
-  gen = torch.Generator().manual_seed(setup.seed)
-  ims = [step.init_image(setup.torch_y,
-                         torch.randn(setup.latent_shape, generator=gen).to(setup.device))
-         for _ in range(batch)]
-  with clock(setup.sync) as c_warm:
-    for _ in range(warmup):
-      step(ims, setup.t_guided, setup.torch_ctx)
-  times = {}
-  for name, t in (("stage1", setup.t_stage1), ("guided", setup.t_guided)):
-    with clock(setup.sync) as c:
-      for _ in range(timed):
-        step(ims, t, setup.torch_ctx)
-    times[name] = c.seconds / timed
-  return {"batch": batch, "warmup_s": c_warm.seconds, "warmup_steps": warmup,
-          "step_s_stage1": times["stage1"], "step_s_guided": times["guided"],
-          "timed_steps": timed, "finite": bool(torch.isfinite(ims[0].z).all())}
+class TorchStepper:
+  """The PyTorch reference step at batch B; construction runs (and times) the warm-up steps."""
+
+  def __init__(self, setup: Setup, batch: int, warmup: int):
+    if setup.device.type == "cuda":
+      torch.cuda.reset_peak_memory_stats(setup.device)
+    self.setup = setup
+    self.step = tr.GuidedStep(setup.torch_sd, setup.torch_vgg, setup.config, setup.num_pixels)
+    gen = torch.Generator().manual_seed(setup.seed)
+    self.ims = [self.step.init_image(
+      setup.torch_y, torch.randn(setup.latent_shape, generator=gen).to(setup.device))
+      for _ in range(batch)]
+    with clock(setup.sync) as c_warm:
+      for _ in range(warmup):
+        self.step(self.ims, setup.t_guided, setup.torch_ctx)
+    self.info = {"batch": batch, "warmup_s": c_warm.seconds, "warmup_steps": warmup}
+
+  def run(self, t: int, n: int) -> float:
+    """Seconds per step over n steps at timestep t (device synchronised)."""
+    with clock(self.setup.sync) as c:
+      for _ in range(n):
+        self.step(self.ims, t, self.setup.torch_ctx)
+    return c.seconds / n
+
+  def finite(self) -> bool:
+    return bool(torch.isfinite(self.ims[0].z).all())
+
+
+def _time_rounds(stepper: Any, setup: Setup, timed: int, times: dict[str, list[float]]) -> None:
+  for stage, t in (("stage1", setup.t_stage1), ("guided", setup.t_guided)):
+    times[stage].append(stepper.run(t, timed))
+
+
+def _summary(stepper: Any, times: dict[str, list[float]], timed: int) -> dict[str, Any]:
+  out = {**stepper.info, "timed_steps": timed, "repeats": len(times["guided"]),
+         "finite": stepper.finite()}
+  for stage, values in times.items():
+    out[f"step_s_{stage}"] = min(values)
+    out[f"step_s_{stage}_median"] = float(np.median(values))
+  return out
+
+
+def measure_batch(setup: Setup, batch: int, with_jax: bool, with_torch: bool, opts: Options
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
+  """Per-step times of both sides at one batch size: `repeats` rounds of `timed_steps` steps
+  per stage; the reported time is the best round (the median is kept too).
+
+  On a CPU the rounds of the two sides alternate, so both see the same background load. On a
+  GPU torch runs first and frees its cached memory before JAX compiles, so the two never hold
+  device memory at once. Returns (JAX result, torch result, JAX probe).
+  """
+  steppers, jax_probe = {}, {}
+  interleave = setup.device.type == "cpu"
+  times = {n: {"stage1": [], "guided": []} for n in ("jax", "torch")}
+  results: dict[str, Any] = {"jax": None, "torch": None}
+
+  def finish(name: str) -> None:
+    results[name] = _summary(steppers.pop(name), times[name], opts.timed_steps)
+
+  if with_torch:
+    steppers["torch"] = TorchStepper(setup, batch, opts.warmup_steps)
+    if not interleave:
+      for _ in range(opts.repeats):
+        _time_rounds(steppers["torch"], setup, opts.timed_steps, times["torch"])
+      finish("torch")
+      if setup.device.type == "cuda":
+        torch.cuda.empty_cache()
+  if with_jax:
+    steppers["jax"] = JaxStepper(setup, batch)
+    jax_probe = steppers["jax"].probe
+  for _ in range(opts.repeats):
+    for name, stepper in steppers.items():
+      _time_rounds(stepper, setup, opts.timed_steps, times[name])
+  for name in list(steppers):
+    finish(name)
+  return results["jax"], results["torch"], jax_probe
+
+
+def _compare_update(before: Any, jax_after: Any, torch_after: Any, lr: float) -> dict[str, Any]:
+  """How closely two optimiser updates of the same params agree.
+
+  Adam's first step moves each parameter by about ±lr (its sign is that of the gradient), so
+  where a gradient is tiny, float-level differences upstream can flip the sign: `agreement`
+  is the fraction of parameters whose two updates differ by less than lr / 10.
+  """
+  flat = [np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(t)])
+          for t in (before, jax_after, torch_after)]
+  diff = np.abs(flat[1] - flat[2])
+  update = np.abs(flat[1] - flat[0])
+  return {"max_abs_diff": float(diff.max()), "update_max_abs": float(update.max()),
+          "agreement": float(np.mean(diff < lr / 10)), "size": int(diff.size)}
 
 
 def parity(setup: Setup, probe: dict[str, Any]) -> dict[str, Any]:
-  """The first guided step of both sides from the same state, side by side."""
+  """The first guided step of both sides from the same state, side by side: loss terms (those
+  before the PCDM update: pcdm_*, disc_loss; after it: the guidance terms and grad_norm), the
+  latent after the step, and the PCDM / discriminator updates."""
   step = tr.GuidedStep(setup.torch_sd, setup.torch_vgg, setup.config, setup.num_pixels)
   before, after = probe["before"], probe["after"]
   im = step.init_image(setup.torch_y, _nchw(before["z"]).to(setup.device), before)
   (row,) = step([im], setup.t_guided, setup.torch_ctx)
   z_jax = np.asarray(after["z"])
   z_torch = im.z.cpu().numpy().transpose(0, 2, 3, 1)
-  k_jax = np.asarray(after["pcdm"]["conv1"]["kernel"])
-  k_torch = im.pcdm.convs[0].weight.detach().cpu().numpy().transpose(2, 3, 1, 0)
-  k_before = np.asarray(before["pcdm"]["conv1"]["kernel"])
+  c = setup.config
   return {
     "t": setup.t_guided,
     "terms": {k: {"jax": float(after["trace"][k]), "torch": float(row[k])} for k in TRACE_TERMS},
     "z_max_abs_diff": float(np.abs(z_jax - z_torch).max()),
     "z_max_abs": float(np.abs(z_jax).max()),
-    "pcdm_conv1_max_abs_diff": float(np.abs(k_jax - k_torch).max()),
-    "pcdm_conv1_update_max_abs": float(np.abs(k_jax - k_before).max()),
+    "pcdm": _compare_update(before["pcdm"], after["pcdm"], im.pcdm.flax_params(), c.pcdm_lr),
+    "disc": _compare_update(before["disc"], after["disc"], im.disc.flax_params(), c.disc_lr),
+    "disc2": _compare_update(before["disc2"], after["disc2"], im.disc2.flax_params(), c.disc_lr),
   }
 
 
@@ -542,12 +729,21 @@ def print_report(res: dict[str, Any]) -> None:
     ipm = res[side]["images_per_minute"]
     if ipm:
       print(f"{side:5s} images/min: " + ", ".join(f"batch {b}: {v:.3g}" for b, v in ipm.items()))
+  for spec, r in res["jax"].get("variants", {}).items():
+    print(f"jax   variant {spec}: guided {r['step_s_guided'] * 1e3:.1f} ms "
+          f"({r.get('speedup_guided', float('nan')):.2f}x), stage 1 "
+          f"{r['step_s_stage1'] * 1e3:.1f} ms ({r.get('speedup_stage1', float('nan')):.2f}x), "
+          f"XLA temp {r.get('xla_temp_size_in_bytes', 0) / 1e9:.2f} GB, compile "
+          f"{r['compile_s']:.1f} s")
+  if res["errors"]:
+    print("errors:", json.dumps(res["errors"], indent=1))
   if "parity" in res:
     p = res["parity"]
     worst = max(abs(v["jax"] - v["torch"]) / max(abs(v["torch"]), 1e-12)
                 for v in p["terms"].values())
     print(f"parity at t={p['t']}: worst relative loss difference {worst:.2e}, max |dz| "
-          f"{p['z_max_abs_diff']:.2e} (max |z| {p['z_max_abs']:.2f})")
+          f"{p['z_max_abs_diff']:.2e} (max |z| {p['z_max_abs']:.2f}), PCDM updates agreeing "
+          f"{p['pcdm']['agreement']:.1%}")
   print("ratios (torch time / JAX time; > 1 means JAX is faster):")
   print(json.dumps(res["ratios"], indent=1))
   print("memory:", json.dumps(res["memory"], indent=1))
@@ -562,9 +758,29 @@ def print_report(res: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_benchmark(opts: Options) -> dict[str, Any]:
-  """Runs the selected parts in a fixed order (JAX batch 1, JAX batches, torch) and returns
-  the results (the JSON written by `main`)."""
+def _finish(res: dict[str, Any], n1: int, n2: int) -> dict[str, Any]:
+  """Fills images per minute, ratios and targets from the parts measured so far."""
+  for side in ("jax", "torch"):
+    res[side]["images_per_minute"] = {
+      b: images_per_minute(s, n1, n2) for b, s in sorted(res[side]["steps"].items(),
+                                                         key=lambda kv: int(kv[0]))}
+  if "1" in res["jax"]["images_per_minute"]:
+    res["jax"]["fixed_per_image_s_from_steps"] = 60.0 / res["jax"]["images_per_minute"]["1"]
+  res["ratios"] = compute_ratios(res)
+  res["targets"] = evaluate_targets(res)
+  return res
+
+
+def run_benchmark(opts: Options,
+                  save: Callable[[dict[str, Any]], None] = lambda res: None) -> dict[str, Any]:
+  """Runs the selected parts and returns the results (the JSON `main` writes).
+
+  Order: torch first (batch 1, LD-RPS, larger batches), then its cached GPU memory is
+  released and JAX runs (batch 1 step with the parity check, restores with DQR and without,
+  larger batches). With `opts.time_budget_s`, a part that would start after the budget is
+  spent is skipped and listed in `meta["skipped"]`. `save` gets the results after every part.
+  """
+  start = time.perf_counter()
   parts = set(opts.parts)
   setup = build_setup(opts)
   n1, n2 = stage_counts(setup, opts.steps)
@@ -576,55 +792,99 @@ def run_benchmark(opts: Options) -> dict[str, Any]:
     "torch_device": str(setup.device), "jax_version": jax.__version__,
     "torch_version": torch.__version__, "cpu_count": os.cpu_count(),
     "loadavg": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform(),
-    "setup_s": setup.setup_s,
+    "setup_s": setup.setup_s, "skipped": [], "complete": False,
     "memory_note": ("GPU: JAX peak_bytes_in_use (never reset: read after the batch-1 parts, "
                     "then after larger batches) and torch max_memory_allocated (reset per "
                     "part); always: the process peak RSS (JAX and torch together, "
                     "never decreasing)"),
   }
   res: dict[str, Any] = {"meta": meta, "jax": {"steps": {}, "images_per_minute": {}},
-                         "torch": {"steps": {}, "images_per_minute": {}}, "memory": {}}
-  probe = None
-  if parts & {"step", "batch"}:
-    res["jax"]["steps"]["1"], probe = jax_step(setup, 1, opts.timed_steps)
-  for name, dqr in (("restore_fixed", False), ("restore_dqr", True)):
-    if ("dqr" if dqr else "restore") in parts:
-      logging.info("JAX %s with %d steps", name, opts.restore_steps)
-      r = jax_restore(setup, dqr, opts.restore_steps)
+                         "torch": {"steps": {}, "images_per_minute": {}}, "memory": {},
+                         "errors": {}}
+
+  def due(wanted: bool, label: str) -> bool:
+    if not wanted:
+      return False
+    spent = time.perf_counter() - start
+    if opts.time_budget_s and spent > opts.time_budget_s:
+      meta["skipped"].append(label)
+      return False
+    logging.info("%s (%.0f s in)", label, spent)
+    return True
+
+  def done() -> None:
+    meta["elapsed_s"] = time.perf_counter() - start
+    save(_finish(res, n1, n2))
+
+  def batch(b: int, with_jax: bool, with_torch: bool) -> dict[str, Any]:
+    try:
+      jres, tres, probe = measure_batch(setup, b, with_jax, with_torch, opts)
+    except (RuntimeError, MemoryError) as e:  # device out of memory: keep the other results.
+      res["errors"][f"batch{b}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+      return {}
+    for side, r in (("jax", jres), ("torch", tres)):
+      if r is not None:
+        res[side]["steps"][str(b)] = r
+    res["memory"][f"batch{b}"] = memory(setup)
+    return probe
+
+  want_jax1 = bool(parts & {"step", "batch"})
+  want_torch1 = bool(parts & {"torch_step", "torch_batch"})
+  if due(want_jax1 or want_torch1, "step times at batch 1"):
+    probe = batch(1, want_jax1, want_torch1)
+    if probe and "torch_step" in parts and opts.dtype == "float32":
+      res["parity"] = parity(setup, probe)
+    done()
+  if due("ldrps" in parts, f"LD-RPS procedure at scale {opts.ldrps_scale}"):
+    res["torch"]["ldrps"] = torch_ldrps(setup, opts.ldrps_scale)
+    res["memory"]["torch_ldrps"] = memory(setup)
+    done()
+  if setup.device.type == "cuda":
+    torch.cuda.empty_cache()
+  for name, part in (("restore_dqr", "dqr"), ("restore_fixed", "restore")):
+    if due(part in parts, f"JAX {name} with {opts.restore_steps} steps"):
+      r = jax_restore(setup, part == "dqr", opts.restore_steps)
       r["steps_full"] = opts.steps
       r["per_image_s_full"] = r["run_s"] * opts.steps / opts.restore_steps
       res["jax"][name] = r
-  res["jax"]["peak_batch1"] = res["memory"]["jax_batch1"] = memory(setup, False)
-  if "batch" in parts:
-    for b in opts.batches:
-      if b != 1:
-        logging.info("JAX step at batch %d", b)
-        res["jax"]["steps"][str(b)], _ = jax_step(setup, b, opts.timed_steps)
-      res["memory"][f"jax_batch{b}"] = memory(setup, False)
-    res["jax"]["images_per_minute"] = {
-      str(b): images_per_minute(res["jax"]["steps"][str(b)], n1, n2) for b in opts.batches}
-  if parts & {"torch_step", "torch_batch"}:
-    for b in (opts.batches if "torch_batch" in parts else (1,)):
-      logging.info("torch step at batch %d", b)
-      res["torch"]["steps"][str(b)] = torch_step(setup, b, opts.timed_steps, opts.warmup_steps)
-      res["memory"][f"torch_batch{b}"] = memory(setup, True)
-    if "torch_batch" in parts:
-      res["torch"]["images_per_minute"] = {
-        str(b): images_per_minute(res["torch"]["steps"][str(b)], n1, n2) for b in opts.batches}
-  if probe and "torch_step" in parts and opts.dtype == "float32":
-    res["parity"] = parity(setup, probe)
-  if "ldrps" in parts:
-    logging.info("LD-RPS procedure at scale %s", opts.ldrps_scale)
-    res["torch"]["ldrps"] = torch_ldrps(setup, opts.ldrps_scale)
-    res["memory"]["torch_ldrps"] = memory(setup, True)
-  res["ratios"] = compute_ratios(res)
-  res["targets"] = evaluate_targets(res)
+      done()
+  res["jax"]["peak_batch1"] = res["memory"]["jax_batch1"] = memory(setup)
+  for b in opts.batches:
+    with_jax, with_torch = "batch" in parts, "torch_batch" in parts
+    if b != 1 and due(with_jax or with_torch, f"step times at batch {b}"):
+      batch(b, with_jax, with_torch)
+      done()
+  base = res["jax"]["steps"].get("1")
+  for spec in opts.variants:
+    if due(True, f"variant {spec}"):
+      try:
+        r, _, _ = measure_batch(variant_setup(setup, spec), 1, True, False, opts)
+      except (RuntimeError, MemoryError) as e:
+        res["errors"][f"variant {spec}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        continue
+      if base:
+        r["speedup_guided"] = base["step_s_guided"] / r["step_s_guided"]
+        r["speedup_stage1"] = base["step_s_stage1"] / r["step_s_stage1"]
+      res["jax"].setdefault("variants", {})[spec] = r
+      done()
+  meta["complete"] = True
+  done()
   return res
+
+
+def write_json(path: str, res: dict[str, Any]) -> None:
+  """Writes `res` to `path` atomically (a partial result survives an interrupted run)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(res, f, indent=1)
+  os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CPU_THREADS.value > 0:
+    set_cpu_threads(_CPU_THREADS.value)
   if _DEVICE_CHECK.value:
     print(check_devices())
   try:
@@ -636,12 +896,13 @@ def main(argv: list[str]) -> None:
                  warmup_steps=_WARMUP_STEPS.value, steps=_STEPS.value,
                  restore_scale=_RESTORE_SCALE.value, ldrps_scale=_LDRPS_SCALE.value,
                  dtype=_DTYPE.value, remat=_REMAT.value, cfg=_CFG.value,
-                 torch_tf32=_TF32.value, seed=_SEED.value)
-  res = run_benchmark(opts)
+                 torch_tf32=_TF32.value, seed=_SEED.value, time_budget_s=_TIME_BUDGET.value,
+                 repeats=_REPEATS.value, cpu_threads=_CPU_THREADS.value,
+                 attention=_ATTENTION.value, variants=tuple(_VARIANTS.value))
+  res = run_benchmark(opts, save=functools.partial(write_json, _OUT.value) if _OUT.value
+                      else lambda res: None)
   print_report(res)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(res, f, indent=1)
     print(f"wrote {_OUT.value}")
 
 

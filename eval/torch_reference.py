@@ -134,13 +134,11 @@ class VGGRelu22(nn.Module):
 
   def flax_params(self) -> dict:
     """This module's weights as our VGG16 params (`conv1_1 … conv2_2`, HWIO numpy kernels)."""
-    return {name: {"kernel": _oihw_to_hwio(conv.weight),
-                   "bias": conv.bias.detach().cpu().numpy().copy()}
-            for name, conv in self._convs()}
+    return {name: _conv_params(conv) for name, conv in self._convs()}
 
 
 def _hwio_to_oihw(kernel: Any) -> torch.Tensor:
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)))
+  return torch.from_numpy(np.array(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)))
 
 
 def _oihw_to_hwio(weight: torch.Tensor) -> np.ndarray:
@@ -222,10 +220,21 @@ class PCDM(nn.Module):
       self.w_skip.copy_(torch.from_numpy(np.array(params["w_skip"], np.float32)))
     return self
 
+  def flax_params(self) -> dict:
+    """This module's weights in our Flax PCDM layout (numpy), the inverse of `load_jax`."""
+    out = {name: {"kernel": lin.weight.detach().cpu().numpy().T.copy(),
+                  "bias": lin.bias.detach().cpu().numpy().copy()}
+           for lin, name in ((self.embed, "embed"), (self.film, "film"))}
+    for k, conv in enumerate(self.convs):
+      out[f"conv{k + 1}"] = _conv_params(conv)
+    out["head"] = _conv_params(self.head)
+    out["w_skip"] = self.w_skip.detach().cpu().numpy().copy()
+    return out
+
 
 class Discriminator(nn.Sequential):
-  """Conv(3→64,s2)–LReLU–Conv(64→128,s2)–LReLU–Conv(128→256,s2)–LReLU–Conv1x1(256→1)–sigmoid
-  (METHOD §4, LD-RPS GANLoss); returns probabilities."""
+  """Conv(3→64,s2)–LReLU–Conv(64→128,s2)–LReLU–Conv(128→256,s2)–LReLU–Conv1x1(256→1)–sigmoid,
+  3×3 kernels with padding 1 (METHOD §4, LD-RPS GANLoss); returns probabilities."""
 
   def __init__(self, features: tuple[int, ...] = (64, 128, 256), slope: float = 0.01):
     layers, cin = [], 3
@@ -234,14 +243,23 @@ class Discriminator(nn.Sequential):
       cin = width
     super().__init__(*layers, nn.Conv2d(cin, 1, 1), nn.Sigmoid())
 
+  def _convs(self) -> list[tuple[str, nn.Conv2d]]:
+    convs = [m for m in self if isinstance(m, nn.Conv2d)]
+    return list(zip([f"conv{k + 1}" for k in range(len(convs) - 1)] + ["head"], convs))
+
   def load_jax(self, params: dict) -> "Discriminator":
     """Copies our Flax discriminator params (`conv1…`, `head`) into this module."""
-    convs = [m for m in self if isinstance(m, nn.Conv2d)]
-    names = [f"conv{k + 1}" for k in range(len(convs) - 1)] + ["head"]
-    with torch.no_grad():
-      for conv, name in zip(convs, names):
-        _load_conv(conv, params[name])
+    for name, conv in self._convs():
+      _load_conv(conv, params[name])
     return self
+
+  def flax_params(self) -> dict:
+    """This module's weights in our Flax layout (numpy), the inverse of `load_jax`."""
+    return {name: _conv_params(conv) for name, conv in self._convs()}
+
+
+def _conv_params(conv: nn.Conv2d) -> dict:
+  return {"kernel": _oihw_to_hwio(conv.weight), "bias": conv.bias.detach().cpu().numpy().copy()}
 
 
 def _load_conv(conv: nn.Conv2d, p: dict) -> None:
