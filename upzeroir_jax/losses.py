@@ -24,11 +24,10 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
 def perceptual(vgg_params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
   """MSE between VGG16 relu2_2 features of two images (METHOD §4, Perc [LD-RPS VGGLoss]).
 
-  a, b: `[B, H, W, 3]` in [0, 1]; both go through VGG in one batched call.
+  a, b: `[B, H, W, 3]` in [0, 1]. The two images go through VGG in separate calls, so a
+  gradient with respect to one of them costs one backward pass, not one over both.
   """
-  feats = vgg.perceptual_features(vgg_params, jnp.concatenate([a, b], axis=0))
-  fa, fb = jnp.split(feats, 2, axis=0)
-  return mse(fa, fb)
+  return mse(vgg.perceptual_features(vgg_params, a), vgg.perceptual_features(vgg_params, b))
 
 
 def perceptual_to(vgg_params: dict, a: jax.Array, b_feats: jax.Array) -> jax.Array:

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from upzeroir_jax import config as config_lib
 from upzeroir_jax.models import schedule as schedule_lib
@@ -98,35 +97,41 @@ def _trace_len(config: config_lib.RestoreConfig) -> int:
 def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossWeights,
          ctx: Any, config: config_lib.RestoreConfig, batched: bool
          ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` when batched, else
-  y `[1, H, W, 3]` with one key."""
+  """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` and weights with a leading
+  `[B]` axis when batched, else y `[1, H, W, 3]` with one key and unbatched weights."""
   ts = _timesteps(models, config)
   trace_len = _trace_len(config)
 
-  def init(yy, key):
-    return state_lib.init_with_weights(models, yy, key, config, weights, trace_len)
+  def init(yy, key, w):
+    return state_lib.init_with_weights(models, yy, key, config, w, trace_len)
 
   if config.dqr:
-    def one(yy, key):
-      return _run_dqr(models, yy, ctx, config, ts, init(yy, key))
-    return jax.vmap(one)(y, keys) if batched else one(y, keys)
+    def one(yy, key, w):
+      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w))
+    return jax.vmap(one)(y, keys, weights) if batched else one(y, keys, weights)
 
   if batched:
-    states = jax.vmap(init)(y, keys)
+    states = jax.vmap(init)(y, keys, weights)
     step_b = jax.vmap(lambda yy, t, s: step_lib.step_at(models, yy, ctx, config, t, s),
                       in_axes=(0, None, 0))
     states, _ = jax.lax.scan(lambda s, t: (step_b(y, t, s), None), states, ts)
     return jax.vmap(lambda s: _finish(models, s))(states), states.trace
-  st = init(y, keys)
+  st = init(y, keys, weights)
   st, _ = jax.lax.scan(lambda s, t: (step_lib.step_at(models, y, ctx, config, t, s), None),
                        st, ts)
   return _finish(models, st), st.trace
 
 
-def _validate(models: Models, y: Any, key: Any, config: Any) -> tuple[np.ndarray | jax.Array, int]:
-  """One-line errors for bad input; returns y as an array and the batch size (0: one image)."""
-  if not isinstance(config, config_lib.RestoreConfig):
-    raise InputError(f"config must be a RestoreConfig, got {type(config).__name__}")
+def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int:
+  """One-line errors for bad input; returns the batch size (0: one image)."""
+  for config in configs:
+    if not isinstance(config, config_lib.RestoreConfig):
+      raise InputError(f"config must be a RestoreConfig, got {type(config).__name__}")
+  static = {state_lib.weightless(c) for c in configs}
+  if len(static) > 1:
+    raise InputError("per-image configs may differ only in loss weights and guidance scale "
+                     f"({', '.join(state_lib.WEIGHT_FIELDS)}); run the others separately")
+  config = configs[0]
   if not hasattr(y, "shape") or not hasattr(y, "dtype"):
     raise InputError(f"y must be an array [H, W, 3] or [B, H, W, 3], got {type(y).__name__}")
   if y.ndim not in (3, 4) or y.shape[-1] != 3:
@@ -149,12 +154,15 @@ def _validate(models: Models, y: Any, key: Any, config: Any) -> tuple[np.ndarray
                      "give one (sampler.scorers.arniqa / niqe, or any score(img) -> [B]) "
                      "or set dqr=False")
   batch = y.shape[0] if y.ndim == 4 else 0
+  if len(configs) > 1 and len(configs) != batch:
+    raise InputError(f"got {len(configs)} configs for {batch or 'one'} image(s); "
+                     "give one config, or one config per image of a batch")
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   key_batch = key.shape[:1] if key.ndim == (1 if typed else 2) else ()
   if key_batch and (not batch or key_batch[0] != batch):
     raise InputError(f"got {key_batch[0]} keys for {batch or 'one'} image(s); "
                      "give one key, or one key per image")
-  return y, batch
+  return batch
 
 
 def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
@@ -167,7 +175,9 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
       (height and width multiples of 8·latent_factor; `io.to_model_grid` brings images there).
     key: PRNG key. For a batch, one key (image b uses `jax.random.split(key, B)[b]`) or a
       `[B]` batch of keys (image b uses key[b]; then the result equals B single calls).
-    config: `RestoreConfig` (hashable; its non-weight fields select the compiled function).
+    config: `RestoreConfig` (hashable; its non-weight fields select the compiled function),
+      or for a batch a sequence of B configs, one per image, that differ only in the fields of
+      `sampler.state.WEIGHT_FIELDS` (e.g. different task presets in one compiled call).
     context: text conditioning built outside jit (`models.sd.text_context`), or None.
 
   Returns:
@@ -175,20 +185,24 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
     (`sampler.state.TRACE_KEYS`) and, with DQR, the refinement info (sampler/dqr.py).
 
   Raises:
-    InputError: bad shape, dtype, range, grid size, key count, or DQR without a scorer.
+    InputError: bad shape, dtype, range, grid size, key or config count, per-image configs
+      that differ in more than their weights, or DQR without a scorer.
   """
-  y, batch = _validate(models, y, key, config)
-  models = models.replace(backbone=_configure_backbone(models.backbone, config))
-  if config.dqr:
+  configs = tuple(config) if isinstance(config, (list, tuple)) else (config,)
+  batch = _validate(models, y, key, configs)
+  models = models.replace(backbone=_configure_backbone(models.backbone, configs[0]))
+  if configs[0].dqr:
     models = models.replace(scorer=dqr.wrap(models.scorer))
   y = jnp.asarray(y, jnp.float32)
-  h, w = y.shape[-3], y.shape[-2]
-  weights = state_lib.loss_weights(config, h * w)
-  static = state_lib.weightless(config)
-  if batch:
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
-    image, info = _run(models, y[:, None], keys, weights, context, static, True)
-    return RestoreResult(image[:, 0], info)
-  image, info = _run(models, y[None], key, weights, context, static, False)
-  return RestoreResult(image[0], info)
+  pixels = y.shape[-3] * y.shape[-2]
+  static = state_lib.weightless(configs[0])
+  if not batch:
+    weights = state_lib.loss_weights(configs[0], pixels)
+    image, info = _run(models, y[None], key, weights, context, static, False)
+    return RestoreResult(image[0], info)
+  per_image = [state_lib.loss_weights(c, pixels) for c in configs]
+  weights = jax.tree.map(lambda *w: jnp.broadcast_to(jnp.stack(w), (batch,)), *per_image)
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
+  image, info = _run(models, y[:, None], keys, weights, context, static, True)
+  return RestoreResult(image[:, 0], info)
