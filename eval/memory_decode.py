@@ -16,6 +16,7 @@ process (`ru_maxrss` never decreases), one after the other, and reports:
 """
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -42,6 +43,16 @@ _GB = 1024**3
 def _maxrss_gb() -> float:
   """Peak resident set size of this process (Linux reports kilobytes)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GB
+
+
+def _cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return names[0] if names else platform.processor()
 
 
 def measure(resolution: int, remat: bool, dtype: str) -> dict:
@@ -89,7 +100,7 @@ def main(argv: list[str]) -> None:
     results.append(json.loads(out.strip().splitlines()[-1]))
     print(json.dumps(results[-1]))
   report = {
-    "machine": f"{platform.machine()} {platform.processor()}".strip(),
+    "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {platform.machine()}",
     "jax": jax.__version__,
     "backend": jax.default_backend(),
     "results": results,

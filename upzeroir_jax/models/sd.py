@@ -225,7 +225,8 @@ def model_output(
 def eps(
   model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array | None, cfg_scale: Any = 1.0
 ) -> jax.Array:
-  """ε̂(z_t, t, c) with guidance (as `model_output`), converted from v or x0 where needed."""
+  """ε̂(z_t, t, c): `model_output` (with its guidance), converted from v or x0 where the
+  checkpoint predicts those (`schedule.predict`; METHOD.md §3). Shapes as `model_output`."""
   out = model_output(model, z, t, ctx, cfg_scale)
   if model.schedule.prediction_type == "epsilon":
     return out
@@ -268,6 +269,8 @@ def text_context(model: SDModel, prompts: str | Sequence[str] | None) -> jax.Arr
   prompts = [prompts] if isinstance(prompts, str) else list(prompts or [])
   if not any(p.strip() for p in prompts):
     return None
+  if model.text_params is None:
+    raise WeightsError("this model was built without its text encoder: load all parts")
   return _embed(model.arch, model.dtype, model.text_params, _tokens(model.arch, prompts))
 
 
