@@ -623,7 +623,7 @@ def torch_ldrps(setup: Setup, scale: float) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats(setup.device)
   proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, setup.config, setup.num_pixels,
                            setup.torch_cfg_ctx, scale)
-  gen = torch.Generator().manual_seed(setup.seed)
+  gen = torch.Generator(setup.device).manual_seed(setup.seed)
   with clock(setup.sync) as c:
     image = proc.run(setup.torch_y, gen)
   full_first, full_rec = tr.ldrps_step_counts(1.0)

@@ -25,6 +25,7 @@ blocks is chosen so its parameter count is closest to PCDM's (`resblocks_count`)
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from upzeroir_jax.physics import ggd
@@ -41,9 +42,10 @@ class PatchConv(nn.Module):
   """A k×k convolution (zero padding k // 2) written as one matmul over extracted patches.
 
   Same parameters as `nn.Conv` (`kernel` `[k, k, Cin, Cout]`, `bias` `[Cout]`) and the same
-  result. Why not `nn.Conv`: on XLA:CPU the kernel-gradient convolution inside a
-  `lax.scan` / `while_loop` body (the sampler's PCDM and discriminator Adam steps) runs about
-  20× slower than outside one; as a matmul its gradient is a matmul and fast everywhere.
+  result. Why: on XLA:CPU the kernel-gradient convolution inside a `lax.scan` /
+  `while_loop` body (the sampler's PCDM and discriminator Adam steps) runs about 20× slower
+  than outside one; as a matmul its gradient is a matmul. On accelerators the patch matrix
+  (k² times the activations) costs memory and bandwidth, so there it is a plain convolution.
   """
 
   features: int
@@ -56,6 +58,9 @@ class PatchConv(nn.Module):
     w = self.param("kernel", _kaiming(), (k, k, cin, self.features))
     b = self.param("bias", nn.initializers.zeros, (self.features,))
     pad = k // 2
+    if jax.default_backend() != "cpu":
+      return lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
     if pad:
       x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     ho = (x.shape[1] - k) // s + 1
