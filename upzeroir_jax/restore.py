@@ -154,6 +154,8 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
                      "give one (sampler.scorers.arniqa / niqe, or any score(img) -> [B]) "
                      "or set dqr=False")
   batch = y.shape[0] if y.ndim == 4 else 0
+  if not hasattr(key, "dtype") or not hasattr(key, "ndim"):
+    raise InputError(f"key must be a PRNG key (jax.random.key(seed)), got {type(key).__name__}")
   if len(configs) > 1 and len(configs) != batch:
     raise InputError(f"got {len(configs)} configs for {batch or 'one'} image(s); "
                      "give one config, or one config per image of a batch")
