@@ -25,8 +25,8 @@ blocks is chosen so its parameter count is closest to PCDM's (`resblocks_count`)
 
 import flax.linen as nn
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 from upzeroir_jax.physics import ggd
 
