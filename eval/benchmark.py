@@ -58,7 +58,7 @@ import json
 import platform
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import diffusers
@@ -67,10 +67,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from absl import app, flags, logging
+from absl import flags
 from diffusers.models.attention_flax import FlaxAttention
 
 from eval import torch_reference as tr
+from upzeroir_jax import cli
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import restore as restore_lib
 from upzeroir_jax.models import arniqa as arniqa_lib
@@ -83,49 +84,63 @@ from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
 
 PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
-VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", "xla", "cudnn", "auto")
+ATTENTIONS = ("xla", "cudnn", "auto")
+VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", *ATTENTIONS)
 TRACE_TERMS = ("pcdm_loss", "pcdm_mse", "pcdm_per", "pcdm_adv", "disc_loss", "deg", "mse", "per",
                "adv", "distance", "quality", "grad_norm")
 
-_SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "sd21"],
-                          "Backbone: `tiny` (test-sized SD, CPU) or `sd21` (SD-2.1-base "
-                          "architecture, random weights, for a GPU).")
-_RESOLUTION = flags.DEFINE_integer("resolution", 0, "Image side in pixels (0: 64 tiny, 512 sd21).")
-_PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run, any of {', '.join(PARTS)}.")
-_BATCHES = flags.DEFINE_list("batches", ["1", "2", "4", "8"],
-                             "Batch sizes of the batch / torch_batch parts.")
-_TIMED_STEPS = flags.DEFINE_integer("timed_steps", 5, "Timed steps per round of a step timing.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Rounds of each step timing; the best is reported.")
-_CPU_THREADS = flags.DEFINE_integer(
-  "cpu_threads", 0, "Threads for torch and XLA on a CPU (0: the libraries' defaults). One "
-  "thread each keeps a shared, loaded machine from oversubscribing its cores.")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Untimed torch warm-up steps.")
-_STEPS = flags.DEFINE_integer("steps", 450, "DDIM steps of our restore (config.steps).")
-_RESTORE_SCALE = flags.DEFINE_float("restore_scale", 1.0,
-                                    "Run our restores with round(scale·steps) steps.")
-_LDRPS_SCALE = flags.DEFINE_float("ldrps_scale", 1.0,
-                                  "Run LD-RPS with its 450/225/225 steps times this.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Compute dtype of our UNet/VAE (PCDM, losses, latents stay float32).")
-_REMAT = flags.DEFINE_bool("remat", False, "Recompute the decoder in the guidance backward pass.")
-_ATTENTION = flags.DEFINE_enum(
-  "attention", "default", ["default", "xla", "cudnn", "auto"],
-  "UNet attention of our pipeline: diffusers' einsum-softmax (default) or "
-  "jax.nn.dot_product_attention with this implementation (auto: JAX chooses).")
-_VARIANTS = flags.DEFINE_list(
-  "variants", [], "Speed variants of our batch-1 step to time after the main parts, each a "
-  "'+'-joined set of: bfloat16, remat, cfg, xla, cudnn, auto (attention), e.g. "
-  "bfloat16,bfloat16+cudnn,remat.")
-_CFG = flags.DEFINE_bool("cfg", False, "Random prompt context: CFG on in our pipeline and in the "
-                         "equal-work torch step (LD-RPS always runs CFG).")
-_TF32 = flags.DEFINE_bool("torch_tf32", True, "Let torch use TF32 for float32 matmuls and convs "
-                          "on a GPU, as XLA does by default.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, inputs and noise.")
-_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
-_TIME_BUDGET = flags.DEFINE_float("time_budget_s", 0.0, "Skip the parts that would start after "
-                                  "this many seconds (0: no limit); they are listed as skipped.")
-_DEVICE_CHECK = flags.DEFINE_bool("device_check", False,
-                                  "Require a GPU for both JAX and torch and print the devices.")
+PROG = "eval/benchmark.py"
+USAGE = f"""\
+usage: python {PROG} --size=tiny|sd21 [--out=FILE] [flags]
+
+Times our JAX pipeline against the PyTorch eager reference and the LD-RPS procedure on the same
+random weights (no downloads) and prints the performance targets; see the module docstring.
+"""
+
+
+class BenchmarkError(ValueError):
+  """Flags or a device the benchmark cannot use; the message says what to change."""
+
+
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of eval/benchmark.py on `fv`."""
+  d = functools.partial
+  enum, integer, real, lst, boolean, string = (
+    d(flags.DEFINE_enum, flag_values=fv), d(flags.DEFINE_integer, flag_values=fv),
+    d(flags.DEFINE_float, flag_values=fv), d(flags.DEFINE_list, flag_values=fv),
+    d(flags.DEFINE_bool, flag_values=fv), d(flags.DEFINE_string, flag_values=fv))
+  enum("size", "tiny", ["tiny", "sd21"], "Backbone: tiny (test-sized SD, for a CPU) or sd21 "
+       "(the SD-2.1-base architecture with random weights, for a GPU).")
+  integer("resolution", 0, "Image side in pixels, a multiple of 64 (0: 64 tiny, 512 sd21).")
+  lst("parts", list(PARTS), f"Parts to run, any of {', '.join(PARTS)}.")
+  lst("batches", ["1", "2", "4", "8"], "Batch sizes of the batch / torch_batch parts.")
+  integer("timed_steps", 5, "Timed steps per round of a step timing.")
+  integer("repeats", 3, "Rounds of each step timing; the best round is reported.")
+  integer("warmup_steps", 2, "Untimed torch warm-up steps.")
+  integer("steps", 450, "DDIM steps of our restore (config.steps).")
+  real("restore_scale", 1.0, "Run our restores with round(scale·steps) steps.")
+  real("ldrps_scale", 1.0, "Run LD-RPS with its 450/225/225 steps times this.")
+  enum("dtype", "float32", ["float32", "bfloat16"],
+       "Compute dtype of our UNet/VAE (PCDM, losses and latents stay float32).")
+  boolean("remat", False, "Recompute the decoder in the guidance backward pass.")
+  enum("attention", "default", ["default", *ATTENTIONS],
+       "UNet attention of our pipeline: diffusers' einsum-softmax (default) or "
+       "jax.nn.dot_product_attention with this implementation (auto: JAX chooses).")
+  lst("variants", [], "Speed variants of our batch-1 step, timed after the other parts: each "
+      f"a '+'-joined set of {', '.join(VARIANT_MODIFIERS)}, e.g. bfloat16,bfloat16+cudnn,remat.")
+  boolean("cfg", False, "Random prompt context: CFG on in our pipeline and in the equal-work "
+          "torch step (LD-RPS always runs CFG).")
+  boolean("torch_tf32", True, "Let torch use TF32 for float32 matmuls and convs on a GPU, as "
+          "XLA does by default.")
+  integer("cpu_threads", 0, "Threads of torch and XLA on a CPU (0: the libraries' defaults); "
+          "1 keeps a shared, loaded machine from oversubscribing its cores.")
+  integer("seed", 0, "Seed of weights, inputs and noise.")
+  string("out", "", "Write the results as JSON here (after every part).")
+  real("time_budget_s", 0.0, "Skip the parts that would start after this many seconds (0: no "
+       "limit); they are listed as skipped.")
+  boolean("device_check", False, "Require a GPU for both JAX and torch; print what they see.")
+  boolean("verbose", False, "Show tracebacks.")
+  return fv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,21 +170,21 @@ class Options:
   def __post_init__(self):
     unknown = sorted(set(self.parts) - set(PARTS))
     if unknown:
-      raise app.UsageError(f"unknown --parts {unknown}; choose from {', '.join(PARTS)}")
+      raise BenchmarkError(f"unknown --parts {unknown}; choose from {', '.join(PARTS)}")
     if not self.batches or min(self.batches) < 1:
-      raise app.UsageError("--batches must be positive integers, e.g. 1,2,4,8")
+      raise BenchmarkError("--batches must be positive integers, e.g. 1,2,4,8")
     if self.timed_steps < 1 or self.repeats < 1 or self.warmup_steps < 0 or self.steps < 2:
-      raise app.UsageError("--timed_steps and --repeats must be >= 1, --warmup_steps >= 0, "
+      raise BenchmarkError("--timed_steps and --repeats must be >= 1, --warmup_steps >= 0, "
                            "--steps >= 2")
     if not (0 < self.restore_scale <= 1 and 0 < self.ldrps_scale <= 1):
-      raise app.UsageError("--restore_scale and --ldrps_scale must be in (0, 1]")
+      raise BenchmarkError("--restore_scale and --ldrps_scale must be in (0, 1]")
     for spec in self.variants:
       bad = [m for m in spec.split("+") if m not in VARIANT_MODIFIERS]
       if bad:
-        raise app.UsageError(f"unknown --variants modifier {bad[0]!r} in {spec!r}; use "
+        raise BenchmarkError(f"unknown --variants modifier {bad[0]!r} in {spec!r}; use "
                              f"{', '.join(VARIANT_MODIFIERS)} joined by '+'")
     if self.resolution % 64 or self.resolution < 0:
-      raise app.UsageError("--resolution must be a multiple of 64, the model grid of SD "
+      raise BenchmarkError("--resolution must be a multiple of 64, the model grid of SD "
                            "(0 for the size's default)")
 
   @property
@@ -253,7 +268,7 @@ def check_devices() -> str:
   found = (f"JAX {jax.default_backend()} {jax.devices()[0].device_kind}; torch "
            f"{torch.cuda.get_device_name(0) if torch_gpu else 'CPU only'}")
   if not (jax_gpu and torch_gpu):
-    raise app.UsageError(f"--device_check needs a GPU for both JAX and torch, found {found}; "
+    raise BenchmarkError(f"--device_check needs a GPU for both JAX and torch, found {found}; "
                          "install the CUDA builds or drop --device_check")
   return found
 
@@ -281,7 +296,7 @@ def _stage_timesteps(schedule: Any, config: config_lib.RestoreConfig) -> tuple[i
   ts = schedule_lib.timesteps(schedule, config.steps)
   guided = ts[(ts < config.stage2_t) & (ts >= config.stage3_t)]
   if not len(guided):
-    raise app.UsageError(f"--steps={config.steps} leaves no stage-2 step; use more steps")
+    raise BenchmarkError(f"--steps={config.steps} leaves no stage-2 step; use more steps")
   return int(ts[0]), int(guided[len(guided) // 2])
 
 
@@ -545,15 +560,15 @@ def _summary(stepper: Any, times: dict[str, list[float]], timed: int) -> dict[st
 
 
 def measure_batch(setup: Setup, batch: int, with_jax: bool, with_torch: bool, opts: Options
-                  ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, Any]:
   """Per-step times of both sides at one batch size: `repeats` rounds of `timed_steps` steps
   per stage; the reported time is the best round (the median is kept too).
 
   On a CPU the rounds of the two sides alternate, so both see the same background load. On a
   GPU torch runs first and frees its cached memory before JAX compiles, so the two never hold
-  device memory at once. Returns (JAX result, torch result, JAX probe).
+  device memory at once. Returns (JAX result, torch result, the JAX stepper or None).
   """
-  steppers, jax_probe = {}, {}
+  steppers, jax_stepper = {}, None
   interleave = setup.device.type == "cpu"
   times = {n: {"stage1": [], "guided": []} for n in ("jax", "torch")}
   results: dict[str, Any] = {"jax": None, "torch": None}
@@ -570,14 +585,28 @@ def measure_batch(setup: Setup, batch: int, with_jax: bool, with_torch: bool, op
       if setup.device.type == "cuda":
         torch.cuda.empty_cache()
   if with_jax:
-    steppers["jax"] = JaxStepper(setup, batch)
-    jax_probe = steppers["jax"].probe
+    jax_stepper = steppers["jax"] = JaxStepper(setup, batch)
   for _ in range(opts.repeats):
     for name, stepper in steppers.items():
       _time_rounds(stepper, setup, opts.timed_steps, times[name])
   for name in list(steppers):
     finish(name)
-  return results["jax"], results["torch"], jax_probe
+  return results["jax"], results["torch"], jax_stepper
+
+
+def measure_variant(setup: Setup, base: JaxStepper, spec: str, opts: Options) -> dict[str, Any]:
+  """A `--variants` entry at batch 1, its rounds alternating with those of the base step, and
+  its speed-up (base time / variant time, best rounds) over the base."""
+  stepper = JaxStepper(variant_setup(setup, spec), 1)
+  times = {n: {"stage1": [], "guided": []} for n in ("base", "variant")}
+  for _ in range(opts.repeats):
+    _time_rounds(base, setup, opts.timed_steps, times["base"])
+    _time_rounds(stepper, setup, opts.timed_steps, times["variant"])
+  out = _summary(stepper, times["variant"], opts.timed_steps)
+  for stage in ("guided", "stage1"):
+    out[f"base_step_s_{stage}"] = min(times["base"][stage])
+    out[f"speedup_{stage}"] = out[f"base_step_s_{stage}"] / out[f"step_s_{stage}"]
+  return out
 
 
 def _compare_update(before: Any, jax_after: Any, torch_after: Any, lr: float) -> dict[str, Any]:
@@ -809,31 +838,32 @@ def run_benchmark(opts: Options,
     if opts.time_budget_s and spent > opts.time_budget_s:
       meta["skipped"].append(label)
       return False
-    logging.info("%s (%.0f s in)", label, spent)
+    print(f"[{spent:6.0f} s] {label}", flush=True)
     return True
 
   def done() -> None:
     meta["elapsed_s"] = time.perf_counter() - start
     save(_finish(res, n1, n2))
 
-  def batch(b: int, with_jax: bool, with_torch: bool) -> dict[str, Any]:
+  def batch(b: int, with_jax: bool, with_torch: bool) -> JaxStepper | None:
     try:
-      jres, tres, probe = measure_batch(setup, b, with_jax, with_torch, opts)
-    except (RuntimeError, MemoryError) as e:  # device out of memory: keep the other results.
-      res["errors"][f"batch{b}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-      return {}
+      jres, tres, stepper = measure_batch(setup, b, with_jax, with_torch, opts)
+    except Exception as e:  # noqa: BLE001 (e.g. out of device memory: keep the other results)
+      res["errors"][f"batch{b}"] = _error_line(e)
+      return None
     for side, r in (("jax", jres), ("torch", tres)):
       if r is not None:
         res[side]["steps"][str(b)] = r
     res["memory"][f"batch{b}"] = memory(setup)
-    return probe
+    return stepper
 
   want_jax1 = bool(parts & {"step", "batch"})
   want_torch1 = bool(parts & {"torch_step", "torch_batch"})
+  base = None
   if due(want_jax1 or want_torch1, "step times at batch 1"):
-    probe = batch(1, want_jax1, want_torch1)
-    if probe and "torch_step" in parts and opts.dtype == "float32":
-      res["parity"] = parity(setup, probe)
+    base = batch(1, want_jax1, want_torch1)
+    if base and "torch_step" in parts and opts.dtype == "float32":
+      res["parity"] = parity(setup, base.probe)
     done()
   if due("ldrps" in parts, f"LD-RPS procedure at scale {opts.ldrps_scale}"):
     res["torch"]["ldrps"] = torch_ldrps(setup, opts.ldrps_scale)
@@ -854,22 +884,22 @@ def run_benchmark(opts: Options,
     if b != 1 and due(with_jax or with_torch, f"step times at batch {b}"):
       batch(b, with_jax, with_torch)
       done()
-  base = res["jax"]["steps"].get("1")
   for spec in opts.variants:
-    if due(True, f"variant {spec}"):
+    if due(base is not None, f"variant {spec}"):
       try:
-        r, _, _ = measure_batch(variant_setup(setup, spec), 1, True, False, opts)
-      except (RuntimeError, MemoryError) as e:
-        res["errors"][f"variant {spec}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        continue
-      if base:
-        r["speedup_guided"] = base["step_s_guided"] / r["step_s_guided"]
-        r["speedup_stage1"] = base["step_s_stage1"] / r["step_s_stage1"]
-      res["jax"].setdefault("variants", {})[spec] = r
+        res["jax"].setdefault("variants", {})[spec] = measure_variant(setup, base, spec, opts)
+      except Exception as e:  # noqa: BLE001 (e.g. cudnn attention off a GPU)
+        res["errors"][f"variant {spec}"] = _error_line(e)
       done()
+    elif base is None and spec not in meta["skipped"]:
+      meta["skipped"].append(f"variant {spec} (needs the step part)")
   meta["complete"] = True
   done()
   return res
+
+
+def _error_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
 
 
 def write_json(path: str, res: dict[str, Any]) -> None:
@@ -880,31 +910,35 @@ def write_json(path: str, res: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _CPU_THREADS.value > 0:
-    set_cpu_threads(_CPU_THREADS.value)
-  if _DEVICE_CHECK.value:
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise BenchmarkError(f"unexpected arguments: {' '.join(rest[1:])}")
+  if fv.cpu_threads > 0:
+    set_cpu_threads(fv.cpu_threads)
+  if fv.device_check:
     print(check_devices())
   try:
-    batches = tuple(sorted({int(b) for b in _BATCHES.value}))
+    batches = tuple(sorted({int(b) for b in fv.batches}))
   except ValueError:
-    raise app.UsageError(f"--batches must be integers, got {_BATCHES.value}") from None
-  opts = Options(size=_SIZE.value, resolution=_RESOLUTION.value, parts=tuple(_PARTS.value),
-                 batches=batches, timed_steps=_TIMED_STEPS.value,
-                 warmup_steps=_WARMUP_STEPS.value, steps=_STEPS.value,
-                 restore_scale=_RESTORE_SCALE.value, ldrps_scale=_LDRPS_SCALE.value,
-                 dtype=_DTYPE.value, remat=_REMAT.value, cfg=_CFG.value,
-                 torch_tf32=_TF32.value, seed=_SEED.value, time_budget_s=_TIME_BUDGET.value,
-                 repeats=_REPEATS.value, cpu_threads=_CPU_THREADS.value,
-                 attention=_ATTENTION.value, variants=tuple(_VARIANTS.value))
-  res = run_benchmark(opts, save=functools.partial(write_json, _OUT.value) if _OUT.value
-                      else lambda res: None)
-  print_report(res)
-  if _OUT.value:
-    print(f"wrote {_OUT.value}")
+    raise BenchmarkError(f"--batches must be integers, got {','.join(fv.batches)}") from None
+  opts = Options(size=fv.size, resolution=fv.resolution, parts=tuple(fv.parts), batches=batches,
+                 timed_steps=fv.timed_steps, warmup_steps=fv.warmup_steps, steps=fv.steps,
+                 restore_scale=fv.restore_scale, ldrps_scale=fv.ldrps_scale, dtype=fv.dtype,
+                 remat=fv.remat, cfg=fv.cfg, torch_tf32=fv.torch_tf32, seed=fv.seed,
+                 time_budget_s=fv.time_budget_s, repeats=fv.repeats,
+                 cpu_threads=fv.cpu_threads, attention=fv.attention,
+                 variants=tuple(fv.variants))
+  save = functools.partial(write_json, fv.out) if fv.out else (lambda res: None)
+  print_report(run_benchmark(opts, save=save))
+  if fv.out:
+    print(f"wrote {fv.out}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the benchmark with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())
