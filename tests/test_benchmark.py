@@ -1,0 +1,179 @@
+"""The speed benchmark (eval/benchmark.py) and the PyTorch reference it times.
+
+One smoke run of the benchmark binary (`main` with its command line, in this process) at
+`--size=tiny`, 64 px, one timed step, LD-RPS at 1 % of its steps, is shared by the tests below:
+the JSON it writes must be self-consistent, and its one-step parity record (our JAX step and
+the PyTorch eager reference, run from the same state on the same random weights) must agree
+within the tolerances stated here. No timing is asserted.
+"""
+
+import contextlib
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from eval import benchmark
+from eval import torch_reference as tr
+from upzeroir_jax import config as config_lib
+from upzeroir_jax import restore as restore_lib
+from upzeroir_jax.models import sd
+
+# One-step parity tolerances (float32 on a CPU). Terms computed before the PCDM update agree to
+# float rounding. Adam's first step moves each parameter by ±lr with the sign of its gradient,
+# so a parameter whose gradient is ~0 can move the other way under float-level differences of
+# x̂0 (UNet and VAE run by different libraries); a few % of PCDM parameters may, and the terms
+# computed with the updated PCDM (the guidance terms, the gradient norm, z_{t-1}) inherit that.
+PRE_UPDATE = ("pcdm_loss", "pcdm_mse", "pcdm_per", "pcdm_adv", "disc_loss")
+PRE_RTOL = 1e-4
+POST_RTOL, POST_ATOL_OF_DISTANCE = 1e-2, 1e-3
+Z_ATOL = 5e-3  # z_{t-1} has magnitude ~3; the guidance pull s_eff·∇ is ~0.3.
+PCDM_AGREEMENT, DISC_AGREEMENT = 0.95, 0.99  # fraction of parameters updated alike.
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+  out = tmp_path_factory.mktemp("bench") / "bench.json"
+  argv = ["benchmark", "--size=tiny", "--resolution=64", "--parts=step,torch_step,ldrps",
+          "--timed_steps=1", "--repeats=1", "--warmup_steps=1", "--ldrps_scale=0.01",
+          f"--out={out}"]
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # a shared 2-core machine: no OpenMP oversubscription.
+  stdout = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(stdout):
+      assert benchmark.main(argv) == 0
+  finally:
+    torch.set_num_threads(threads)
+  res = json.loads(out.read_text())
+  res["stdout"] = stdout.getvalue()
+  return res
+
+
+@pytest.mark.slow
+def test_ratios_are_quotients_of_reported_times(bench):
+  jax_step, torch_step = bench["jax"]["steps"]["1"], bench["torch"]["steps"]["1"]
+  for stage in ("guided", "stage1"):
+    want = torch_step[f"step_s_{stage}"] / jax_step[f"step_s_{stage}"]
+    assert bench["ratios"][f"step_{stage}"]["1"] == pytest.approx(want, rel=1e-12)
+  assert jax_step["finite"] and torch_step["finite"]
+  assert jax_step["compile_s"] > 0 and torch_step["warmup_s"] > 0
+
+
+@pytest.mark.slow
+def test_ldrps_extrapolation_and_step_counts(bench):
+  ld = bench["torch"]["ldrps"]
+  # 1 % of 450 steps -> round(4.5) = 4, recurrences of 4 // 2 = 2 steps: 4 + 2·2 guided steps.
+  assert ld["steps"] == 8
+  assert ld["full_steps"] == 450 + 2 * 225
+  assert ld["per_image_s_full"] == pytest.approx(ld["run_s"] * 900 / 8, rel=1e-12)
+  assert ld["finite"]
+  counts = bench["meta"]["stage_counts"]
+  assert counts["stage1"] + counts["guided"] == 450
+  # Leading spacing, stride 2, offset 1: t = 899, 897, …, 1; t ≥ 700 for 100 of them.
+  assert counts["stage1"] == 100
+
+
+@pytest.mark.slow
+def test_targets_report_measured_values_consistently(bench):
+  by_name = {t["name"]: t for t in bench["targets"]}
+  cpu = by_name["guided step at equal work on a CPU: torch time / JAX time"]
+  assert cpu["measured"] == bench["ratios"]["step_guided"]["1"]
+  assert cpu["status"] == ("MET" if cpu["measured"] >= 1.0 else "NOT MET")
+  assert by_name["guided step at equal work on a GPU: torch time / JAX time"]["status"] == (
+    "NOT MEASURED")
+  assert all(t["status"] in ("MET", "NOT MET", "NOT MEASURED") for t in bench["targets"])
+  for t in bench["targets"]:
+    assert f"[{t['status']}] {t['name']}" in bench["stdout"]
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_one_step_parity_with_torch_reference(bench):
+  p = bench["parity"]
+  assert p["t"] == bench["meta"]["t_guided"] and p["t"] < 700
+  terms = p["terms"]
+  assert terms["distance"]["torch"] > 0 and terms["grad_norm"]["torch"] > 0
+  post_atol = POST_ATOL_OF_DISTANCE * terms["distance"]["torch"]
+  for name, v in terms.items():
+    if name in PRE_UPDATE:
+      assert v["jax"] == pytest.approx(v["torch"], rel=PRE_RTOL), name
+    else:
+      assert v["jax"] == pytest.approx(v["torch"], rel=POST_RTOL, abs=post_atol), name
+  assert p["z_max_abs_diff"] < Z_ATOL
+  assert p["pcdm"]["update_max_abs"] > 0 and p["pcdm"]["agreement"] >= PCDM_AGREEMENT
+  for disc in ("disc", "disc2"):
+    assert p[disc]["update_max_abs"] > 0 and p[disc]["agreement"] >= DISC_AGREEMENT
+
+
+def test_bad_flags_give_one_line_errors(capsys):
+  assert benchmark.main(["benchmark", "--parts=step,warp"]) == 2
+  assert benchmark.main(["benchmark", "--restore_scale=2"]) == 2
+  assert benchmark.main(["benchmark", "--variants=bfloat16+fp8"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 3
+  assert "unknown --parts ['warp']" in err[0]
+  assert "--restore_scale" in err[1]
+  assert "'fp8'" in err[2]
+
+
+def test_restore_loop_has_no_host_callbacks():
+  """The whole restore (scan over guided steps) traces to one program without host syncs."""
+  models = restore_lib.Models(backbone=sd.tiny(jax.random.key(0)),
+                              vgg_params=_tiny_vgg_params())
+  config = config_lib.preset("lowlight", steps=3, dqr=False, pcdm_features=(8, 8, 8),
+                             disc_features=(8, 8, 8))
+  y = jnp.asarray(benchmark.synthetic_input(64, 0)[0])
+  jaxpr = jax.make_jaxpr(lambda m, y, k: restore_lib.restore(m, y, k, config).image)(
+    models, y, jax.random.key(1))
+  names = _primitive_names(jaxpr.jaxpr)
+  assert "scan" in names
+  assert not {n for n in names if "callback" in n or n in ("debug_print", "outfeed")}
+
+
+def _tiny_vgg_params() -> dict:
+  return jax.tree.map(jnp.asarray, tr.VGGRelu22().random_init().flax_params())
+
+
+def _primitive_names(jaxpr) -> set[str]:
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      names |= _primitive_names(sub)
+  return names
+
+
+def test_bf16_backbone_tracks_float32(bf16_pair):
+  """bf16 VAE compute (params and activations; PCDM, losses and latents stay float32) stays
+  within 5 % (relative L2) of float32 on the decoded image, the guidance gradient through the
+  decoder and the encoded latent. bf16 keeps 8 mantissa bits (rounding 2e-3 per operation)."""
+  f32, bf16 = bf16_pair
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
+  img = jnp.asarray(rng.uniform(size=(1, 64, 64, 3)), jnp.float32)
+
+  @jax.jit
+  def outputs(m):
+    x, vjp = jax.vjp(m.decode, z)
+    (guidance,) = vjp(x - img)  # ∇ of ½‖D(z) − img‖², the guidance-gradient path.
+    return {"decode": x, "guidance": guidance, "encode": m.encode(img)}
+
+  want, got = outputs(f32), outputs(bf16)
+  for name in want:
+    a, b = np.asarray(want[name]), np.asarray(got[name])
+    assert b.dtype == np.float32, name
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 5e-2, name
+
+
+@pytest.fixture(scope="module")
+def bf16_pair():
+  f32 = sd.tiny(jax.random.key(0))
+  bf16 = f32.replace(unet_params=sd.cast(f32.unet_params, jnp.bfloat16),
+                     vae_params=sd.cast(f32.vae_params, jnp.bfloat16),
+                     dtype=jnp.dtype(jnp.bfloat16))
+  return f32, bf16
