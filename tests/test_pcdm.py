@@ -12,7 +12,8 @@ from upzeroir_jax.models import pcdm
 def nets():
   key = jax.random.key(0)
   net, disc = pcdm.PCDM(), pcdm.Discriminator()
-  return {"pcdm": (net, pcdm.init(net, key)), "disc": (disc, pcdm.init(disc, key))}
+  return {"pcdm": (net, jax.jit(lambda k: pcdm.init(net, k))(key)),
+          "disc": (disc, jax.jit(lambda k: pcdm.init(disc, k))(key))}
 
 
 def test_parameter_count_is_about_one_million(nets):

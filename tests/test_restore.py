@@ -1,6 +1,6 @@
 """`restore`: batches as vmap, one compilation per shape and static config, determinism, checks.
 
-The runs come from `tiny_runs.short_runs` (tiny random SD, kodim23 at 64×64, 10 steps).
+The runs come from `tiny_runs` (tiny random SD, kodim23 at 64×64 darkened, 50 steps).
 """
 
 import jax
@@ -12,36 +12,44 @@ from upzeroir_jax import config, restore
 
 
 @pytest.fixture(scope="module")
-def short(kodak_dir):
-  return tiny_runs.short_runs(kodak_dir)
+def singles(kodak_dir):
+  return tiny_runs.single_runs(kodak_dir)
 
 
 @pytest.mark.slow
-def test_compiles_once_per_shape_and_static_config(short):
-  first, other_image_and_key, other_task = short["compiles"]
+def test_compiles_once_per_shape_and_static_config(singles):
+  _, (first, mixed, denoise) = singles
   assert first >= 1
-  assert other_image_and_key == 0
-  assert other_task == 0  # "mixed": another preset, same static config and shape
+  assert mixed == 0  # another preset name, same static config and shape
+  assert denoise == 0  # other loss weights: traced values
 
 
 @pytest.mark.slow
-def test_same_key_gives_identical_output(short):
+def test_same_key_gives_identical_output(singles):
   """The "mixed" call has the low-light weights, the same image and key: bit-identical."""
-  np.testing.assert_array_equal(short["a"].image, short["a_mixed"].image)
-  for name in short["a"].info:
-    np.testing.assert_array_equal(short["a"].info[name], short["a_mixed"].info[name])
+  (low, mixed, _), _ = singles
+  np.testing.assert_array_equal(low.image, mixed.image)
+  for name in low.info:
+    np.testing.assert_array_equal(low.info[name], mixed.info[name])
 
 
 @pytest.mark.slow
-def test_batch_equals_single_calls_with_the_same_keys(short):
-  batch = short["batch"]
-  assert batch.image.shape == (2, 64, 64, 3)
-  for b, name in enumerate(("a", "b")):
-    single = short[name]
-    np.testing.assert_allclose(batch.image[b], single.image, atol=1e-4)
-    for key in ("pcdm_loss", "distance", "grad_norm"):
-      np.testing.assert_allclose(batch.info[key][b], single.info[key], rtol=1e-2, atol=1e-7)
-  assert float(np.max(np.abs(batch.image[0] - batch.image[1]))) > 0.05
+def test_batch_equals_single_calls_with_the_same_keys(kodak_dir, singles):
+  """Batch members 0 (low light) and 2 (denoise) against single calls with the same key.
+
+  Batched and single calls round differently (batched matmuls and convolutions), and 50 steps
+  of PCDM/discriminator training and guidance amplify that: measured 1e-5 after 10 steps and
+  2e-4 after 50 (max abs pixel difference). The losses of the first 10 steps are held to 1e-3
+  (relative), the 50-step image to 1e-3; a separate 10-step run would cost two more
+  compilations.
+  """
+  (low, _, denoise), _ = singles
+  batch = tiny_runs.batch_run(kodak_dir)
+  for b, single in ((0, low), (2, denoise)):
+    np.testing.assert_allclose(batch.image[b], single.image, atol=1e-3)
+    for key in ("pcdm_loss", "disc_loss"):
+      np.testing.assert_allclose(batch.info[key][b, :10], single.info[key][:10], rtol=1e-3)
+  assert float(np.max(np.abs(batch.image[0] - batch.image[2]))) > 1e-2
 
 
 @pytest.fixture(scope="module")
