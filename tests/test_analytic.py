@@ -27,7 +27,7 @@ kodim19; PSNR in dB of noisy input / single sample / mean of 8 / Wiener = 14.78 
 Too small an s leaves prior samples (below the noisy input); too large an s collapses onto the
 noisy input. The PCDM width barely matters here. The test uses 30 steps with s = 6400 on one
 crop, kodim05 (the harder of the two the METHOD §10 prototype used), to fit the CPU budget:
-one batch of 8 at 128² costs ~4 min of this suite's time. On CPU this setting gave kodim05
+one batch of 8 at 128² costs ~2.5 min of this suite's time (compilation included). On CPU this setting gave kodim05
 15.25 / 17.12 / 18.78 / 19.63 dB and kodim23 14.68 / 18.18 / 20.23 / 21.02 dB.
 """
 

@@ -30,8 +30,8 @@ def test_parameter_count_is_about_one_million(nets):
 
 def test_resblocks_ablation_matches_pcdm_size():
   key = jax.random.key(1)
-  n_pcdm = pcdm.param_count(pcdm.init(pcdm.make("pcdm"), key))
-  n_res = pcdm.param_count(pcdm.init(pcdm.make("resblocks"), key))
+  n_pcdm, n_res = (pcdm.param_count(jax.eval_shape(lambda k, v=v: pcdm.init(pcdm.make(v), k), key))
+                   for v in ("pcdm", "resblocks"))
   print(f"PCDM {n_pcdm:,}, ResBlocks ablation {n_res:,}")
   assert abs(n_res - n_pcdm) / n_pcdm < 0.05
 
@@ -104,7 +104,7 @@ def test_discriminator_matches_torch_stride_two_convs(nets):
 
 
 def test_kaiming_init_has_fan_in_variance():
-  params = pcdm.init(pcdm.PCDM(), jax.random.key(4))
+  params = jax.jit(lambda k: pcdm.init(pcdm.PCDM(), k))(jax.random.key(4))
   kernel = np.asarray(params["conv3"]["kernel"])  # fan-in 3·3·128
   assert np.std(kernel) == pytest.approx(np.sqrt(2.0 / (9 * 128)), rel=0.02)
   assert not np.any(np.asarray(params["conv3"]["bias"]))
