@@ -18,17 +18,21 @@ PyTorch eager reference (`eval/torch_reference.py`):
   two latents per image, CFG always on) per restored image,
 - peak memory: on a GPU, JAX `memory_stats()["peak_bytes_in_use"]` (never reset, so read in
   order: after the batch-1 parts, then after larger batches) and torch
-  `max_memory_allocated` (reset per part); on a CPU the peak resident set size of the whole
-  process (`ru_maxrss`: JAX and torch together, never decreasing), read after each part,
+  `max_memory_allocated` (reset per part); always the peak resident set size of the whole
+  process (`ru_maxrss`: JAX and torch together, never decreasing), read after each part, and
+  XLA's `memory_analysis()` of every compiled function (argument, output, temporary bytes),
 - images per minute at batch 1, 2, 4, 8 for the fixed `--steps` schedule, from the per-step
-  times of each stage: per image (n₁·t₁ + n₂₃·t₂₃) / B, n₁ the stage-1 steps.
+  times of each stage: per image (n₁·t₁ + n₂₃·t₂₃) / B, n₁ the stage-1 steps,
+- speed variants of our batch-1 step (`--variants`: bf16, remat, CFG, attention through
+  `jax.nn.dot_product_attention`), each timed in rounds alternating with the base step.
 
 It prints the ratios (torch time / JAX time: > 1 means JAX is faster) and each performance
 target with its measured value and MET / NOT MET / NOT MEASURED, and writes everything as JSON.
 
 Order: step times at batch 1 (on a GPU torch first, its cached memory released before JAX
-compiles) with the parity check, LD-RPS, our restores, then larger batches; `--time_budget_s`
-skips the parts that would start after the budget. Results are written after every part, so
+compiles) with the parity check, LD-RPS, our restores, larger batches, variants;
+`--time_budget_s` skips the parts that would start after the budget, and a part that fails
+(say, out of device memory) is recorded under "errors" while the others go on. Results are written after every part, so
 an interrupted run leaves what it measured.
 
 Timing: JAX results are waited for with `jax.block_until_ready`, torch work with
@@ -39,7 +43,7 @@ Step counts can be scaled down (`--restore_scale`, `--ldrps_scale`); per-image t
 extrapolated linearly to the full counts, and the scales are recorded in the output.
 
 Examples:
-  python eval/benchmark.py --size=tiny --out=/tmp/bench.json
+  python eval/benchmark.py --size=tiny --cpu_threads=1 --out=/tmp/bench.json
   python eval/benchmark.py --size=sd21 --device_check --ldrps_scale=0.1 --out=bench.json
 """
 
@@ -189,6 +193,7 @@ class Options:
 
   @property
   def restore_steps(self) -> int:
+    """DDIM steps our restores run: `steps` scaled by `restore_scale` (at least 2)."""
     return max(2, round(self.steps * self.restore_scale))
 
 
@@ -234,10 +239,12 @@ class Setup:
 
   @property
   def num_pixels(self) -> int:
+    """Pixels of the model-grid image (sets the guidance scale s·N/512², METHOD §3)."""
     return self.resolution * self.resolution
 
   @property
   def sync(self) -> Callable[[], None]:
+    """A barrier for the torch device (a no-op on a CPU)."""
     if self.device.type == "cuda":
       return lambda: torch.cuda.synchronize(self.device)
     return lambda: None

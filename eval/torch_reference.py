@@ -309,7 +309,7 @@ class TorchSD:
     uncond, cond = self.unet(torch.cat([z, z]), t, encoder_hidden_states=ctx2).sample.chunk(2)
     return uncond + cfg_scale * (cond - uncond)
 
-  def scheduler(self, **overrides: Any):
+  def scheduler(self, **overrides: Any) -> diffusers.DDIMScheduler:
     """A fresh diffusers `DDIMScheduler` of this model's config (with `overrides`)."""
     return diffusers.DDIMScheduler.from_config({**self.scheduler_config, **overrides})
 
@@ -338,10 +338,6 @@ class ImageState:
   zy_beta: torch.Tensor
   y_stats: torch.Tensor
   y_feats: torch.Tensor
-
-
-def _field(config: Any, name: str, default: Any) -> Any:
-  return getattr(config, name, default)
 
 
 class GuidedStep:
@@ -397,8 +393,8 @@ class GuidedStep:
       disc2_opt=torch.optim.Adam(disc2.parameters(), c.disc_lr),
       zy_alpha=zy_alpha, zy_beta=zy_beta, y_stats=image_stats(y), y_feats=y_feats)
 
-  def _update_pcdm(self, im: ImageState, x0: torch.Tensor, theta: torch.Tensor,
-                   t: int) -> dict[str, torch.Tensor]:
+  def update_pcdm(self, im: ImageState, x0: torch.Tensor, theta: torch.Tensor,
+                  t: int) -> dict[str, torch.Tensor]:
     """Discriminator then PCDM Adam step on fixed x̂0, θ (METHOD §4, Eq. 12)."""
     c = self.config
     y_hat = im.pcdm(x0, theta)
@@ -420,9 +416,9 @@ class GuidedStep:
     return {"pcdm_loss": loss.detach(), "pcdm_mse": l_mse.detach(), "pcdm_per": l_per.detach(),
             "pcdm_adv": l_adv.detach(), "disc_loss": d_loss.detach()}
 
-  def _objective(self, ims: list[ImageState], x0: torch.Tensor, y_hat: torch.Tensor, t: int,
-                 z_hat: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+  def objective(self, ims: list[ImageState], x0: torch.Tensor, y_hat: torch.Tensor, t: int,
+                z_hat: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Σ over images of D(ŷ, y) + [t < stage3_t]·Q(x̂0), after the Adv discriminator steps
     (METHOD §5–§6). y_hat = PCDM(x̂0) with graph; z_hat = E(ŷ) if already computed."""
     c = self.config
@@ -466,11 +462,11 @@ class GuidedStep:
     z0 = res.pred_original_sample.detach().requires_grad_(True)
     x0 = self.sd.decode(z0)
     theta = torch.cat([image_stats(x0), torch.cat([im.y_stats for im in ims])], dim=1)
-    rows = [self._update_pcdm(im, x0[i:i + 1].detach(), theta[i:i + 1].detach(), t)
+    rows = [self.update_pcdm(im, x0[i:i + 1].detach(), theta[i:i + 1].detach(), t)
             for i, im in enumerate(ims)]
     if t < c.stage2_t:
       y_hat = torch.cat([im.pcdm(x0[i:i + 1], theta[i:i + 1]) for i, im in enumerate(ims)])
-      total, terms = self._objective(ims, x0, y_hat, t)
+      total, terms = self.objective(ims, x0, y_hat, t)
       (g_z0,) = torch.autograd.grad(total, z0)
     else:
       g_z0 = torch.zeros_like(z0)
@@ -550,12 +546,12 @@ class LDRPSProcedure:
     x_hq = self.sd.decode(x_in)
     n = x_hq.shape[0]
     theta = torch.cat([image_stats(x_hq), im.y_stats.expand(n, -1)], dim=1)
-    self.step_impl._update_pcdm(dataclasses.replace(im, y=im.y.expand(n, -1, -1, -1)),
-                                x_hq.detach(), theta.detach(), t)
+    self.step_impl.update_pcdm(dataclasses.replace(im, y=im.y.expand(n, -1, -1, -1)),
+                               x_hq.detach(), theta.detach(), t)
     x_lq = im.pcdm(x_hq, theta)
     z_lq = self.sd.encode(x_lq)
     if t < c.stage2_t:
-      total, _ = self.step_impl._objective([im], x_hq[:1], x_lq[:1], t, z_hat=z_lq[:1])
+      total, _ = self.step_impl.objective([im], x_hq[:1], x_lq[:1], t, z_hat=z_lq[:1])
     else:
       total = 0.0 * mse(x_lq[:1], im.y)
     (grad,) = torch.autograd.grad(-self.guidance_scale * total, x_in)
