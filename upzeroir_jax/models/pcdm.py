@@ -13,7 +13,8 @@ Choices where METHOD.md is silent [ours]:
 - "linear layers": Dense(12 → `film_hidden`) – LeakyReLU – Dense(→ Σ 2·width), one shared
   embedding producing every layer's (γ_k, δ_k). The last Dense is zero-initialised, so a fresh
   PCDM is exactly the unconditioned LD-RPS net and the conditioning is learned per image.
-- Convs use Kaiming-normal (fan-in, gain √2) kernels and zero biases as LD-RPS; the LeakyReLU
+- Convs (`models.conv.Conv`, whose gradients run fast in the sampler's loop on XLA:CPU) use
+  Kaiming-normal (fan-in, gain √2) kernels and zero biases as LD-RPS; the LeakyReLU
   slope is torch's default 0.01 (`nn.LeakyReLU()` in LD-RPS).
 - The discriminators return logits; the sigmoid of METHOD §4 is folded into the BCE
   (`losses.bce_with_logits`), the numerically stable form of the same loss.
@@ -26,8 +27,8 @@ blocks is chosen so its parameter count is closest to PCDM's (`resblocks_count`)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from upzeroir_jax.models import conv as conv_lib
 from upzeroir_jax.physics import ggd
 
 LEAKY_SLOPE = 0.01
@@ -38,40 +39,8 @@ def _kaiming() -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-class PatchConv(nn.Module):
-  """A k×k convolution (zero padding k // 2) written as one matmul over extracted patches.
-
-  Same parameters as `nn.Conv` (`kernel` `[k, k, Cin, Cout]`, `bias` `[Cout]`) and the same
-  result. Why: on XLA:CPU the kernel-gradient convolution inside a `lax.scan` /
-  `while_loop` body (the sampler's PCDM and discriminator Adam steps) runs about 20× slower
-  than outside one; as a matmul its gradient is a matmul. On accelerators the patch matrix
-  (k² times the activations) costs memory and bandwidth, so there it is a plain convolution.
-  """
-
-  features: int
-  kernel: int = 3
-  stride: int = 1
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, s, cin = self.kernel, self.stride, x.shape[-1]
-    w = self.param("kernel", _kaiming(), (k, k, cin, self.features))
-    b = self.param("bias", nn.initializers.zeros, (self.features,))
-    pad = k // 2
-    if jax.default_backend() != "cpu":
-      return lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-    if pad:
-      x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    ho = (x.shape[1] - k) // s + 1
-    wo = (x.shape[2] - k) // s + 1
-    cols = jnp.concatenate([x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                            for i in range(k) for j in range(k)], axis=-1)
-    return cols @ w.reshape(k * k * cin, self.features) + b
-
-
-def _conv(width: int, kernel: int, stride: int = 1, name: str | None = None) -> PatchConv:
-  return PatchConv(width, kernel, stride, name=name)
+def _conv(width: int, kernel: int, stride: int = 1, name: str | None = None) -> conv_lib.Conv:
+  return conv_lib.Conv(width, kernel, stride, kernel_init=_kaiming(), name=name)
 
 
 def image_stats(img: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upzeroir_jax.models import conv as conv_lib
 from upzeroir_jax.models import schedule as schedule_lib
 from upzeroir_jax.models import sd_configs, sd_convert, sd_nets
 
@@ -114,7 +115,7 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
   _check_image(model, img)
   vae = model.arch.vae(model.dtype)
   x = (2.0 * img - 1.0).astype(model.dtype)
-  with sd_nets.quiet():
+  with sd_nets.quiet(), conv_lib.fast_gradients():
     moments = vae.apply({"params": model.vae_params}, x, method=sd_nets.encode_moments)
   mean = jnp.split(moments, 2, axis=-1)[0]
   return (mean * model.scaling_factor).astype(jnp.float32)
@@ -147,7 +148,7 @@ def decode(model: SDModel, z: jax.Array) -> jax.Array:
 
 
 def _apply_stage(vae: Any, stage: Any, params: Any, h: jax.Array) -> jax.Array:
-  with sd_nets.quiet():
+  with sd_nets.quiet(), conv_lib.fast_gradients():
     return vae.apply({"params": params}, h, method=stage)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from upzeroir_jax.models import conv as conv_lib
 from upzeroir_jax.models import flat_checkpoint, random_init
 
 WIDTHS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -59,9 +60,9 @@ class VGG16Features(nn.Module):
     for name in LAYERS:
       if name.startswith("conv"):
         block = int(name[4])
-        x = nn.Conv(WIDTHS[block - 1][0], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                    name=name)(x)
+        x = conv_lib.Conv(WIDTHS[block - 1][0], 3,
+                          kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                          name=name)(x)
       elif name.startswith("relu"):
         x = nn.relu(x)
       else:

@@ -1,0 +1,131 @@
+"""`models.conv`: values and gradients against PyTorch's conv2d and XLA's own gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from upzeroir_jax.models import conv as conv_lib
+
+# (kernel h, kernel w, stride, ((top, bottom), (left, right)), H, W)
+CASES = [
+  (3, 3, (1, 1), ((1, 1), (1, 1)), 9, 7),
+  (3, 3, (2, 2), ((1, 1), (1, 1)), 9, 7),
+  (1, 1, (1, 1), ((0, 0), (0, 0)), 5, 6),
+  (3, 3, (2, 2), ((0, 1), (0, 1)), 8, 8),
+  (3, 3, (1, 1), ((0, 0), (0, 0)), 6, 6),
+  (3, 2, (1, 2), ((2, 1), (0, 1)), 7, 9),
+]
+
+
+def _inputs(case, seed=0):
+  kh, kw, _, _, h, w = case
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((2, h, w, 4)).astype(np.float32)
+  kernel = rng.standard_normal((kh, kw, 4, 5)).astype(np.float32)
+  return x, kernel
+
+
+def _torch_conv_and_grads(x, kernel, stride, padding, g_fn):
+  torch = pytest.importorskip("torch")
+  tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  tw = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+  (top, bottom), (left, right) = padding
+  y = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (left, right, top, bottom)), tw,
+                                 stride=stride)
+  g = torch.tensor(g_fn(y.shape[0], y.shape[2], y.shape[3], y.shape[1]).transpose(0, 3, 1, 2))
+  y.backward(g)
+  return (y.detach().numpy().transpose(0, 2, 3, 1), tx.grad.numpy().transpose(0, 2, 3, 1),
+          tw.grad.numpy().transpose(2, 3, 1, 0))
+
+
+def _cotangent(b, h, w, c):
+  return np.random.default_rng(7).standard_normal((b, h, w, c)).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}x{c[1]}-s{c[2]}-p{c[3]}")
+def test_values_and_gradients_match_torch(case):
+  x, kernel = _inputs(case)
+  stride, padding = case[2], case[3]
+  y_ref, dx_ref, dw_ref = _torch_conv_and_grads(x, kernel, stride, padding, _cotangent)
+  y, vjp = jax.vjp(lambda a, w: conv_lib.conv(a, w, stride, padding), x, kernel)
+  dx, dw = vjp(jnp.asarray(_cotangent(*y.shape)))
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_inside_cond_and_loop_match_xla():
+  """The sampler's setting: gradients taken in a `lax.cond` branch inside a `fori_loop`."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.uniform(size=(1, 16, 16, 3)), jnp.float32)
+  kernels = [jnp.asarray(0.3 * rng.standard_normal((3, 3, a, b)), jnp.float32)
+             for a, b in ((3, 8), (8, 8))]
+
+  def descend(conv_fn):
+    def loss(ws, a):
+      for w in ws:
+        a = jax.nn.leaky_relu(conv_fn(a, w), 0.01)
+      return jnp.mean(jnp.square(a - 0.5))
+
+    def body(_, carry):
+      ws, a = carry
+      gw, ga = lax.cond(True, lambda c: jax.grad(loss, argnums=(0, 1))(*c),
+                        lambda c: jax.tree.map(jnp.zeros_like, c), (ws, a))
+      return [w - 0.1 * g for w, g in zip(ws, gw)], a - 0.1 * ga
+
+    return jax.jit(lambda ws, a: lax.fori_loop(0, 3, body, (ws, a)))(kernels, x)
+
+  ours = descend(lambda a, w: conv_lib.conv(a, w, 1, 1))
+  xla = descend(lambda a, w: lax.conv_general_dilated(
+    a, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert float(jnp.abs(ours[1] - x).max()) > 1e-4
+
+
+class _Convs(nn.Module):
+  """diffusers-style layers: explicit, 'VALID' (strided and 1×1) and 'SAME' padding."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)))(x)
+    x = nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(jnp.pad(x, ((0, 0), (0, 1),
+                                                                         (0, 1), (0, 0))))
+    x = nn.Conv(8, (3, 3), padding="SAME")(x)
+    x = nn.Conv(8, (3, 3), padding="CIRCULAR")(x)
+    x = nn.Conv(8, (3, 3), padding=1, feature_group_count=2)(x)
+    return nn.Conv(3, (1, 1), padding="VALID", dtype=jnp.float32)(x)
+
+
+def test_fast_gradients_routes_plain_convs_with_same_results():
+  model = _Convs()
+  x = jax.random.normal(jax.random.key(0), (1, 12, 12, 3))
+  params = jax.jit(model.init)(jax.random.key(1), x)
+
+  def loss(p, a):
+    return jnp.sum(jnp.sin(model.apply(p, a)))
+
+  def routed(p, a):
+    with conv_lib.fast_gradients():
+      return loss(p, a)
+
+  jaxpr = str(jax.make_jaxpr(routed)(params, x))
+  # 4 of the 6 layers are plain (explicit, strided VALID, SAME, 1×1); CIRCULAR and grouped
+  # layers keep flax's own path.
+  assert jaxpr.count("custom_vjp_call") == 4
+  np.testing.assert_allclose(jax.jit(routed)(params, x), jax.jit(loss)(params, x), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.jit(jax.grad(routed, argnums=(0, 1)))(params, x)),
+                  jax.tree.leaves(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+
+
+def test_conv_layer_matches_nn_conv():
+  x = jax.random.normal(jax.random.key(2), (2, 10, 10, 3))
+  ours = conv_lib.Conv(6, 3, stride=2)
+  params = jax.jit(ours.init)(jax.random.key(3), x)
+  ref = nn.Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_allclose(jax.jit(ours.apply)(params, x), jax.jit(ref.apply)(params, x),
+                             atol=1e-5)
