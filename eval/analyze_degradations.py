@@ -16,7 +16,7 @@ crop, unlike a resize, keeps the per-pixel noise statistics. Noise for image k u
 
 `--model` is any source `upzeroir_jax.models.sd.load` accepts (a converted checkpoint, a
 diffusers folder, a hub id), or `tiny`: the randomly initialised tiny VAE of `sd.tiny(key)`
-(the same VAE weights, initialised alone), which the plot titles say. Plots need matplotlib
+(the same VAE weights, initialised alone), which the latent plot's title says. Plots need matplotlib
 (`pip install 'upzeroir-jax[plots]'`).
 
 Example (the figures in docs/: 24 Kodak images, 256-pixel crops; minutes on a 2-core CPU):
@@ -182,8 +182,9 @@ def _pyplot():
   return plt
 
 
-def plot_histograms(analysis: Analysis, path: pathlib.Path, note: str) -> None:
-  """Fig. 2(b): one panel per degradation, the clean histogram against light and heavy."""
+def plot_histograms(analysis: Analysis, path: pathlib.Path, images: int) -> None:
+  """Fig. 2(b): one panel per degradation, the clean histogram against light and heavy (pixels
+  only: no encoder is involved, so the title carries no model note)."""
   plt = _pyplot()
   centres = 0.5 * (analysis.edges[1:] + analysis.edges[:-1])
   widths = np.diff(analysis.edges)
@@ -208,7 +209,8 @@ def plot_histograms(analysis: Analysis, path: pathlib.Path, note: str) -> None:
     ax.set_xlabel("pixel value")
     ax.legend(fontsize=8)
   axes[0].set_ylabel("density")
-  fig.suptitle(f"Pixel-value histograms per degradation and intensity ({note})", fontsize=10)
+  fig.suptitle(f"Pixel-value histograms per degradation and intensity ({images} images)",
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -309,9 +311,8 @@ def run(
   out = pathlib.Path(fv.output)
   out.mkdir(parents=True, exist_ok=True)
   write_csv(analysis, out)
-  note = f"{len(files)} images; {note}"
-  plot_histograms(analysis, out / "fig2b_histograms.png", note)
-  plot_scatter(analysis, out / "fig3_ggd_scatter.png", note)
+  plot_histograms(analysis, out / "fig2b_histograms.png", len(files))
+  plot_scatter(analysis, out / "fig3_ggd_scatter.png", f"{len(files)} images; {note}")
   logging.info("wrote figures and CSV files to %s", out)
   print(f"figures and CSV files in {out}")
 

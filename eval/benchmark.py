@@ -24,7 +24,10 @@ PyTorch eager reference (`eval/torch_reference.py`):
 - images per minute at batch 1, 2, 4, 8 for the fixed `--steps` schedule, from the per-step
   times of each stage: per image (n₁·t₁ + n₂₃·t₂₃) / B, n₁ the stage-1 steps,
 - speed variants of our batch-1 step (`--variants`: bf16, remat, CFG, attention through
-  `jax.nn.dot_product_attention`), each timed in rounds alternating with the base step.
+  `jax.nn.dot_product_attention`), each timed in rounds alternating with the base step,
+- with `--profile`, where the time of our batch-1 guided step goes: milliseconds per step by
+  model part (UNet, VAE decoder / encoder, VGG16, PCDM, discriminators; forward and backward)
+  and the slowest operations, from a `jax.profiler` trace (`eval/step_profile.py`).
 
 It prints the ratios (torch time / JAX time: > 1 means JAX is faster) and each performance
 target with its measured value and MET / NOT MET / NOT MEASURED, and writes everything as JSON.
@@ -74,6 +77,7 @@ import torch
 from absl import flags
 from diffusers.models.attention_flax import FlaxAttention
 
+from eval import step_profile
 from eval import torch_reference as tr
 from upzeroir_jax import cli
 from upzeroir_jax import config as config_lib
@@ -142,6 +146,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   string("out", "", "Write the results as JSON here (after every part).")
   real("time_budget_s", 0.0, "Skip the parts that would start after this many seconds (0: no "
        "limit); they are listed as skipped.")
+  boolean("profile", False, "Trace --timed_steps guided steps of our batch-1 step after its "
+          "timing and report the time per model part (needs the step part).")
   boolean("device_check", False, "Require a GPU for both JAX and torch; print what they see.")
   boolean("verbose", False, "Show tracebacks.")
   return fv
@@ -170,6 +176,7 @@ class Options:
   cpu_threads: int = 0
   attention: str = "default"
   variants: tuple[str, ...] = ()
+  profile: bool = False
 
   def __post_init__(self):
     unknown = sorted(set(self.parts) - set(PARTS))
@@ -772,6 +779,10 @@ def print_report(res: dict[str, Any]) -> None:
           f"{r['step_s_stage1'] * 1e3:.1f} ms ({r.get('speedup_stage1', float('nan')):.2f}x), "
           f"XLA temp {r.get('xla_temp_size_in_bytes', 0) / 1e9:.2f} GB, compile "
           f"{r['compile_s']:.1f} s")
+  prof = res["jax"].get("profile")
+  if prof:
+    print(f"jax   guided step by part ({prof['matched_ms']:.1f} ms of traced operations per "
+          "step): " + ", ".join(f"{k} {v:.1f} ms" for k, v in prof["by_part_ms"].items()))
   if res["errors"]:
     print("errors:", json.dumps(res["errors"], indent=1))
   if "parity" in res:
@@ -873,6 +884,13 @@ def run_benchmark(opts: Options,
     if base and "torch_step" in parts and opts.dtype == "float32":
       res["parity"] = parity(setup, base.probe)
     done()
+  if due(opts.profile and base is not None, "profile of our guided step"):
+    res["jax"]["profile"] = step_profile.profile(
+      lambda: base.run(setup.t_guided, opts.timed_steps), base.compiled.as_text(),
+      opts.timed_steps)
+    done()
+  elif opts.profile and base is None:
+    meta["skipped"].append("profile (needs the step part)")
   if due("ldrps" in parts, f"LD-RPS procedure at scale {opts.ldrps_scale}"):
     res["torch"]["ldrps"] = torch_ldrps(setup, opts.ldrps_scale)
     res["memory"]["torch_ldrps"] = memory(setup)
@@ -935,7 +953,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
                  remat=fv.remat, cfg=fv.cfg, torch_tf32=fv.torch_tf32, seed=fv.seed,
                  time_budget_s=fv.time_budget_s, repeats=fv.repeats,
                  cpu_threads=fv.cpu_threads, attention=fv.attention,
-                 variants=tuple(fv.variants))
+                 variants=tuple(fv.variants), profile=fv.profile)
   save = functools.partial(write_json, fv.out) if fv.out else (lambda res: None)
   print_report(run_benchmark(opts, save=save))
   if fv.out:
