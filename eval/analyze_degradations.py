@@ -16,8 +16,8 @@ crop, unlike a resize, keeps the per-pixel noise statistics. Noise for image k u
 
 `--model` is any source `upzeroir_jax.models.sd.load` accepts (a converted checkpoint, a
 diffusers folder, a hub id), or `tiny`: the randomly initialised tiny VAE of `sd.tiny(key)`
-(the same VAE weights, initialised alone), which the latent plot's title says. Plots need matplotlib
-(`pip install 'upzeroir-jax[plots]'`).
+(the same VAE weights, initialised alone), which the latent plot's title says. Plots need
+matplotlib (`pip install 'upzeroir-jax[plots]'`).
 
 Example (the figures in docs/: 24 Kodak images, 256-pixel crops; minutes on a 2-core CPU):
   python eval/analyze_degradations.py --input=../shared/datasets/kodak24 \

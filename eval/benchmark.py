@@ -885,9 +885,12 @@ def run_benchmark(opts: Options,
       res["parity"] = parity(setup, base.probe)
     done()
   if due(opts.profile and base is not None, "profile of our guided step"):
-    res["jax"]["profile"] = step_profile.profile(
-      lambda: base.run(setup.t_guided, opts.timed_steps), base.compiled.as_text(),
-      opts.timed_steps)
+    try:
+      res["jax"]["profile"] = step_profile.profile(
+        lambda: base.run(setup.t_guided, opts.timed_steps), base.compiled.as_text(),
+        opts.timed_steps)
+    except Exception as e:  # noqa: BLE001 (e.g. no profiler support on the device)
+      res["errors"]["profile"] = _error_line(e)
     done()
   elif opts.profile and base is None:
     meta["skipped"].append("profile (needs the step part)")

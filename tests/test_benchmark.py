@@ -40,7 +40,7 @@ def bench(tmp_path_factory) -> dict:
   out = tmp_path_factory.mktemp("bench") / "bench.json"
   argv = ["benchmark", "--size=tiny", "--resolution=64", "--parts=step,torch_step,ldrps",
           "--timed_steps=1", "--repeats=1", "--warmup_steps=1", "--ldrps_scale=0.01",
-          f"--out={out}"]
+          "--profile", f"--out={out}"]
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # a shared 2-core machine: no OpenMP oversubscription.
   stdout = io.StringIO()
@@ -62,6 +62,21 @@ def test_ratios_are_quotients_of_reported_times(bench):
     assert bench["ratios"][f"step_{stage}"]["1"] == pytest.approx(want, rel=1e-12)
   assert jax_step["finite"] and torch_step["finite"]
   assert jax_step["compile_s"] > 0 and torch_step["warmup_s"] > 0
+
+
+@pytest.mark.slow
+def test_profile_attributes_the_guided_step_to_its_parts(bench):
+  prof = bench["jax"]["profile"]
+  parts = prof["by_part_ms"]
+  for part in ("UNet forward", "VAE decoder forward", "VAE decoder backward", "VAE encoder backward",
+               "VGG16 forward", "VGG16 backward", "PCDM forward", "PCDM backward",
+               "discriminators forward", "discriminators backward"):
+    assert parts.get(part, 0.0) > 0.0, part
+  assert prof["matched_ms"] == pytest.approx(sum(parts.values()))
+  # Most of a traced step is attributed to named parts, not to "other".
+  other = parts.get("other forward", 0.0) + parts.get("other backward", 0.0)
+  assert other < 0.2 * prof["matched_ms"]
+  assert "guided step by part" in bench["stdout"]
 
 
 @pytest.mark.slow
