@@ -132,7 +132,9 @@ def test_ssim_clips_negative_contrast_structure_as_pyiqa(random_pair):
 
 def test_ssim_of_one_channel_images_uses_255_x(random_pair):
   x, y = random_pair[0][:, :, :, :1], random_pair[1][:, :, :, :1]
-  expected = [_ssim_reference(np.round(255.0 * u[..., 0]), np.round(255.0 * v[..., 0]))[0]
+  # Rounded in float32 as the metric does, then correlated in float64 like the other references.
+  expected = [_ssim_reference(np.round(255.0 * u[..., 0]).astype(np.float64),
+                              np.round(255.0 * v[..., 0]).astype(np.float64))[0]
               for u, v in zip(x, y)]
   np.testing.assert_allclose(SSIM(x, y), expected, atol=1e-5)
 
