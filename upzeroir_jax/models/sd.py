@@ -115,8 +115,7 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
   _check_image(model, img)
   vae = model.arch.vae(model.dtype)
   x = (2.0 * img - 1.0).astype(model.dtype)
-  with sd_nets.quiet(), conv_lib.fast_gradients():
-    moments = vae.apply({"params": model.vae_params}, x, method=sd_nets.encode_moments)
+  moments = _apply_stage(vae, sd_nets.encode_moments, model.vae_params, x)
   mean = jnp.split(moments, 2, axis=-1)[0]
   return (mean * model.scaling_factor).astype(jnp.float32)
 
@@ -148,6 +147,7 @@ def decode(model: SDModel, z: jax.Array) -> jax.Array:
 
 
 def _apply_stage(vae: Any, stage: Any, params: Any, h: jax.Array) -> jax.Array:
+  """One VAE method (`sd_nets.encode_moments`, a decoder stage) applied to h."""
   with sd_nets.quiet(), conv_lib.fast_gradients():
     return vae.apply({"params": params}, h, method=stage)
 
