@@ -179,8 +179,7 @@ def _load_scorer(scorer: str, arniqa_dir: str, smoke_test: bool) -> tuple[Any, s
   if smoke_test:
     return scorers.arniqa(arniqa_lib.init_random(jax.random.PRNGKey(1))), "ARNIQA, random weights"
   raise _missing(str(enc if not enc.is_file() else reg), "ARNIQA weights",
-                 "convert them with `python -m weights.convert_arniqa --encoder=ARNIQA.pth "
-                 f"--regressor=regressor_kadid10k.pth --output_dir={arniqa_dir}`, or pass "
+                 f"convert them with `{arniqa_lib.converter(arniqa_dir)}`, or pass "
                  "--scorer=niqe or --scorer=none")
 
 
@@ -191,8 +190,8 @@ def _load_vgg(path: str, smoke_test: bool) -> tuple[Any, str]:
     return vgg.load(path), f"VGG16 from {path}"
   if smoke_test:
     return vgg.init_random(jax.random.PRNGKey(2)), "VGG16, random weights"
-  raise _missing(path, "VGG16 weights (perceptual loss)", "convert them with `python -m "
-                 f"weights.convert_vgg --input=vgg16-397923af.pth --output={path}`")
+  raise _missing(path, "VGG16 weights (perceptual loss)",
+                 f"convert them with `{vgg.converter(path)}`")
 
 
 def _load_backbone(source: str) -> Any:

@@ -41,10 +41,12 @@ DATASETS = {
   "koniq10k": (1.0, 100.0, "mos"),
 }
 FEATURE_DIM = 2048
-CONVERTER = (
-  "python -m weights.convert_arniqa --encoder=ARNIQA.pth "
-  "--regressor=regressor_kadid10k.pth --output_dir=<dir>"
-)
+
+
+def converter(output_dir: str = "<dir>") -> str:
+  """The command that writes the ARNIQA encoder and KADID-10k regressor into `output_dir`."""
+  return ("python -m weights.convert_arniqa --encoder=ARNIQA.pth "
+          f"--regressor=regressor_kadid10k.pth --output_dir={output_dir}")
 
 
 @struct.dataclass
@@ -100,17 +102,17 @@ def load(
     ValueError: unknown dataset, or a file of the wrong kind / dataset.
   """
   score_bounds = bounds(dataset)
-  encoder, enc_meta = flat_checkpoint.load(encoder_ckpt, CONVERTER)
+  encoder, enc_meta = flat_checkpoint.load(encoder_ckpt, converter())
   if enc_meta.get("model") != "arniqa_encoder":
     raise ValueError(
       f"{os.fspath(encoder_ckpt)!r} is not an ARNIQA encoder checkpoint; "
-      f"rebuild it with `{CONVERTER}`"
+      f"rebuild it with `{converter()}`"
     )
-  regressor, reg_meta = flat_checkpoint.load(regressor_ckpt, CONVERTER)
+  regressor, reg_meta = flat_checkpoint.load(regressor_ckpt, converter())
   if reg_meta.get("model") != "arniqa_regressor":
     raise ValueError(
       f"{os.fspath(regressor_ckpt)!r} is not an ARNIQA regressor checkpoint; "
-      f"rebuild it with `{CONVERTER}`"
+      f"rebuild it with `{converter()}`"
     )
   if reg_meta.get("dataset") != dataset:
     raise ValueError(

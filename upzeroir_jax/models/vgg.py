@@ -38,7 +38,11 @@ CONVS = tuple(name for name in LAYERS if name.startswith("conv"))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PERCEPTUAL_LAYER = "relu2_2"
-CONVERTER = "python -m weights.convert_vgg --input=vgg16-397923af.pth --output=vgg16.safetensors"
+
+
+def converter(output: str = "vgg16.safetensors") -> str:
+  """The command that writes a VGG16 checkpoint to `output` (from torchvision's ImageNet file)."""
+  return f"python -m weights.convert_vgg --input=vgg16-397923af.pth --output={output}"
 
 
 class VGG16Features(nn.Module):
@@ -86,11 +90,11 @@ def load(path: str | os.PathLike) -> dict:
     flat_checkpoint.MissingCheckpointError: the file is absent (the message names the converter).
     ValueError: the file is not a VGG16 checkpoint.
   """
-  tree, metadata = flat_checkpoint.load(path, CONVERTER)
+  tree, metadata = flat_checkpoint.load(path, converter())
   missing = [name for name in CONVS if name not in tree]
   if metadata.get("model") != "vgg16" or missing:
     raise ValueError(f"{os.fspath(path)!r} is not a VGG16 checkpoint; "
-                     f"rebuild it with `{CONVERTER}`")
+                     f"rebuild it with `{converter()}`")
   return jax.tree.map(jnp.asarray, {name: tree[name] for name in CONVS})
 
 
