@@ -168,9 +168,6 @@ def _load_scorer(scorer: str, arniqa_dir: str, smoke_test: bool) -> tuple[Any, s
   if scorer == "none":
     return None, "DQR off (fixed pass)"
   if scorer == "niqe":
-    if not hasattr(scorers, "niqe"):
-      raise RunError("the NIQE scorer is not available in this version; use --scorer=arniqa "
-                     "or --scorer=none")
     return scorers.niqe(), "NIQE (no learned weights)"
   enc = pathlib.Path(arniqa_dir) / ARNIQA_ENCODER
   reg = pathlib.Path(arniqa_dir) / ARNIQA_REGRESSOR
