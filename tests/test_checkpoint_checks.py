@@ -132,6 +132,11 @@ def test_cli_exits_2_with_one_line_naming_a_bad_weights_file(tmp_path, vgg_flat,
 
 # ---- LPIPS and ARNIQA ---------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def lpips_flat():
+  return _random_flat(lpips.abstract_params("vgg"))
+
+
 @pytest.mark.parametrize("mutate,words", [
     (lambda f: _without(f, "lin/lin2"), "'lin/lin2' is missing"),
     (lambda f: _with(f, "lin/lin1", np.ones((1, 128, 1, 1), np.float32)),
@@ -139,8 +144,8 @@ def test_cli_exits_2_with_one_line_naming_a_bad_weights_file(tmp_path, vgg_flat,
     (lambda f: _with(f, "net/conv5_3/bias", np.full(512, np.inf, np.float32)),
      "'net/conv5_3/bias' has 512 NaN or infinite values"),
 ], ids=["missing", "torch_layout", "inf"])
-def test_bad_lpips_tensors_are_named(tmp_path, mutate, words):
-  flat = mutate(_random_flat(lpips.abstract_params("vgg")))
+def test_bad_lpips_tensors_are_named(tmp_path, lpips_flat, mutate, words):
+  flat = mutate(dict(lpips_flat))
   path = _write(tmp_path / "l.safetensors", flat, {"model": "lpips", "net": "vgg"})
   with pytest.raises(CheckpointError) as err:
     lpips.load(path)
@@ -184,12 +189,11 @@ def test_bad_arniqa_encoder_tensor_is_named(tmp_path, arniqa_files):
   _assert_one_line(err, path, "'batch_stats/layer2_0/bn2/var' is missing (1 of ")
 
 
-def test_score_marks_metrics_with_truncated_weights_missing(tmp_path, arniqa_files):
+def test_score_marks_metrics_with_truncated_weights_missing(tmp_path, arniqa_files, lpips_flat):
   from eval import score
 
   root, _, reg = arniqa_files
-  lp = _truncate(_write(tmp_path / "lpips.safetensors",
-                        _random_flat(lpips.abstract_params("vgg")),
+  lp = _truncate(_write(tmp_path / "lpips.safetensors", lpips_flat,
                         {"model": "lpips", "net": "vgg"}))
   arniqa_dir = tmp_path / "arniqa"
   arniqa_dir.mkdir()
