@@ -4,8 +4,9 @@ Images at this boundary are float32 `[H, W, 3]` arrays in [0, 1] (uint8 arrays a
 input and scaled by 1/255). Reading covers PNG (8 and 16 bits per channel), JPEG, BMP, TIFF and
 WebP. Choices made here:
 
-- Every PNG passes one structural check first (`png.check`: CRCs, a single IHDR, IEND, the
-  pixel limit), the same for 8 and 16 bits. 8-bit PNGs and every other format are decoded by
+- Every PNG passes one structural check first (`png.check`: CRCs, a single IHDR, IEND), the
+  same for 8 and 16 bits; Pillow's decompression-bomb pixel limit applies to every format and
+  both PNG depths (files over `2 · PIL.Image.MAX_IMAGE_PIXELS` pixels are refused). 8-bit PNGs and every other format are decoded by
   Pillow; 16-bit PNGs by libpng, because Pillow keeps only the high byte of 16-bit colour PNGs
   (colour TIFFs with 16 bits per channel are read at Pillow's 8-bit precision).
 - The EXIF orientation tag is applied, so photos come out upright.

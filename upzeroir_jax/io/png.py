@@ -2,11 +2,12 @@
 
 `check` walks the chunk list once (linear in the file size) and applies the same rules to
 8- and 16-bit files, stricter than Pillow alone: the signature, exactly one IHDR and it first,
-every chunk's CRC (image data included), at least one IDAT, an IEND, and no more pixels than
-Pillow's decompression-bomb limit (`2 · PIL.Image.MAX_IMAGE_PIXELS`, the size at which Pillow
-refuses a file). Decoding stays with well-kept libraries: Pillow for 8-bit files, libpng (through
-`imagecodecs`) for 16-bit ones, because Pillow keeps only the high byte of 16-bit colour PNGs.
-libpng decodes no more rows than the single IHDR declares, so the pixel limit bounds memory.
+every chunk's CRC (image data included), at least one IDAT and an IEND. Decoding stays with
+well-kept libraries: Pillow for 8-bit files, libpng (through `imagecodecs`) for 16-bit ones,
+because Pillow keeps only the high byte of 16-bit colour PNGs. Both bit depths are opened by
+Pillow first, whose decompression-bomb check (more than `2 · PIL.Image.MAX_IMAGE_PIXELS` pixels
+is an error) then applies to the one IHDR there is; libpng decodes no more rows than that IHDR
+declares, so the limit bounds memory at both depths.
 """
 
 import dataclasses
@@ -16,7 +17,6 @@ import zlib
 
 import imagecodecs
 import numpy as np
-from PIL import Image
 
 from upzeroir_jax.io.errors import fail
 
@@ -49,7 +49,7 @@ def check(data: bytes, path: str | os.PathLike) -> Header:
     The IHDR header.
 
   Raises:
-    ImageError: a structural problem, or more pixels than the decompression-bomb limit.
+    ImageError: a structural problem.
   """
   view = memoryview(data)
   pos, header, idat = len(SIGNATURE), None, False
@@ -83,10 +83,6 @@ def _header(body: memoryview, path: str | os.PathLike) -> Header:
   width, height, depth, ctype = struct.unpack_from(">IIBB", body)
   if width == 0 or height == 0 or ctype not in _COLOUR_TYPES or depth not in (1, 2, 4, 8, 16):
     raise fail(path, f"corrupt PNG header ({width}x{height}, colour type {ctype}, {depth} bits)")
-  limit = Image.MAX_IMAGE_PIXELS
-  if limit and width * height > 2 * limit:
-    raise fail(path, f"image too large ({width}x{height} pixels, more than 2 x "
-                     f"PIL.Image.MAX_IMAGE_PIXELS = {2 * limit}); a possible decompression bomb")
   return Header(width, height, depth, ctype)
 
 

@@ -54,7 +54,7 @@ def save(path: str | os.PathLike, tree: Mapping[str, Any],
   safetensors.numpy.save_file(flat, os.fspath(path), metadata=dict(metadata or {}))
 
 
-def read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """The flat tensors and metadata of a safetensors file, unchecked.
 
   Raises:
@@ -90,7 +90,7 @@ def load(path: str | os.PathLike, converter: str, model: str, title: str,
     MissingCheckpointError: `path` does not exist.
     CheckpointError: the file is unreadable, of another model, or does not fit `expected`.
   """
-  flat, metadata = read(path, converter)
+  flat, metadata = _read(path, converter)
   if metadata.get("model") != model:
     raise CheckpointError(f"{os.fspath(path)}: not a {title} checkpoint (its metadata says "
                           f"model={metadata.get('model')!r}); rebuild it with `{converter}`")

@@ -8,7 +8,7 @@ the file, the key, the problem, and what to do.
 """
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,7 @@ def is_float_dtype(dtype: Any) -> bool:
 
 
 def check(file: str | os.PathLike, arrays: Mapping[str, Any],
-          expected: Mapping[str, tuple[int, ...]], fix: str,
-          ignored: Iterable[str] = ()) -> None:
+          expected: Mapping[str, tuple[int, ...]], fix: str) -> None:
   """Raises `CheckpointError` unless `arrays` holds exactly the float, finite tensors `expected`.
 
   Args:
@@ -34,14 +33,13 @@ def check(file: str | os.PathLike, arrays: Mapping[str, Any],
     arrays: key -> array (numpy, or anything with `.shape`, `.dtype` and `np.asarray`).
     expected: key -> shape the architecture needs.
     fix: what to do, appended to the message (e.g. the converter command).
-    ignored: keys the file may hold that the architecture does not use (e.g. buffers).
   """
   name = os.fspath(file)
   missing = [k for k in sorted(expected) if k not in arrays]
   if missing:
     raise CheckpointError(f"{name}: tensor {missing[0]!r} is missing ({len(missing)} of "
                           f"{len(expected)} missing); {fix}")
-  unexpected = sorted(set(arrays) - set(expected) - set(ignored))
+  unexpected = sorted(set(arrays) - set(expected))
   if unexpected:
     raise CheckpointError(f"{name}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} not "
                           f"in the architecture); {fix}")
