@@ -53,7 +53,8 @@ def metric_functions(lpips_path: str | None, arniqa_dir: str | None
   """The available metrics as `fn(restored [H, W, 3], gt [H, W, 3] | None) -> float`, and the
   reason each unavailable one is missing.
 
-  LPIPS and ARNIQA load their converted weights here; absent files make them missing.
+  LPIPS and ARNIQA load their converted weights here; absent, truncated or invalid files (a
+  `CheckpointError`) make them missing.
   """
   from upzeroir_jax import metrics
   from upzeroir_jax.models import arniqa, flat_checkpoint
@@ -69,14 +70,14 @@ def metric_functions(lpips_path: str | None, arniqa_dir: str | None
     net = "vgg" if params["lin"]["lin1"].shape == (metrics.lpips.NETS["vgg"][1][1],) else "alex"
     lp = _jit(functools.partial(metrics.lpips.lpips, net=net))
     fns["lpips"] = lambda a, b: lp(params, a[None], b[None])[0]
-  except (flat_checkpoint.MissingCheckpointError, ValueError) as e:
+  except (flat_checkpoint.CheckpointError, ValueError) as e:
     missing["lpips"] = f"LPIPS weights not available ({e})"
   enc = pathlib.Path(arniqa_dir or "") / "arniqa_encoder.safetensors"
   reg = pathlib.Path(arniqa_dir or "") / "arniqa_regressor_kadid10k.safetensors"
   try:
     model = arniqa.load(enc, reg)
     fns["arniqa"] = _jit(functools.partial(metrics.arniqa_score, model))
-  except (flat_checkpoint.MissingCheckpointError, ValueError) as e:
+  except (flat_checkpoint.CheckpointError, ValueError) as e:
     missing["arniqa"] = f"ARNIQA weights not available ({e})"
   return fns, missing
 
@@ -160,8 +161,7 @@ def write(rows: Sequence[dict[str, Any]], summary: dict[str, Any], output_dir: p
     writer.writeheader()
     for row in rows:
       writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-  (output_dir / "scores.json").write_text(
-      json.dumps({**summary, **extra}, indent=2, sort_keys=True) + "\n")
+  io.write_json(output_dir / "scores.json", {**summary, **extra})
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:

@@ -238,7 +238,7 @@ def test_unreadable_inputs_raise_one_line_image_error(tmp_path, make):
 @pytest.mark.parametrize("shape", [(601, 399), (1, 1), (4000, 3), (3, 4000)])
 def test_pad_grid_round_trip_is_exact(shape):
   x = np.random.default_rng(0).random(shape + (3,), dtype=np.float32)
-  grid, meta = io.to_model_grid(x, mode="pad")
+  grid, meta = io.to_model_grid(x, size=512, mode="pad", multiple=64)
   gh, gw = -(-shape[0] // 64) * 64, -(-shape[1] // 64) * 64
   assert grid.shape == (gh, gw, 3)
   np.testing.assert_array_equal(grid[: shape[0], : shape[1]], x)
@@ -252,7 +252,7 @@ def test_pad_grid_round_trip_is_exact(shape):
 @pytest.mark.parametrize("shape", [(601, 399), (1, 1), (4000, 3)])
 def test_resize_grid_round_trip_is_close(shape):
   x = _smooth(*shape)
-  grid, meta = io.to_model_grid(x, size=512, mode="resize")
+  grid, meta = io.to_model_grid(x, size=512, mode="resize", multiple=64)
   assert grid.shape == (512, 512, 3)
   np.testing.assert_allclose(grid.mean(axis=(0, 1)), x.mean(axis=(0, 1)), atol=0.01)
   back = io.from_model_grid(grid, meta)
@@ -262,7 +262,7 @@ def test_resize_grid_round_trip_is_close(shape):
 
 def test_grid_accepts_uint8_and_rejects_bad_mode():
   u8 = np.full((5, 6, 3), 51, np.uint8)
-  grid, _ = io.to_model_grid(u8, mode="pad", multiple=8)
+  grid, _ = io.to_model_grid(u8, size=512, mode="pad", multiple=8)
   np.testing.assert_allclose(grid, np.full((8, 8, 3), 0.2), atol=1e-7)
   with pytest.raises(ValueError, match="grid mode"):
-    io.to_model_grid(u8, mode="crop")
+    io.to_model_grid(u8, size=512, mode="crop", multiple=8)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import pathlib
@@ -312,12 +311,6 @@ def _dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) 
   }
 
 
-def _write_json(path: pathlib.Path, record: dict) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
 def _grid_shapes(jobs: Sequence[Job], grid: str, size: int, multiple: int,
                  summary: Summary) -> list[tuple[Job, tuple[int, int]]]:
   """Each readable job with its model-grid shape; unreadable ones go to `summary.failed`."""
@@ -466,7 +459,7 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
     out = io.from_model_grid(image_rows[r], metas[r])
     io.write_image(job.output, out, bits=bits)
     info_r = {name: v[r] for name, v in info_rows.items()}
-    _write_json(sidecar_path(job.output), {
+    io.write_json(sidecar_path(job.output), {
       **common, "name": job.name, "input": str(job.source), "output": str(job.output),
       "prompt": job.prompt, **job.extra,
       "grid": {"mode": grid, "shape": list(shape), "input_shape": [metas[r].height,

@@ -10,7 +10,9 @@ the release assets of github.com/miccunifi/ARNIQA
 koniq10k). `ARNIQA.pth` is a state dict of the encoder: torchvision's resnet50 children without
 `fc` wrapped in `model.<index>` (plus an unused `projector`); plain torchvision `resnet50` keys
 are accepted too. `regressor_<dataset>.pth` is a TorchScript module with tensors `weights`
-`[1, 4096]` and `biases`; it is read with `torch.jit.load`. Either input may be given alone.
+`[1, 4096]` and `biases` (`torch.jit.script` of an sk2torch ridge model); only its tensors are
+read (`_torchscript.read_tensors`: no TorchScript code runs, unlike `torch.jit.load`). Either
+input may be given alone.
 """
 
 import os
@@ -20,8 +22,8 @@ from collections.abc import Mapping
 import numpy as np
 from absl import app, flags, logging
 
-from upzeroir_jax.models import arniqa, flat_checkpoint, resnet
-from weights import _torch_utils
+from upzeroir_jax.models import arniqa, flat_checkpoint, resnet, weights_check
+from weights import _torch_utils, _torchscript
 
 # torchvision resnet50 children order, as indexed by ARNIQA's `nn.Sequential` wrapper.
 _SEQUENTIAL_NAMES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
@@ -69,17 +71,20 @@ def convert_resnet50(state: Mapping[str, np.ndarray]) -> dict:
 
 
 def read_regressor(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The TorchScript ridge regressor -> `{"weight": [4096], "bias": []}`."""
-  import torch  # Converters only: torch is not a runtime dependency.
+  """The TorchScript ridge regressor's tensors -> `{"weight": [4096], "bias": []}`.
 
-  state = _torch_utils.to_numpy(torch.jit.load(os.fspath(path), map_location="cpu").state_dict())
-  return regressor_from_state(state, os.fspath(path))
+  Nothing from the file is executed (see `weights/_torchscript.py`).
+  """
+  return regressor_from_state(_torchscript.read_tensors(path), os.fspath(path))
 
 
 def regressor_from_state(state: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
   """Regressor tensors `weights [1, 4096]`, `biases [] or [1]` -> our `{"weight", "bias"}`."""
   if "weights" not in state or "biases" not in state:
     raise ValueError(f"{source!r} has tensors {sorted(state)}, expected 'weights' and 'biases'")
+  for key in ("weights", "biases"):
+    weights_check.check_tensor(source, key, state[key], np.shape(state[key]),
+                               "pass an official ARNIQA regressor file")
   weight = np.reshape(state["weights"], -1)
   if weight.shape != (2 * arniqa.FEATURE_DIM,):
     raise ValueError(f"{source!r}: regressor weights have {weight.size} values, "

@@ -57,17 +57,34 @@ def init_random(key: jax.Array, net: str = "vgg") -> dict:
   return {"net": trunk, "lin": lin}
 
 
+def abstract_params(net: str = "vgg") -> dict:
+  """Shapes of the LPIPS params of `net` (`jax.ShapeDtypeStruct` leaves), for checking files."""
+  _check_net(net)
+  size = NETS[net][2]
+  example = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  trunk = jax.eval_shape(_trunk(net).init, jax.random.key(0), example)["params"]
+  lin = {f"lin{i}": jax.ShapeDtypeStruct((c,), jnp.float32) for i, c in enumerate(NETS[net][1])}
+  return {"net": trunk, "lin": lin}
+
+
+def _expected(path: str | os.PathLike, metadata: dict[str, str]) -> dict:
+  if metadata.get("net") not in NETS:
+    raise flat_checkpoint.CheckpointError(
+        f"{os.fspath(path)}: LPIPS checkpoint for an unknown net {metadata.get('net')!r}; "
+        f"rebuild it with `{CONVERTER}`")
+  return abstract_params(metadata["net"])
+
+
 def load(path: str | os.PathLike) -> dict:
-  """Reads LPIPS params written by `weights/convert_lpips.py`.
+  """Reads LPIPS params written by `weights/convert_lpips.py`, checked against the architecture.
 
   Raises:
     flat_checkpoint.MissingCheckpointError: the file is absent (the message names the converter).
-    ValueError: the file is not an LPIPS checkpoint.
+    flat_checkpoint.CheckpointError: the file is unreadable, not an LPIPS checkpoint, or a tensor
+      is missing, unexpected, misshaped, not float or not finite (one line naming file and key).
   """
-  tree, metadata = flat_checkpoint.load(path, CONVERTER)
-  if metadata.get("model") != "lpips" or metadata.get("net") not in NETS:
-    raise ValueError(f"{os.fspath(path)!r} is not an LPIPS checkpoint; rebuild it with "
-                     f"`{CONVERTER}`")
+  tree, _ = flat_checkpoint.load(path, CONVERTER, "lpips", "LPIPS",
+                                 lambda meta: _expected(path, meta))
   return jax.tree.map(jnp.asarray, tree)
 
 

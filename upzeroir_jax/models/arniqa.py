@@ -87,6 +87,18 @@ def init_random(key: jax.Array, dataset: str = "kadid10k") -> ARNIQAModel:
   return ARNIQAModel(resnet.init_random(enc_key), weight, jnp.zeros(()), score_bounds)
 
 
+def abstract_encoder() -> dict:
+  """Shapes of the ResNet-50 encoder variables (`jax.ShapeDtypeStruct` leaves)."""
+  example = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return jax.eval_shape(resnet.ResNet50().init, jax.random.key(0), example)
+
+
+def abstract_regressor() -> dict:
+  """Shapes of the ridge regressor as stored: `weight [4096]`, `bias [1]`."""
+  return {"weight": jax.ShapeDtypeStruct((2 * FEATURE_DIM,), jnp.float32),
+          "bias": jax.ShapeDtypeStruct((1,), jnp.float32)}
+
+
 def load(
   encoder_ckpt: str | os.PathLike, regressor_ckpt: str | os.PathLike, dataset: str = "kadid10k"
 ) -> ARNIQAModel:
@@ -99,21 +111,15 @@ def load(
 
   Raises:
     flat_checkpoint.MissingCheckpointError: a file is absent (the message names the converter).
-    ValueError: unknown dataset, or a file of the wrong kind / dataset.
+    flat_checkpoint.CheckpointError: a file is unreadable, of the wrong kind, or a tensor is
+      missing, unexpected, misshaped, not float or not finite (one line naming file and key).
+    ValueError: unknown dataset, or a regressor of another dataset.
   """
   score_bounds = bounds(dataset)
-  encoder, enc_meta = flat_checkpoint.load(encoder_ckpt, converter())
-  if enc_meta.get("model") != "arniqa_encoder":
-    raise ValueError(
-      f"{os.fspath(encoder_ckpt)!r} is not an ARNIQA encoder checkpoint; "
-      f"rebuild it with `{converter()}`"
-    )
-  regressor, reg_meta = flat_checkpoint.load(regressor_ckpt, converter())
-  if reg_meta.get("model") != "arniqa_regressor":
-    raise ValueError(
-      f"{os.fspath(regressor_ckpt)!r} is not an ARNIQA regressor checkpoint; "
-      f"rebuild it with `{converter()}`"
-    )
+  encoder, _ = flat_checkpoint.load(encoder_ckpt, converter(), "arniqa_encoder",
+                                    "ARNIQA encoder", lambda _: abstract_encoder())
+  regressor, reg_meta = flat_checkpoint.load(regressor_ckpt, converter(), "arniqa_regressor",
+                                             "ARNIQA regressor", lambda _: abstract_regressor())
   if reg_meta.get("dataset") != dataset:
     raise ValueError(
       f"{os.fspath(regressor_ckpt)!r} holds the {reg_meta.get('dataset')!r} "
@@ -122,7 +128,7 @@ def load(
   return ARNIQAModel(
     jax.tree.map(jnp.asarray, encoder),
     jnp.asarray(regressor["weight"]),
-    jnp.asarray(regressor["bias"]),
+    jnp.asarray(regressor["bias"]).reshape(()),
     score_bounds,
   )
 

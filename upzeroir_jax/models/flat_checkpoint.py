@@ -4,29 +4,34 @@ A checkpoint is ONE safetensors file: every leaf of a nested dict of arrays stor
 '/'-joined path (`conv1_1/kernel`), plus string metadata. A single flat file was chosen over an
 orbax directory because these models are small, fixed-architecture feature extractors: the file
 is written and read without any asynchronous checkpoint machinery, is readable from numpy alone,
-and carries its provenance (source file, dataset, score range) in its header.
+and carries its provenance (source file, dataset, score range) in its header. Reading never runs
+code from the file (safetensors holds only tensors); `load` checks the tensors against the
+architecture (`weights_check`) before anything uses them.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.numpy
 
+from upzeroir_jax.models.weights_check import CheckpointError, check
 
-class MissingCheckpointError(FileNotFoundError, ValueError):
+
+class MissingCheckpointError(FileNotFoundError, CheckpointError):
   """A converted checkpoint is absent; the message names the converter to run."""
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   flat = {}
   for name, value in tree.items():
     path = f"{prefix}{name}"
     if isinstance(value, Mapping):
       flat.update(_flatten(value, path + "/"))
     else:
-      flat[path] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+      flat[path] = value
   return flat
 
 
@@ -44,22 +49,51 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 def save(path: str | os.PathLike, tree: Mapping[str, Any],
          metadata: Mapping[str, str] | None = None) -> None:
   """Writes a nested dict of float32 arrays (and string metadata) to one safetensors file."""
-  safetensors.numpy.save_file(_flatten(tree), os.fspath(path), metadata=dict(metadata or {}))
+  flat = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32))
+          for k, v in _flatten(tree).items()}
+  safetensors.numpy.save_file(flat, os.fspath(path), metadata=dict(metadata or {}))
 
 
-def load(path: str | os.PathLike, converter: str) -> tuple[dict[str, Any], dict[str, str]]:
-  """Reads a file written by `save` -> (nested dict of numpy arrays, metadata).
-
-  Args:
-    path: the checkpoint file.
-    converter: the command that writes this checkpoint, named in the error when it is missing.
+def _read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """The flat tensors and metadata of a safetensors file, unchecked.
 
   Raises:
     MissingCheckpointError: `path` does not exist.
+    CheckpointError: the file is not a complete safetensors file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise MissingCheckpointError(f"checkpoint {path!r} not found; create it with `{converter}`")
-  with safetensors.safe_open(path, framework="numpy") as f:
-    metadata = dict(f.metadata() or {})
-  return _unflatten(safetensors.numpy.load_file(path)), metadata
+  try:
+    with safetensors.safe_open(path, framework="numpy") as f:
+      metadata = dict(f.metadata() or {})
+    return safetensors.numpy.load_file(path), metadata
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: not a complete safetensors file ({' '.join(str(e).split())}); "
+                          f"rebuild it with `{converter}`") from None
+
+
+def load(path: str | os.PathLike, converter: str, model: str, title: str,
+         expected: Callable[[dict[str, str]], Any]) -> tuple[dict[str, Any], dict[str, str]]:
+  """Reads a file written by `save` and checks it -> (nested dict of numpy arrays, metadata).
+
+  Args:
+    path: the checkpoint file.
+    converter: the command that writes this checkpoint, named in errors.
+    model: the `model` entry its metadata must hold (e.g. "vgg16").
+    title: what such a checkpoint is called in errors (e.g. "VGG16").
+    expected: metadata -> nested dict whose leaves have `.shape` (e.g. `jax.eval_shape` of the
+      model's init): the file must hold exactly these keys, as finite float tensors of these
+      shapes (`weights_check.check`). It may raise `CheckpointError` for unusable metadata.
+
+  Raises:
+    MissingCheckpointError: `path` does not exist.
+    CheckpointError: the file is unreadable, of another model, or does not fit `expected`.
+  """
+  flat, metadata = _read(path, converter)
+  if metadata.get("model") != model:
+    raise CheckpointError(f"{os.fspath(path)}: not a {title} checkpoint (its metadata says "
+                          f"model={metadata.get('model')!r}); rebuild it with `{converter}`")
+  want = {k: tuple(v.shape) for k, v in _flatten(expected(metadata)).items()}
+  check(path, flat, want, f"rebuild it with `{converter}`")
+  return _unflatten(flat), metadata

@@ -11,6 +11,7 @@ Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax), `to
 
 import json
 import pathlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.traverse_util
@@ -19,12 +20,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import sd_nets
+from upzeroir_jax.models import sd_nets, weights_check
 
 CONFIG_NAME = "sd_config.json"
 FORMAT = "upzeroir-sd"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WeightsError = sd_nets.WeightsError
+# Non-parameter buffers that older transformers versions saved with the text encoder.
+_BUFFERS = frozenset({"text_model.embeddings.position_ids"})
+_FIX = "pass a complete diffusers folder of Stable Diffusion 1.x / 2.x"
 
 # Per part: the safetensors file, else the .bin file, as diffusers folders name them.
 _WEIGHT_FILES = {
@@ -67,16 +71,33 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str,
   return config, params, sd_nets.load_tokenizer(path / "tokenizer")
 
 
-def _convert(part: str, state_dict: dict[str, Any], abstract: Any) -> Any:
-  """Maps a PyTorch state dict onto the Flax parameter tree `abstract` (shapes checked)."""
+def _convert(part: str, state_dict: Mapping[str, Any], abstract: Any,
+             origin: Callable[[str], str]) -> Any:
+  """Maps a PyTorch state dict onto the Flax parameter tree `abstract`, checking every tensor.
+
+  Args:
+    part: "unet", "vae" or "text_encoder".
+    state_dict: PyTorch name -> torch tensor.
+    abstract: the Flax parameter tree of shapes the architecture needs.
+    origin: PyTorch name -> the file (or description) it came from, for errors.
+
+  Raises:
+    WeightsError: a non-float, unexpected, misshaped or non-finite tensor, or a missing one (one
+      line naming the file and the first bad key, in sorted order).
+  """
   with sd_nets.quiet():
     from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
     from transformers import modeling_flax_pytorch_utils as transformers_pt
 
   target = flax.traverse_util.flatten_dict(abstract)
-  out, unexpected = {}, []
-  for name, tensor in state_dict.items():
-    array = tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
+  out = {}
+  for name in sorted(state_dict):
+    tensor, file = state_dict[name], origin(name)
+    if name in _BUFFERS:
+      continue
+    if not tensor.is_floating_point():
+      raise WeightsError(f"{file}: tensor {name!r} is {tensor.dtype}, not a float type; {_FIX}")
+    array = tensor.detach().float().numpy()
     if part == "text_encoder":
       key = tuple(name.split("."))
       key, array = transformers_pt.rename_key_and_reshape_tensor(key, array, target, "text_model")
@@ -84,19 +105,65 @@ def _convert(part: str, state_dict: dict[str, Any], abstract: Any) -> Any:
       key = tuple(diffusers_pt.rename_key(name).split("."))
       key, array = diffusers_pt.rename_key_and_reshape_tensor(key, array, target)
     if key not in target:
-      unexpected.append(name)
-      continue
-    if array.shape != target[key].shape:
-      raise WeightsError(f"{part} weight {name} has shape {array.shape}, not {target[key].shape}")
+      raise WeightsError(f"{file}: unexpected tensor {name!r} (not in the {part} architecture); "
+                         f"{_FIX}")
+    try:
+      weights_check.check_tensor(file, name, array, target[key].shape, _FIX)
+    except weights_check.CheckpointError as e:
+      raise WeightsError(str(e)) from None
     out[key] = np.asarray(array, np.float32)
   missing = sorted(set(target) - set(out))
   if missing:
-    raise WeightsError(
-      f"{part}: {len(missing)} parameters have no PyTorch weight, e.g. {'/'.join(missing[0])}"
-    )
-  if unexpected:
-    logging.info("%s: ignored PyTorch entries %s", part, unexpected)
+    raise WeightsError(f"{origin('')}: the {part} parameter {'/'.join(missing[0])} has no tensor "
+                       f"({len(missing)} of {len(target)} missing); {_FIX}")
   return flax.traverse_util.unflatten_dict(out)
+
+
+def _weight_files(part_dir: pathlib.Path, part: str) -> list[pathlib.Path]:
+  """The weights file of a part (safetensors first), or its shards as listed in its index."""
+  for name in _WEIGHT_FILES[part]:
+    if (part_dir / name).is_file():
+      return [part_dir / name]
+    index = part_dir / f"{name}.index.json"
+    if index.is_file():
+      try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{index}: not a readable weights index ({e})") from None
+      if any(pathlib.Path(s).name != s for s in shards):
+        raise WeightsError(f"{index}: shard names must be file names in {part_dir}")
+      return [part_dir / s for s in shards]
+  raise WeightsError(f"{part_dir}: no {' or '.join(_WEIGHT_FILES[part])}; {_FIX}")
+
+
+def _read_tensors(files: Sequence[pathlib.Path]) -> tuple[dict[str, Any], dict[str, str]]:
+  """Torch tensors of weights files (no code runs: safetensors, or `torch.load` with
+  `weights_only=True`) -> (name -> tensor, name -> file)."""
+  import pickle
+
+  import safetensors
+  import safetensors.torch
+  import torch
+
+  tensors, origin = {}, {}
+  for file in files:
+    try:
+      if file.suffix == ".safetensors":
+        state = safetensors.torch.load_file(str(file))
+      else:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except (safetensors.SafetensorError, OSError, RuntimeError, pickle.UnpicklingError,
+            EOFError, ValueError) as e:
+      problem = " ".join(str(e).split())[:200]
+      raise WeightsError(f"{file}: not a readable weights file ({problem}); {_FIX}") from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+      raise WeightsError(f"{file}: not a state dict of named tensors; {_FIX}")
+    for name, tensor in state.items():
+      if name in tensors:
+        raise WeightsError(f"{file}: tensor {name!r} is also in {origin[name]}; {_FIX}")
+      tensors[name], origin[name] = tensor, str(file)
+  return tensors, origin
 
 
 def _public(config: Any) -> dict[str, Any]:
@@ -123,23 +190,30 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
     ) from None
   with sd_nets.quiet():
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig
 
-    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     config, params = {"scheduler": _public(scheduler)}, {}
-    for part, cls in classes.items():  # one network at a time, to bound host memory.
+    for part in ("unet", "vae", "text_encoder"):
       try:
-        safetensors = (folder / part / _WEIGHT_FILES[part][0]).is_file()
-        net = cls.from_pretrained(
-          str(folder / part), torch_dtype=torch.float32, use_safetensors=safetensors
-        )
+        if part == "text_encoder":
+          cfg = json.loads(CLIPTextConfig.from_pretrained(str(folder / part)).to_json_string())
+        else:
+          with torch.device("meta"):  # the full config with defaults, no weights allocated
+            cfg = classes[part].from_config(classes[part].load_config(str(folder / part))).config
       except (OSError, ValueError) as e:
         raise WeightsError(f"cannot read {folder / part}: {str(e).splitlines()[0]}") from None
-      cfg = net.config
-      config[part] = _public(json.loads(cfg.to_json_string()) if part == "text_encoder" else cfg)
-      params.update(_params_from_torch(config, {part: net}))
-      del net
+      config[part] = _public(cfg)
+  sd_nets.check_supported(config)
+  arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
+  for part in ("unet", "vae", "text_encoder"):  # one network at a time, to bound host memory.
+    files = _weight_files(folder / part, part)
+    tensors, origin = _read_tensors(files)
+    where = f"{files[0]}" if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
+    params[part] = _convert(part, tensors, sd_nets.abstract_params(arch, part),
+                            lambda name, o=origin, w=where: o.get(name, w))
+    del tensors
   return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
 
 
@@ -148,7 +222,8 @@ def _params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   return {
-    part: _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part))
+    part: _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part),
+                   lambda name, p=part: f"the in-memory {p} network")
     for part, net in nets.items()
     if net is not None
   }

@@ -24,10 +24,12 @@ import numpy as np
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from upzeroir_jax.models import weights_check
+
 PARTS = ("unet", "vae", "text_encoder")
 
 
-class WeightsError(ValueError):
+class WeightsError(weights_check.CheckpointError):
   """Stable Diffusion weights that cannot be found, read or used."""
 
 

@@ -83,19 +83,24 @@ def init_random(key: jax.Array) -> dict:
   return random_init.conv_net(key, VGG16Features().init, example)["params"]
 
 
+def abstract_params() -> dict:
+  """Shapes of the VGG16 params (`jax.ShapeDtypeStruct` leaves), for checking checkpoints."""
+  example = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return jax.eval_shape(VGG16Features().init, jax.random.key(0), example)["params"]
+
+
 def load(path: str | os.PathLike) -> dict:
   """Reads VGG16 params from a checkpoint written by `weights/convert_vgg.py`.
 
+  Every tensor is checked against the architecture first (`weights_check`).
+
   Raises:
     flat_checkpoint.MissingCheckpointError: the file is absent (the message names the converter).
-    ValueError: the file is not a VGG16 checkpoint.
+    flat_checkpoint.CheckpointError: the file is unreadable, not a VGG16 checkpoint, or a tensor is
+      missing, unexpected, misshaped, not float or not finite (one line naming file and key).
   """
-  tree, metadata = flat_checkpoint.load(path, converter())
-  missing = [name for name in CONVS if name not in tree]
-  if metadata.get("model") != "vgg16" or missing:
-    raise ValueError(f"{os.fspath(path)!r} is not a VGG16 checkpoint; "
-                     f"rebuild it with `{converter()}`")
-  return jax.tree.map(jnp.asarray, {name: tree[name] for name in CONVS})
+  tree, _ = flat_checkpoint.load(path, converter(), "vgg16", "VGG16", lambda _: abstract_params())
+  return jax.tree.map(jnp.asarray, tree)
 
 
 def imagenet_normalize(img: jax.Array) -> jax.Array:
