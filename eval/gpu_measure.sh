@@ -19,6 +19,7 @@
 #   steps     step times at batch 1 and 4 with XLA flops (batch scaling) and a profile by part;
 #   variants  batch-1 step variants: cuDNN attention, bf16, bf16 + cuDNN attention;
 #   xla_*     the batch-1 restore under XLA GPU flags (XLA_FLAGS), one run per flag set.
+# RUNS="restore steps" (environment) runs only the named ones, e.g. to split them over sessions.
 set -uo pipefail
 OUT=${1:?usage: eval/gpu_measure.sh OUT_DIR [WHEEL_DIR]}
 WHEELS=${2:-}
@@ -36,6 +37,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$OUT/ve
 
 bench() {  # bench NAME FLAGS...: one benchmark process; a failure is logged and the next runs.
   local name=$1; shift
+  if [[ -n "${RUNS:-}" && " $RUNS " != *" $name "* ]]; then return 0; fi
   echo "== $name: python -m eval.benchmark $*"
   "$PY" -m eval.benchmark --size=sd21 --device_check --out="$OUT/$name.json" "$@" \
     > "$OUT/$name.log" 2>&1 || echo "$name failed: see $OUT/$name.log"
