@@ -1,10 +1,11 @@
-"""The speed benchmark (eval/benchmark.py) and the PyTorch reference it times.
+"""The speed benchmark (eval/benchmark.py, eval/bench/) and the PyTorch reference it times.
 
 One smoke run of the benchmark binary (`main` with its command line, in this process) at
-`--size=tiny`, 64 px, one timed step, LD-RPS at 1 % of its steps, is shared by the tests below:
-the JSON it writes must be self-consistent, and its one-step parity record (our JAX step and
-the PyTorch eager reference, run from the same state on the same random weights) must agree
-within the tolerances stated here. No timing is asserted.
+`--size=tiny`, 64 px, one timed step, a 2-step restore of a batch of 2, LD-RPS at 1 % of its
+steps, is shared by the tests below: the JSON it writes must be self-consistent, and its
+one-step parity record (our JAX step and the PyTorch eager reference, run from the same state
+on the same random weights) must agree within the tolerances stated here. No timing is
+asserted. The arrays the benchmark gives its compiled functions must all be on the device.
 """
 
 import contextlib
@@ -16,12 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from absl import flags
 
 from eval import benchmark
 from eval import torch_reference as tr
+from eval.bench import measure
+from eval.bench import options as options_lib
+from eval.bench import setup as setup_lib
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import restore as restore_lib
 from upzeroir_jax.models import sd
+from upzeroir_jax.sampler import state as state_lib
 
 # One-step parity tolerances (float32 on a CPU). Terms computed before the PCDM update agree to
 # float rounding. Adam's first step moves each parameter by ±lr with the sign of its gradient,
@@ -38,9 +44,10 @@ PCDM_AGREEMENT, DISC_AGREEMENT = 0.95, 0.99  # fraction of parameters updated al
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> dict:
   out = tmp_path_factory.mktemp("bench") / "bench.json"
-  argv = ["benchmark", "--size=tiny", "--resolution=64", "--parts=step,torch_step,ldrps",
-          "--timed_steps=1", "--repeats=1", "--warmup_steps=1", "--ldrps_scale=0.01",
-          "--profile", f"--out={out}"]
+  argv = ["benchmark", "--size=tiny", "--resolution=64",
+          "--parts=step,torch_step,ldrps,restore", "--timed_steps=1", "--repeats=1",
+          "--warmup_steps=1", "--ldrps_scale=0.01", "--restore_batches=2",
+          "--restore_scale=0.005", "--profile", f"--out={out}"]
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # a shared 2-core machine: no OpenMP oversubscription.
   stdout = io.StringIO()
@@ -125,15 +132,68 @@ def test_one_step_parity_with_torch_reference(bench):
     assert p[disc]["update_max_abs"] > 0 and p[disc]["agreement"] >= DISC_AGREEMENT
 
 
+@pytest.mark.slow
+def test_restore_part_reports_measured_images_per_minute(bench):
+  r = bench["jax"]["restore"]["2"]
+  # 0.005 of 450 steps -> round(2.25) = 2 steps run; the time is scaled to 450 steps.
+  assert r["batch"] == 2 and r["steps_taken"] == 2 and r["steps_full"] == 450
+  assert r["images_per_minute_run"] == pytest.approx(60.0 * 2 / r["run_s"], rel=1e-12)
+  assert r["images_per_minute"] == pytest.approx(60.0 * 2 / (r["run_s"] * 225), rel=1e-12)
+  assert r["finite"] and r["compile_s"] > 0 and r["xla_flops"] > 0
+  assert "jax   restore, batch 2:" in bench["stdout"]
+  assert "restore_batch2" in bench["memory"]
+
+
+def test_options_are_the_flags():
+  """Every field of Options is a flag with its default, and parsed flags give Options back."""
+  fv = options_lib.define_flags(flags.FlagValues())
+  fv(["benchmark", "--batches=4,1,4", "--parts=step", "--restore_scale=0.5", "--cfg"])
+  opts = options_lib.from_flags(fv)
+  assert opts == options_lib.Options(batches=(1, 4), parts=("step",), restore_scale=0.5,
+                                     cfg=True)
+  fresh = options_lib.define_flags(flags.FlagValues())
+  fresh(["benchmark"])
+  assert options_lib.from_flags(fresh) == options_lib.Options()
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+  return setup_lib.build_setup(options_lib.Options(size="tiny", parts=("step", "restore")))
+
+
+def test_compiled_functions_get_device_arrays_only(tiny_setup):
+  """Models, input and state passed to the compiled step (batch 1 and a vmapped batch) and to
+  the compiled restore hold no host (numpy) array."""
+  for batch in (1, 2):
+    _, args = measure.step_arguments(tiny_setup, batch)
+    assert setup_lib.host_leaves(args) == [], batch
+    assert setup_lib.host_leaves(measure.restore_arguments(tiny_setup, batch)) == [], batch
+  assert setup_lib.host_leaves((tiny_setup.models, tiny_setup.y, tiny_setup.prompt)) == []
+
+
+def test_host_arrays_are_found_and_refused():
+  tree = {"a": np.zeros(2), "b": jnp.zeros(2), "c": [np.float32(1.0)]}
+  assert setup_lib.host_leaves(tree) == ["['a']", "['c'][0]"]
+  assert setup_lib.host_leaves(setup_lib.on_device(tree)) == []
+  with pytest.raises(options_lib.BenchmarkError, match="host arrays"):
+    measure._check_on_device("the models", tree)
+
+
+def test_trace_terms_follow_the_sampler_trace():
+  assert set(measure.TRACE_TERMS) == set(state_lib.TRACE_KEYS) - {"t", "stage"}
+
+
 def test_bad_flags_give_one_line_errors(capsys):
   assert benchmark.main(["benchmark", "--parts=step,warp"]) == 2
   assert benchmark.main(["benchmark", "--restore_scale=2"]) == 2
   assert benchmark.main(["benchmark", "--variants=bfloat16+fp8"]) == 2
+  assert benchmark.main(["benchmark", "--restore_batches=1,x"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 3
+  assert len(err) == 4
   assert "unknown --parts ['warp']" in err[0]
   assert "--restore_scale" in err[1]
   assert "'fp8'" in err[2]
+  assert "--restore_batches must be integers" in err[3]
 
 
 def test_restore_loop_has_no_host_callbacks():
@@ -142,7 +202,7 @@ def test_restore_loop_has_no_host_callbacks():
                               vgg_params=_tiny_vgg_params())
   config = config_lib.preset("lowlight", steps=3, dqr=False, pcdm_features=(8, 8, 8),
                              disc_features=(8, 8, 8))
-  y = jnp.asarray(benchmark.synthetic_input(64, 0)[0])
+  y = jnp.asarray(setup_lib.synthetic_input(64, 0)[0])
   jaxpr = jax.make_jaxpr(lambda m, y, k: restore_lib.restore(m, y, k, config).image)(
     models, y, jax.random.key(1))
   names = _primitive_names(jaxpr.jaxpr)

@@ -1,5 +1,7 @@
 """`models.conv`: values and gradients against PyTorch's conv2d and XLA's own gradients."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -129,3 +131,97 @@ def test_conv_layer_matches_nn_conv():
   ref = nn.Conv(6, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   np.testing.assert_allclose(jax.jit(ours.apply)(params, x), jax.jit(ref.apply)(params, x),
                              atol=1e-5)
+
+
+_PATHS = {"cpu": conv_lib._cpu_conv, "tap": conv_lib._tap_conv}
+
+
+@pytest.mark.parametrize("path", sorted(_PATHS))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}x{c[1]}-s{c[2]}-p{c[3]}")
+def test_both_gradient_forms_match_torch(case, path):
+  """The CPU form and the form other backends use, whatever backend runs the test."""
+  x, kernel = _inputs(case)
+  stride, padding = case[2], case[3]
+  y_ref, dx_ref, dw_ref = _torch_conv_and_grads(x, kernel, stride, padding, _cotangent)
+  y, vjp = jax.vjp(lambda a, w: _PATHS[path](a, w, stride, padding), x, kernel)
+  dx, dw = vjp(jnp.asarray(_cotangent(*y.shape)))
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dw, dw_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", sorted(_PATHS))
+def test_per_image_kernels_under_vmap_equal_one_call_per_image(path):
+  """Image b with its own kernel (as the sampler's per-image PCDM): the vmapped gradients
+  equal those of separate calls."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((3, 1, 10, 10, 4)), jnp.float32)
+  kernels = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 6)), jnp.float32)
+  stride, padding = (2, 2), ((1, 1), (1, 1))
+
+  def loss(a, w):
+    return jnp.sum(jnp.sin(_PATHS[path](a, w, stride, padding)))
+
+  got = jax.vmap(jax.grad(loss, argnums=(0, 1)))(x, kernels)
+  for b in range(3):
+    want = jax.grad(lambda a, w: jnp.sum(jnp.sin(conv_lib._xla_conv(a, w, stride, padding))),
+                    argnums=(0, 1))(x[b], kernels[b])
+    for g, w in zip(got, want, strict=True):
+      np.testing.assert_allclose(g[b], w, atol=1e-4, rtol=1e-4)
+
+
+def _conv_windows(hlo_text: str) -> list[tuple[int, ...]]:
+  return [tuple(int(v) for v in m.split("x"))
+          for m in re.findall(r"convolution\(.*window=\{size=([0-9x]+)", hlo_text)]
+
+
+def test_vmapped_kernel_gradient_has_no_image_sized_convolution():
+  """With per-image kernels under `vmap`, XLA's own kernel gradient is a grouped convolution
+  whose window is the image (the form other backends ran slowly); the tap form's convolutions
+  all have kernel-sized windows."""
+  x = jnp.zeros((4, 1, 16, 16, 8), jnp.float32)
+  kernels = jnp.zeros((4, 3, 3, 8, 8), jnp.float32)
+
+  def grads(fn):
+    loss = lambda a, w: jnp.sum(fn(a, w, (1, 1), ((1, 1), (1, 1))) ** 2)
+    return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)))).lower(x, kernels).as_text(
+      dialect="hlo")
+
+  assert max(max(w) for w in _conv_windows(grads(conv_lib._xla_conv))) == 16
+  assert max(max(w) for w in _conv_windows(grads(conv_lib._tap_conv))) == 3
+
+
+def test_upsample_nearest2x_values_and_gradient():
+  """Against numpy's repeat (values) and the 2×2 block sums of the cotangent (gradient, by
+  hand), and equal to `jax.image.resize(..., "nearest")`."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+  up = conv_lib.upsample_nearest2x(jnp.asarray(x))
+  np.testing.assert_array_equal(up, x.repeat(2, axis=1).repeat(2, axis=2))
+  np.testing.assert_array_equal(up, jax.image.resize(x, (2, 6, 10, 4), "nearest"))
+  g = rng.standard_normal((2, 6, 10, 4)).astype(np.float32)
+  (dx,) = jax.vjp(conv_lib.upsample_nearest2x, jnp.asarray(x))[1](jnp.asarray(g))
+  want = g[:, 0::2, 0::2] + g[:, 1::2, 0::2] + g[:, 0::2, 1::2] + g[:, 1::2, 1::2]
+  np.testing.assert_allclose(dx, want, rtol=1e-6, atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(conv_lib.upsample_nearest2x(v))))(x))
+  assert "scatter" not in jaxpr and "gather" not in jaxpr
+
+
+def test_fast_gradients_upsamples_vae_decoder_without_scatter():
+  """diffusers' VAE decoder inside `fast_gradients`: same output as without, and no gather or
+  scatter in its gradient."""
+  from diffusers.models.vae_flax import FlaxUpsample2D
+
+  m = FlaxUpsample2D(in_channels=4)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 4, 4, 4)), jnp.float32)
+  params = m.init(jax.random.key(0), x)
+
+  def loss(v):
+    with conv_lib.fast_gradients():
+      return jnp.sum(m.apply(params, v) ** 2)
+
+  np.testing.assert_allclose(jax.grad(loss)(x),
+                             jax.grad(lambda v: jnp.sum(m.apply(params, v) ** 2))(x),
+                             rtol=1e-5, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
+  assert "scatter" not in jaxpr and "gather" not in jaxpr

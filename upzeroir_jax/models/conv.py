@@ -12,17 +12,21 @@ convolution of the cotangent with the spatially flipped, in/out-swapped kernel (
 the transpose of the patch matmul (strided); the kernel gradient is patchesᵀ · cotangent, one
 matmul. A PCDM-sized update loop (3→16→32→64 at 64², weight and input gradients, in a
 `fori_loop`) took 149 ms per iteration with XLA's gradients, 14.4 ms as a patch matmul and
-10.1 ms with `conv`. On other backends `conv` is `lax.conv_general_dilated` with XLA's own
-gradients (the patch matrix costs memory and bandwidth there).
+10.1 ms with `conv`. On other backends `conv` is `lax.conv_general_dilated` with XLA's input
+gradient (the patch matrix would cost memory and bandwidth there) and the kernel gradient as one
+matmul per kernel tap. The sampler `vmap`s per-image PCDM and discriminator kernels: XLA's
+kernel gradient then becomes a grouped convolution whose window is the whole image, the tap
+matmuls a batched matmul.
 
 `Conv` is a Flax layer on `conv` (same parameters as `nn.Conv`: `kernel` `[kh, kw, Cin, Cout]`,
 `bias` `[Cout]`); `fast_gradients()` routes the `nn.Conv` layers of modules applied inside it
-(diffusers' VAE) through `conv`.
+(diffusers' VAE) through `conv` and their nearest 2× upsampling through `upsample_nearest2x`,
+whose gradient is a reshape and a sum rather than a scatter-add.
 """
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,6 +80,36 @@ def _cpu_conv_bwd(stride, padding, residuals, g):
 _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _tap_conv(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
+              padding: Padding) -> jax.Array:
+  return _xla_conv(x, kernel, stride, padding)
+
+
+def _tap_conv_fwd(x, kernel, stride, padding):
+  return _xla_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _tap_conv_bwd(stride, padding, residuals, g):
+  """Input gradient: XLA's (a convolution of g with the flipped kernel, window kh×kw). Kernel
+  gradient: per tap (i, j), window(x)ᵀ·g, a matmul; under `vmap` with per-image kernels a
+  batched matmul, where XLA's own kernel gradient would be a grouped convolution with an
+  image-sized window."""
+  x, kernel = residuals
+  kh, kw, _, _ = kernel.shape
+  (sh, sw), (ho, wo) = stride, g.shape[1:3]
+  (dx,) = jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding), x)[1](g)
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  taps = [jnp.einsum("nhwc,nhwo->co", xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw],
+                     g, preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  dw = jnp.stack(taps).reshape(kernel.shape)
+  return dx, dw.astype(kernel.dtype)
+
+
+_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+
+
 def conv(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int] = 1,
          padding: int | Padding = 0) -> jax.Array:
   """A 2-D convolution, NHWC input and HWIO kernel (cross-correlation, as `nn.Conv`).
@@ -95,7 +129,7 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int] = 1,
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   if jax.default_backend() == "cpu":
     return _cpu_conv(x, kernel, stride, padding)
-  return _xla_conv(x, kernel, stride, padding)
+  return _tap_conv(x, kernel, stride, padding)
 
 
 class Conv(nn.Module):
@@ -165,6 +199,27 @@ def _route_conv(next_fun, args, kwargs, context):
   return y if bias is None else y + bias
 
 
-def fast_gradients() -> contextlib.AbstractContextManager:
-  """Context in which the `nn.Conv` layers of applied modules run as `conv` (CPU gradients)."""
-  return nn.intercept_methods(_route_conv)
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2× upsampling `[B, H, W, C] -> [B, 2H, 2W, C]` (each pixel repeated in a
+  2×2 block) as a broadcast and a reshape, so its gradient is a reshape and a sum over each
+  block (`jax.image.resize`'s is a scatter-add)."""
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
+def _route_upsample(next_fun, args, kwargs, context):
+  """Method interceptor: diffusers' `FlaxUpsample2D` (nearest 2× resize, then its conv) with the
+  resize as `upsample_nearest2x`."""
+  m = context.module
+  if (context.method_name != "__call__" or type(m).__name__ != "FlaxUpsample2D" or kwargs
+      or len(args) != 1 or args[0].ndim != 4):
+    return next_fun(*args, **kwargs)
+  return m.conv(upsample_nearest2x(args[0]))
+
+
+@contextlib.contextmanager
+def fast_gradients() -> Iterator[None]:
+  """Context in which the `nn.Conv` layers of applied modules run as `conv` (on a CPU backend)
+  and diffusers' `FlaxUpsample2D` layers upsample with `upsample_nearest2x` (any backend)."""
+  with nn.intercept_methods(_route_upsample), nn.intercept_methods(_route_conv):
+    yield

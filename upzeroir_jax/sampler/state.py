@@ -15,6 +15,7 @@ every step taken, restarts included) writes row n, rows past the end are dropped
 hold t = −1 and zeros.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -38,10 +39,6 @@ TRACE_KEYS = (
   "grad_norm",   # ‖∇ẑ0 (D + Q)‖₂ before the scale s.
 )
 
-WEIGHT_FIELDS = ("pcdm_w_mse", "pcdm_w_per", "pcdm_w_adv", "lambda_deg", "lambda_mse",
-                 "lambda_per", "lambda_adv", "w_exp", "w_col", "guidance_scale")
-
-
 @flax.struct.dataclass
 class LossWeights:
   """The per-task loss weights and the effective guidance scale, as traced float32 scalars."""
@@ -56,6 +53,9 @@ class LossWeights:
   w_exp: jax.Array
   w_col: jax.Array
   guidance_scale: jax.Array
+
+
+WEIGHT_FIELDS = tuple(f.name for f in dataclasses.fields(LossWeights))
 
 
 def loss_weights(config: config_lib.RestoreConfig, num_pixels: int) -> LossWeights:
