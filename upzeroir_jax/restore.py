@@ -22,6 +22,7 @@ Choices where METHOD.md is silent [ours]:
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -79,11 +80,22 @@ def _finish(models: Models, st: state_lib.SamplerState) -> jax.Array:
   return jnp.clip(models.backbone.decode(st.z).astype(jnp.float32), 0.0, 1.0)
 
 
+def _reported(st: state_lib.SamplerState, config: config_lib.RestoreConfig,
+              on_step: Callable[[Any, Any], None] | None) -> state_lib.SamplerState:
+  """`st` after a step; when `on_step` is given, `on_step(index of that step, config.steps)`
+  runs on the host (an unordered `jax.debug.callback`: a side effect, never removed)."""
+  if on_step is not None:
+    jax.debug.callback(on_step, st.i - 1, config.steps)
+  return st
+
+
 def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig,
-             ts: jax.Array, st: state_lib.SamplerState
+             ts: jax.Array, st: state_lib.SamplerState,
+             on_step: Callable[[Any, Any], None] | None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One image through the DQR loop (METHOD §7); `y` `[1, H, W, 3]`."""
-  st, image, info = dqr.run(lambda s: step_lib.step(models, y, ctx, config, ts, s),
+  st, image, info = dqr.run(lambda s: _reported(step_lib.step(models, y, ctx, config, ts, s),
+                                                config, on_step),
                             models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
                             config, unet_per_step=1 if ctx is None else 2)
   return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
@@ -93,9 +105,10 @@ def _trace_len(config: config_lib.RestoreConfig) -> int:
   return config.steps * (1 + config.dqr_max_restarts) if config.dqr else config.steps
 
 
-@functools.partial(jax.jit, static_argnames=("config", "batched"))
+@functools.partial(jax.jit, static_argnames=("config", "batched", "on_step"))
 def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossWeights,
-         ctx: Any, config: config_lib.RestoreConfig, batched: bool
+         ctx: Any, config: config_lib.RestoreConfig, batched: bool,
+         on_step: Callable[[Any, Any], None] | None = None
          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` and weights with a leading
   `[B]` axis when batched, else y `[1, H, W, 3]` with one key and unbatched weights."""
@@ -107,18 +120,20 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
 
   if config.dqr:
     def one(yy, key, w):
-      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w))
+      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w), on_step)
     return jax.vmap(one)(y, keys, weights) if batched else one(y, keys, weights)
 
   if batched:
     states = jax.vmap(init)(y, keys, weights)
     step_b = jax.vmap(lambda yy, t, s: step_lib.step_at(models, yy, ctx, config, t, s),
                       in_axes=(0, None, 0))
-    states, _ = jax.lax.scan(lambda s, t: (step_b(y, t, s), None), states, ts)
+    states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(y, t, s), config, on_step), None),
+                             states, ts)
     return jax.vmap(lambda s: _finish(models, s))(states), states.trace
   st = init(y, keys, weights)
-  st, _ = jax.lax.scan(lambda s, t: (step_lib.step_at(models, y, ctx, config, t, s), None),
-                       st, ts)
+  st, _ = jax.lax.scan(
+      lambda s, t: (_reported(step_lib.step_at(models, y, ctx, config, t, s), config, on_step),
+                    None), st, ts)
   return _finish(models, st), st.trace
 
 
@@ -168,7 +183,8 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
 
 
 def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
-            *, context: Any = None) -> RestoreResult:
+            *, context: Any = None, on_step: Callable[[Any, Any], None] | None = None
+            ) -> RestoreResult:
   """Restores degraded images with UP-ZeroIR (METHOD.md §3–§7).
 
   Args:
@@ -181,6 +197,11 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
       or for a batch a sequence of B configs, one per image, that differ only in the fields of
       `sampler.state.WEIGHT_FIELDS` (e.g. different task presets in one compiled call).
     context: text conditioning built outside jit (`models.sd.text_context`), or None.
+    on_step: None (default: no host synchronisation inside the loop), or a hashable
+      `on_step(index, steps)` called on the host after each sampling step (index 0-based, int32
+      arrays; once per image of a batch); e.g. `progress.Progress.on_step`. It is part of the
+      compiled function, so pass the same object every call, and such a function is not kept
+      in JAX's persistent compilation cache.
 
   Returns:
     `RestoreResult(image, info)`: image shaped like y in [0, 1]; info the sampler trace
@@ -200,11 +221,11 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   static = state_lib.weightless(configs[0])
   if not batch:
     weights = state_lib.loss_weights(configs[0], pixels)
-    image, info = _run(models, y[None], key, weights, context, static, False)
+    image, info = _run(models, y[None], key, weights, context, static, False, on_step)
     return RestoreResult(image[0], info)
   per_image = [state_lib.loss_weights(c, pixels) for c in configs]
   weights = jax.tree.map(lambda *w: jnp.broadcast_to(jnp.stack(w), (batch,)), *per_image)
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
-  image, info = _run(models, y[:, None], keys, weights, context, static, True)
+  image, info = _run(models, y[:, None], keys, weights, context, static, True, on_step)
   return RestoreResult(image[:, 0], info)
