@@ -12,7 +12,8 @@ ones, matched by file stem), a folder with the benchmark's own layout — `low/`
 `<output_dir>/inputs/` (a second image feature such as `gt`/`high`/`target` to
 `<output_dir>/gt/`).
 
-Writes `<output_dir>/restored/<stem>.png` with a JSON sidecar each and `<output_dir>/run.json`
+Writes `<output_dir>/restored/<stem>.png` (`<stem>_<suffix>.png` where stems collide, see
+`upzeroir_jax.jobs.output_names`) with a JSON sidecar each and `<output_dir>/run.json`
 (the settings; eval/score.py and eval/tables.py read it). Resumable: finished images are
 skipped; a run folder holding another configuration is refused unless `--overwrite`.
 
@@ -32,6 +33,7 @@ import sys
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -41,6 +43,7 @@ from absl import flags
 
 from upzeroir_jax import cli, io, pipeline
 from upzeroir_jax import config as config_lib
+from upzeroir_jax import jobs as jobs_lib
 
 PROG = "eval/run.py"
 RUN_FILE = "run.json"
@@ -188,6 +191,23 @@ def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None
                             "use another --output_dir or --overwrite")
 
 
+def _restore(fv: flags.FlagValues, out: pathlib.Path, settings: dict, jobs: list,
+             loaded: pipeline.Loaded, config: config_lib.RestoreConfig,
+             benchmark: str) -> pipeline.Summary:
+  """Checks and records the run's settings in run.json, then restores the jobs."""
+  import jax
+
+  settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
+  run_file = out / RUN_FILE
+  _check_same_run(run_file, settings, fv.overwrite)
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+  return pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
+                      batch=fv.batch, overwrite=fv.overwrite,
+                      record={"benchmark": benchmark, "variant": fv.variant})
+
+
 def _initialize_distributed(fv: flags.FlagValues) -> None:
   import jax
   if fv.coordinator_address == "auto":
@@ -209,35 +229,31 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
                  and p.suffix.lower() in io.IMAGE_SUFFIXES)[:fv.max_images]
   if not files:
     raise pipeline.RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
+  jobs = []
+  for f, name in zip(files, jobs_lib.output_names(files)):
+    gt = ground_truth(gt_dir, f)
+    jobs.append(jobs_lib.Job(name=f.name, source=f, output=out / RESTORED / name,
+                             extra={"gt": str(gt) if gt else None}))
+  jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
+                                          if j.extra["gt"]])
   overrides = pipeline.parse_overrides(fv.override)
   if fv.steps:
     overrides["steps"] = fv.steps
   overrides.setdefault("dqr", fv.scorer != "none")
   config = config_lib.preset(fv.task, **overrides)
-  loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
-                                scorer=fv.scorer)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
-  settings = {
-    "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
-    "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
-    "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
-    "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
-    "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
-  }
-  settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
-  run_file = out / RUN_FILE
-  _check_same_run(run_file, settings, fv.overwrite)
-  if jax.process_index() == 0:
-    out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-  jobs = []
-  for f in files:
-    gt = ground_truth(gt_dir, f)
-    jobs.append(pipeline.Job(name=f.name, source=f, output=out / RESTORED / f"{f.stem}.png",
-                             extra={"gt": str(gt) if gt else None}))
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, overwrite=fv.overwrite,
-                         record={"benchmark": benchmark, "variant": fv.variant})
+  with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
+                                  scorer=fv.scorer)
+    settings = {
+      "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
+      "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
+      "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
+      "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
+      "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+    }
+    summary = _restore(fv, out, settings, jobs, loaded, config, benchmark)
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")
   if loaded.smoke_test:

@@ -26,6 +26,8 @@ from absl import flags, logging
 
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import io, pipeline
+from upzeroir_jax import jobs as jobs_lib
+from upzeroir_jax.errors import RunError
 
 PROG = "upzeroir"
 COMMANDS = ("restore",)
@@ -96,15 +98,6 @@ def help_text(usage: str, fv: flags.FlagValues) -> str:
   return usage + "\nflags:\n" + "\n".join(body) + "\n"
 
 
-def _output_name(src: pathlib.Path, taken: set[str]) -> str:
-  """`<stem>.png`, or `<stem>_<suffix>.png` when another input has the same stem."""
-  name = f"{src.stem}.png"
-  if name in taken:
-    name = f"{src.stem}_{src.suffix.lstrip('.').lower()}.png"
-  taken.add(name)
-  return name
-
-
 def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
   if prompt_dir is None:
     return prompt
@@ -113,46 +106,52 @@ def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
 
 
 def jobs_for(input_path: str, output_path: str, prompt: str = "",
-             prompt_dir: str | None = None) -> list[pipeline.Job]:
+             prompt_dir: str | None = None) -> list[jobs_lib.Job]:
   """The jobs of `upzeroir restore`: one input file, or every image file of a folder.
 
   A folder's images are its files with an image suffix (.png, .jpg, .jpeg, .bmp, .tif,
-  .tiff, .webp; not recursive, hidden files ignored), each written to `<output>/<stem>.png`.
-  A single input goes to `output` when that has an image suffix, else into the folder
-  `output`.
+  .tiff, .webp; not recursive, hidden files ignored), each written to `<output>/<stem>.png`
+  (`jobs.output_names` when stems collide). A single input goes to `output` when that has an
+  image suffix, else into the folder `output` as `<stem>.png`. Outputs never replace inputs,
+  and outputs named here never go into a folder holding an input (`jobs.check_outputs`).
 
   Raises:
-    pipeline.RunError: missing input, folder without images, or an unusable output path.
+    RunError: missing input, folder without images, or an unusable output path.
   """
   src, dst = pathlib.Path(input_path), pathlib.Path(output_path)
   if prompt and prompt_dir:
-    raise pipeline.RunError("give --prompt or --prompt_dir, not both")
+    raise RunError("give --prompt or --prompt_dir, not both")
   if prompt_dir is not None and not pathlib.Path(prompt_dir).is_dir():
-    raise pipeline.RunError(f"--prompt_dir={prompt_dir}: no such folder")
+    raise RunError(f"--prompt_dir={prompt_dir}: no such folder")
   if not src.exists():
-    raise pipeline.RunError(f"--input={input_path}: no such file or folder")
+    raise RunError(f"--input={input_path}: no such file or folder")
   if dst.resolve() == src.resolve():
-    raise pipeline.RunError(f"--output={output_path} is the input itself; choose another "
+    raise RunError(f"--output={output_path} is the input itself; choose another "
                             "output so that the originals are kept")
   if src.is_dir():
     files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in io.IMAGE_SUFFIXES)
     if not files:
-      raise pipeline.RunError(f"--input={input_path}: no image files "
+      raise RunError(f"--input={input_path}: no image files "
                               f"({', '.join(sorted(io.IMAGE_SUFFIXES))}) in this folder")
     if dst.suffix.lower() in io.IMAGE_SUFFIXES or dst.is_file():
-      raise pipeline.RunError(f"--output={output_path}: the input is a folder, so the output "
+      raise RunError(f"--output={output_path}: the input is a folder, so the output "
                               "must be a folder too")
-    taken: set[str] = set()
-    return [pipeline.Job(name=f.name, source=f, output=dst / _output_name(f, taken),
-                         prompt=_prompt_for(f, prompt, prompt_dir)) for f in files]
-  if dst.suffix.lower() not in io.IMAGE_SUFFIXES:
+    out = [jobs_lib.Job(name=f.name, source=f, output=dst / name,
+                        prompt=_prompt_for(f, prompt, prompt_dir))
+           for f, name in zip(files, jobs_lib.output_names(files))]
+    jobs_lib.check_outputs(out)
+    return out
+  named_by_run = dst.suffix.lower() not in io.IMAGE_SUFFIXES
+  if named_by_run:
     if dst.suffix and not dst.is_dir():
-      raise pipeline.RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
-                              f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
+      raise RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
+                     f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
     dst = dst / f"{src.stem}.png"
-  return [pipeline.Job(name=src.name, source=src, output=dst,
-                       prompt=_prompt_for(src, prompt, prompt_dir))]
+  out = [jobs_lib.Job(name=src.name, source=src, output=dst,
+                      prompt=_prompt_for(src, prompt, prompt_dir))]
+  jobs_lib.check_outputs(out, named_by_run=named_by_run)
+  return out
 
 
 def _error(prog: str, message: str) -> int:
@@ -167,11 +166,12 @@ def _restore(fv: flags.FlagValues) -> int:
   if fv.steps:
     overrides["steps"] = fv.steps
   config = config_lib.preset(fv.task, **overrides)
-  loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
-                                scorer=fv.scorer)
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, bits=int(fv.bits), overwrite=fv.overwrite,
-                         record={"command": "upzeroir restore"})
+  with jobs_lib.lock_outputs(job.output.parent for job in jobs):
+    loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
+                                  scorer=fv.scorer)
+    summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
+                           batch=fv.batch, bits=int(fv.bits), overwrite=fv.overwrite,
+                           record={"command": "upzeroir restore"})
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")

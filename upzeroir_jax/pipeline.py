@@ -42,6 +42,8 @@ import upzeroir_jax
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import io
 from upzeroir_jax import restore as restore_lib
+from upzeroir_jax.errors import RunError
+from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
 
 SD_DEFAULT = "stabilityai/stable-diffusion-2-1-base"
 SMOKE_TEST_MODEL = "tiny"
@@ -49,29 +51,6 @@ SCORERS = ("arniqa", "niqe", "none")
 ARNIQA_ENCODER = "arniqa_encoder.safetensors"
 ARNIQA_REGRESSOR = "arniqa_regressor_kadid10k.safetensors"
 BATCH_AXIS = "batch"
-
-
-class RunError(ValueError):
-  """A run's input, weights or settings cannot be used; the message is one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """One image to restore.
-
-  Attributes:
-    name: stable identifier (the input's path relative to its folder); seeds the PRNG key.
-    source: the input image file.
-    output: the restored image file (format from its suffix); the sidecar sits beside it.
-    prompt: text prompt ("" for none).
-    extra: further entries for the sidecar (e.g. the ground-truth path).
-  """
-
-  name: str
-  source: pathlib.Path
-  output: pathlib.Path
-  prompt: str = ""
-  extra: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -104,16 +83,6 @@ class Summary:
   done: list = dataclasses.field(default_factory=list)
   skipped: list = dataclasses.field(default_factory=list)
   failed: list = dataclasses.field(default_factory=list)
-
-
-def sidecar_path(output: pathlib.Path) -> pathlib.Path:
-  """The JSON sidecar of an output image: same folder and stem, suffix `.json`."""
-  return output.with_suffix(".json")
-
-
-def is_done(job: Job) -> bool:
-  """True when the job's output image and its sidecar both exist."""
-  return job.output.is_file() and sidecar_path(job.output).is_file()
 
 
 def image_key(seed: int, name: str) -> np.ndarray:
@@ -312,6 +281,18 @@ def _dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) 
   }
 
 
+IMAGE_FAILURES = (io.ImageError, OSError, ValueError)
+
+
+def failure(path: pathlib.Path, error: Exception) -> str:
+  """One line naming the file for a per-image failure (an `ImageError` names it already)."""
+  if isinstance(error, io.ImageError):
+    return " ".join(str(error).split())
+  if isinstance(error, OSError) and error.strerror:
+    return f"{path}: {error.strerror}"
+  return f"{path}: {' '.join(str(error).split()) or type(error).__name__}"
+
+
 def _write_json(path: pathlib.Path, record: dict) -> None:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -325,8 +306,8 @@ def _grid_shapes(jobs: Sequence[Job], grid: str, size: int, multiple: int,
   for job in jobs:
     try:
       h, w = (size, size) if grid == "resize" else io.image_size(job.source)
-    except io.ImageError as e:
-      summary.failed.append((job.name, str(e)))
+    except IMAGE_FAILURES as e:
+      summary.failed.append((job.name, failure(job.source, e)))
       continue
     out.append((job, io.grid_shape(h, w, size, grid, multiple)))
   return out
@@ -362,20 +343,24 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig, *
     progress: show a tqdm bar (process 0, when stderr is a terminal).
     record: extra entries for every sidecar (e.g. the dataset).
 
+  The caller holds the output folders (`jobs.lock_outputs`) so that no other run writes there.
+
   Returns:
-    `Summary` of done, skipped and failed jobs. Unreadable inputs fail alone; the others run.
+    `Summary` of done, skipped and failed jobs. An image that cannot be read, brought to the
+    grid or written fails alone (`failure` names the file); the others run.
 
   Raises:
-    RunError: bad grid settings.
+    RunError: bad grid settings, or an output that is an input.
   """
-  from tqdm import tqdm
-
   if grid not in ("resize", "pad"):
     raise RunError(f"unknown grid mode {grid!r}; choose resize or pad")
   if grid == "resize" and (size <= 0 or size % loaded.multiple):
     raise RunError(f"--size={size} must be a positive multiple of {loaded.multiple} for this model")
   if batch < 1:
     raise RunError(f"--batch={batch} must be at least 1")
+  from tqdm import tqdm
+
+  check_outputs(jobs, named_by_run=False)
   mesh = mesh or make_mesh()
   summary = Summary()
   pending_mask = _pending_consistent(jobs, overwrite)
@@ -438,11 +423,11 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
       grids[r], metas[r] = io.to_model_grid(x, size, grid, loaded.multiple)
       if grids[r].shape[:2] != shape:
         raise io.ImageError(f"{filled[r].source}: size changed while the run was going on")
-    except io.ImageError as e:
+    except IMAGE_FAILURES as e:
       grids[r] = np.full(shape + (3,), 0.5, np.float32)
       if r < real:
         failed.add(r)
-        summary.failed.append((filled[r].name, str(e)))
+        summary.failed.append((filled[r].name, failure(filled[r].source, e)))
   read_s = time.perf_counter() - t0
 
   def gather(values):
@@ -463,10 +448,8 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
     if r >= real or r in failed:
       continue
     job = filled[r]
-    out = io.from_model_grid(image_rows[r], metas[r])
-    io.write_image(job.output, out, bits=bits)
     info_r = {name: v[r] for name, v in info_rows.items()}
-    _write_json(sidecar_path(job.output), {
+    sidecar = {
       **common, "name": job.name, "input": str(job.source), "output": str(job.output),
       "prompt": job.prompt, **job.extra,
       "grid": {"mode": grid, "shape": list(shape), "input_shape": [metas[r].height,
@@ -474,7 +457,13 @@ def _run_batch(filled: list[Job], real: int, shape: tuple[int, int], models: Any
       "timings": {"read_s": read_s, "batch_s": batch_s, "batch_images": real,
                   "per_image_s": batch_s / real, "includes_compilation": first},
       "sampling": _dqr_summary(info_r, config),
-    })
+    }
+    try:
+      io.write_image(job.output, io.from_model_grid(image_rows[r], metas[r]), bits=bits)
+      _write_json(sidecar_path(job.output), sidecar)
+    except IMAGE_FAILURES as e:
+      summary.failed.append((job.name, failure(job.output, e)))
+      continue
     summary.done.append(job.name)
   return "-".join(str(t) for t in sorted({taken[0], taken[-1]})) if taken else "0"
 
