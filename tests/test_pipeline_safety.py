@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from eval import run as run_lib
-from upzeroir_jax import cli, io, jobs, pipeline
+from upzeroir_jax import cli, io, jobs, loading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The configuration of tests/test_cli.py and tests/test_eval_run.py (one compilation for all).
@@ -24,12 +24,12 @@ TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=n
 
 @pytest.fixture(scope="module")
 def tiny():
-  return pipeline.load_models("tiny", scorer="none")
+  return loading.load_models("tiny", scorer="none")
 
 
 @pytest.fixture
 def use_tiny(tiny, monkeypatch):
-  monkeypatch.setattr(pipeline, "load_models", lambda source, **kwargs: tiny)
+  monkeypatch.setattr(loading, "load_models", lambda source, **kwargs: tiny)
 
 
 def _png(path, value=0.5, shape=(12, 16)):
