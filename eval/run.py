@@ -38,7 +38,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io, loading, pipeline
+from upzeroir_jax import cli, io, loading, pipeline, smoke
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -202,13 +202,15 @@ def _initialize_distributed(fv: flags.FlagValues) -> None:
 def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   if rest[1:]:
     raise RunError(f"unexpected arguments: {' '.join(rest[1:])}")
+  smoke.apply_defaults(fv)
   _initialize_distributed(fv)
   import jax
 
   out = pathlib.Path(fv.output_dir)
   inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out)
-  files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in io.IMAGE_SUFFIXES)[:fv.max_images]
+  every = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and p.suffix.lower() in io.IMAGE_SUFFIXES)
+  files = every[:fv.max_images]
   if not files:
     raise RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
   jobs = []
@@ -226,7 +228,8 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     settings = {
       "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
       "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
-      "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
+      "gt_dir": str(gt_dir) if gt_dir else None, "dataset_images": len(every),
+      "model": fv.model,
       "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
       "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
     }

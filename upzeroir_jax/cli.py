@@ -10,6 +10,16 @@ an input, outputs named after their inputs never go into a folder holding inputs
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
 
+Progress goes to stderr: "loading models", "compiling (first run only; cached afterwards)",
+then the images with their rate and time left (on a terminal a bar that also shows the
+sampling step, `--step_progress`; otherwise one log line per image). Compiled programs are
+kept in JAX's persistent compilation cache (`--compilation_cache`, default
+`$XDG_CACHE_HOME/upzeroir-jax/jax` or `~/.cache/upzeroir-jax/jax`), so only the first run of a
+model, size and setting compiles. `--model=tiny` is a smoke test on random weights with small
+defaults of its own (`upzeroir_jax.smoke`), about a minute on a 2-core CPU. Ctrl-C stops within
+a second at any point, also inside a compiled call, and leaves no partial output, temporary or
+lock file; rerunning resumes. `upzeroir --version` prints the versions.
+
 Exit codes: 0 every image restored or already finished; 2 bad input — unknown command, flag or
 task, missing input path, an output that would replace an input, an output folder in use by
 another run, missing weights, a model that cannot be loaded, or images that could not be
@@ -27,10 +37,12 @@ from collections.abc import Callable, Sequence
 
 from absl import flags, logging
 
+import upzeroir_jax
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
-from upzeroir_jax import io, pipeline
+from upzeroir_jax import interrupt, io, pipeline, smoke, startup
 from upzeroir_jax import jobs as jobs_lib
+from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 
 PROG = "upzeroir"
@@ -45,6 +57,10 @@ examples:
   {PROG} restore --input=dark.jpg --output=bright.png --task=lowlight
   {PROG} restore --input=photos/ --output=restored/ --task=mixed --batch=4
   {PROG} restore --input=dark.jpg --output=out/ --task=lowlight --model=tiny   # smoke test
+
+--model=tiny is a smoke test on random weights (not a restoration) that finishes in about a
+minute on a 2-core CPU: it brings its own defaults {smoke.describe()}
+(each overridable by giving the flag).
 """
 
 
@@ -66,8 +82,11 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_enum("bits", "8", ["8", "16"], "Bits per channel of PNG outputs.",
                     flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Redo outputs that already exist.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log progress details; show tracebacks.",
-                       flag_values=fv)
+  flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
+                       "on the progress bar (a host callback per step; not cached across "
+                       "runs).", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Log progress details; show XLA's logs and "
+                       "tracebacks.", flag_values=fv)
   return fv
 
 
@@ -140,12 +159,16 @@ def _error(prog: str, message: str) -> int:
 
 
 def _restore(fv: flags.FlagValues) -> int:
+  smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
   config = flags_lib.config_from_flags(fv, fv.task)
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
+  report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
-    loaded = flags_lib.load_models(fv)
-    summary = pipeline.run(jobs, loaded, config, settings,
+    with report.phase(progress_lib.LOADING):
+      loaded = flags_lib.load_models(fv)
+    summary = pipeline.run(jobs, loaded, config, settings, progress=report,
+                           report_steps=fv.step_progress and report.interactive,
                            record={"command": "upzeroir restore"})
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
@@ -168,13 +191,22 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   """Parses `argv` into `fv` and runs `body(fv, rest)`, mapping problems to exit codes.
 
   Shared by `upzeroir` and the eval binaries. `--help` prints the help (exit 0), no arguments
-  print it too (exit 2). Flag errors and `ValueError`s (bad input, missing weights) print one
-  line `<prog>: error: ...` (exit 2); other exceptions one line (exit 1); a traceback only
-  with `--verbose` (a flag `fv` must define).
+  print it too (exit 2), `--version` the versions (exit 0). After parsing, `startup.configure`
+  applies `--compilation_cache` and hides XLA's logs unless `--verbose`. Flag errors and
+  `ValueError`s (bad input, missing or unreadable weights) print one line `<prog>: error: ...`
+  (exit 2; all missing weights files are listed on the lines after it); other exceptions one
+  line (exit 1); a traceback only with `--verbose` (a flag `fv` must define). Ctrl-C prints
+  one line and exits 130: with `argv` None (the process's own command line) at once, without
+  waiting for a compiled call still running (`interrupt.exit_now`).
   """
+  whole_process = argv is None
   argv = list(sys.argv if argv is None else argv)
   if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in argv[1:]):
     print(help_text(usage, fv))
+    return 0
+  if "--version" in argv[1:]:
+    import jax
+    print(f"{prog} (upzeroir-jax) {upzeroir_jax.__version__}, jax {jax.__version__}")
     return 0
   if len(argv) < 2:
     print(help_text(usage, fv))
@@ -182,16 +214,28 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   verbose = "--verbose" in argv[1:]
   try:
     rest = fv(argv)
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    if not flags.FLAGS.is_parsed():  # this binary's flags live in `fv`; absl's global set is empty
+      flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    startup.configure(fv)
     return body(fv, rest)
   except flags.Error as e:
     return _error(prog, f"{e} (see `{prog} --help`)")
   except (ValueError, FileNotFoundError) as e:
     if verbose:
       traceback.print_exc()
+    details = getattr(e, "details", None)
+    if details:
+      _error(prog, getattr(e, "headline", "") or " ".join(str(e).split()))
+      for line in details:
+        print(f"  {line}", file=sys.stderr)
+      return 2
     return _error(prog, " ".join(str(e).split()) or type(e).__name__)
   except KeyboardInterrupt:
     print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+    if whole_process and interrupt.busy():
+      interrupt.exit_now(130)
     return 130
   except Exception as e:  # one line instead of a traceback, unless --verbose
     if verbose:

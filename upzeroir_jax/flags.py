@@ -10,7 +10,7 @@ from typing import Any
 from absl import flags
 
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import loading, pipeline
+from upzeroir_jax import loading, pipeline, smoke, startup
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.models import arniqa
 
@@ -20,11 +20,12 @@ MODEL_FLAGS = ("model", "scorer", "arniqa", "vgg", "steps", "seed", "batch", "gr
 
 
 def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """Defines the model and sampling flags (`MODEL_FLAGS`) on `fv`."""
+  """Defines the model and sampling flags (`MODEL_FLAGS`) and `--compilation_cache` on `fv`."""
   flags.DEFINE_string("model", loading.DEFAULT_MODEL, "Diffusion prior: hub id (downloaded on "
                       "first use), diffusers folder, our checkpoint, or 'tiny' (random "
-                      "weights: a smoke test of the pipeline, not a restoration).",
-                      flag_values=fv)
+                      "weights: a smoke test of the pipeline, not a restoration; about a "
+                      "minute on a 2-core CPU with its own defaults "
+                      f"{smoke.describe()}, each overridable).", flag_values=fv)
   flags.DEFINE_enum("scorer", "arniqa", list(loading.SCORERS), "Quality model of dynamic "
                     "quality refinement (DQR); 'none' runs one fixed pass.", flag_values=fv)
   flags.DEFINE_string("arniqa", loading.DEFAULT_ARNIQA, "Folder with the converted ARNIQA "
@@ -48,6 +49,7 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_multi_string("override", [], "Change a RestoreConfig field of the task preset: "
                             "field=value (repeatable), e.g. guidance_scale=2000.",
                             flag_values=fv)
+  startup.define_flags(fv)
   return fv
 
 

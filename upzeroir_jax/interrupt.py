@@ -28,18 +28,23 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
   is inside compiled code; the worker is then abandoned (it stops with the process).
   """
   result: dict[str, Any] = {}
+  finished = threading.Event()
 
   def work() -> None:
     try:
       result["value"] = fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001 (handed to the caller's thread)
       result["error"] = e
+    finally:
+      finished.set()
 
   worker = threading.Thread(target=work, name=f"{WORKER_PREFIX}-{getattr(fn, '__name__', 'fn')}",
                             daemon=True)
   worker.start()
-  while worker.is_alive():
-    worker.join(_WAIT_SLICE_S)
+  # An Event, not `worker.join`: a join interrupted by Ctrl-C marks a running thread as
+  # stopped on Python < 3.13, which would hide it from `busy`.
+  while not finished.wait(_WAIT_SLICE_S):
+    pass
   if "error" in result:
     raise result["error"]
   return result["value"]

@@ -5,8 +5,9 @@
 - `check_outputs`: no output is an input of the run (same file by device and inode, so symlinks,
   hard links and case-insensitive names are caught), and outputs named by the run never land
   in a folder that holds its inputs.
-- `output_lock` / `lock_outputs`: one run at a time per output folder (an exclusive `flock`, released by the
-  kernel when the process ends, so a crashed run leaves no stale lock).
+- `output_lock` / `lock_outputs`: one run at a time per output folder (an exclusive `flock` on
+  `.upzeroir.lock`, released by the kernel when the process ends, so a crashed run leaves no
+  stale lock; a run that ends, also by Ctrl-C, removes the file).
 """
 
 from __future__ import annotations
@@ -133,14 +134,21 @@ def output_lock(folder: pathlib.Path) -> Iterator[None]:
   folder.mkdir(parents=True, exist_ok=True)
   path = folder / LOCK_NAME
   fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+  held = False
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+      # The holder removes the file when it ends: a lock on a file no longer at `path` is stale.
+      held = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except (BlockingIOError, FileNotFoundError):
+      pass
+    if not held:
       raise RunError(f"another run is writing to {folder} (it holds {path}); wait for it to "
-                     "finish or choose another output") from None
+                     "finish or choose another output")
     yield
   finally:
+    if held:
+      path.unlink(missing_ok=True)
     os.close(fd)
 
 

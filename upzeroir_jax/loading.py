@@ -16,6 +16,7 @@ from typing import Any
 import jax
 
 from upzeroir_jax import restore as restore_lib
+from upzeroir_jax import weights
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.metrics import lpips
 from upzeroir_jax.models import arniqa, vgg
@@ -52,10 +53,6 @@ class Loaded:
   notes: dict
 
 
-def _missing(path: str, what: str, how: str) -> RunError:
-  return RunError(f"{what} not found at {path}; {how}")
-
-
 def _load_scorer(scorer: str, arniqa_dir: str, smoke_test: bool) -> tuple[Any, str]:
   """The DQR scorer (docs/method.md §7) and a note on its weights."""
   from upzeroir_jax.sampler import scorers
@@ -65,22 +62,16 @@ def _load_scorer(scorer: str, arniqa_dir: str, smoke_test: bool) -> tuple[Any, s
   if scorer == "niqe":
     return scorers.niqe(), "NIQE (no learned weights)"
   enc, reg = arniqa.checkpoint_files(arniqa_dir)
-  if enc.is_file() and reg.is_file():
-    return scorers.arniqa(arniqa.load(enc, reg)), f"ARNIQA from {arniqa_dir}"
-  if smoke_test:
+  if smoke_test and not (enc.is_file() and reg.is_file()):
     return scorers.arniqa(arniqa.init_random(jax.random.PRNGKey(1))), "ARNIQA, random weights"
-  raise _missing(str(enc if not enc.is_file() else reg), "ARNIQA weights",
-                 f"convert them with `{arniqa.converter(arniqa_dir)}`, or pass "
-                 "--scorer=niqe or --scorer=none")
+  model = weights.load_checked(arniqa.load, (enc, reg), "ARNIQA", arniqa.converter(arniqa_dir))
+  return scorers.arniqa(model), f"ARNIQA from {arniqa_dir}"
 
 
 def _load_vgg(path: str, smoke_test: bool) -> tuple[Any, str]:
-  if os.path.isfile(path):
-    return vgg.load(path), f"VGG16 from {path}"
-  if smoke_test:
+  if smoke_test and not os.path.isfile(path):
     return vgg.init_random(jax.random.PRNGKey(2)), "VGG16, random weights"
-  raise _missing(path, "VGG16 weights (perceptual loss)",
-                 f"convert them with `{vgg.converter(path)}`")
+  return weights.load_checked(vgg.load, path, "VGG16", vgg.converter(path)), f"VGG16 from {path}"
 
 
 def _load_backbone(source: str) -> Any:
@@ -94,8 +85,8 @@ def _load_backbone(source: str) -> Any:
     raise RunError(f"reading the diffusion model {source!r} needs {e.name or 'torch'}: "
                    "pip install -e '.[convert]', or convert it once with "
                    "`python -m weights.convert_sd` and pass the converted folder") from None
-  except (OSError, ValueError) as e:
-    first = " ".join(str(e).split()) or type(e).__name__
+  except Exception as e:  # noqa: BLE001 (any reader error of a present but unusable model)
+    first = " ".join(str(e).split())[:300] or type(e).__name__
     raise RunError(f"cannot load the diffusion model {source!r}: {first}; --model=tiny runs a "
                    "smoke test on random weights instead") from None
 
@@ -104,8 +95,9 @@ def load_models(source: str = DEFAULT_MODEL, *, vgg_path: str = DEFAULT_VGG,
                 arniqa_dir: str = DEFAULT_ARNIQA, scorer: str = "arniqa") -> Loaded:
   """Loads the diffusion backbone, the VGG16 of the perceptual loss and the DQR scorer.
 
-  Weights are checked before the (possibly downloading) diffusion model is loaded, so a
-  missing checkpoint fails fast. With `source="tiny"` every network has random weights where
+  Every weights file is looked for before any is loaded, and all missing ones are named in
+  one `weights.MissingWeightsError` (with download locations and converter commands); a
+  present file that cannot be read raises `weights.CorruptWeightsError` naming it. With `source="tiny"` every network has random weights where
   no checkpoint is found (a smoke test of the whole pipeline; the output is not a restoration).
 
   Args:
@@ -115,10 +107,13 @@ def load_models(source: str = DEFAULT_MODEL, *, vgg_path: str = DEFAULT_VGG,
     scorer: "arniqa" (the paper's), "niqe", or "none" (DQR off).
 
   Raises:
-    RunError: unknown scorer, missing weights, or a model that cannot be loaded.
+    RunError: unknown scorer, or a diffusion model that cannot be loaded.
+    weights.MissingWeightsError: weights files absent (all of them named).
+    weights.CorruptWeightsError: a VGG16 or ARNIQA file that cannot be read.
   """
   if scorer not in SCORERS:
     raise RunError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORERS)}")
+  weights.check(source, vgg_path, arniqa_dir, scorer, smoke_test_model=SMOKE_TEST_MODEL)
   smoke_test = source == SMOKE_TEST_MODEL
   vgg_params, vgg_note = _load_vgg(vgg_path, smoke_test)
   scorer_model, scorer_note = _load_scorer(scorer, arniqa_dir, smoke_test)

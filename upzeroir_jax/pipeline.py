@@ -12,10 +12,15 @@ The last batch of a group is filled up to the full batch with copies of its last
 (discarded), so each grid shape compiles once. An image that cannot be read, brought to the
 grid or written fails alone (`failure` names the file); the others are restored.
 
-Progress: `restore` runs all sampling steps of a batch in one compiled call with no host
-synchronisation inside the loop, so the progress bar advances per batch: images done, the
-batch being restored, and the sampling steps the last batch took (fewer than `config.steps`
-when dynamic quality refinement stopped early, more after restarts).
+Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
+batch, announced as "compiling (first run only; cached afterwards)" (JAX's persistent cache,
+`startup`, makes later runs load it), so the per-image rate and time left count restore time
+only. Images are counted per batch; with `report_steps` a host callback inside the compiled
+loop reports each sampling step (costs a host round trip per step; off by default).
+
+Ctrl-C: compiling and restoring run through `interrupt.call`, so KeyboardInterrupt reaches
+the caller within a fraction of a second even inside a long compiled call; outputs are
+written atomically, so an interrupted run leaves no partial file.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import io, sharding
+from upzeroir_jax import interrupt, io, sharding
+from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
 from upzeroir_jax.loading import Loaded
@@ -88,6 +94,8 @@ class _Run:
   rows: NamedSharding
   common: dict  # sidecar entries of every image
   summary: Summary
+  progress: progress_lib.Progress
+  on_step: Any  # host callback of each sampling step, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +106,8 @@ class _Batch:
   real: int
   shape: tuple[int, int]
   ctx: Any
-  first: bool  # the group's first batch (its time includes compilation)
+  compiled: Any  # `sharding.restore_sharded` compiled for this batch's shapes
+  compile_s: float  # seconds compiling took, on the group's first batch; else 0
 
 
 def image_key(seed: int, name: str) -> np.ndarray:
@@ -137,9 +146,13 @@ def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -
 
 
 def _write_json(path: pathlib.Path, record: dict) -> None:
+  """Writes `record` atomically: a temporary file beside `path`, renamed; never left behind."""
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def _check(settings: Settings, multiple: int) -> None:
@@ -169,7 +182,8 @@ def _groups(jobs: Sequence[Job], settings: Settings, multiple: int, summary: Sum
 
 
 def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
-        settings: Settings = Settings(), *, mesh: Mesh | None = None, progress: bool = True,
+        settings: Settings = Settings(), *, mesh: Mesh | None = None,
+        progress: progress_lib.Progress | None = None, report_steps: bool = False,
         record: dict | None = None) -> Summary:
   """Restores `jobs` in sharded batches, writing each output image and its JSON sidecar.
 
@@ -182,7 +196,9 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     config: the `RestoreConfig` (e.g. `config.preset(task, steps=...)`).
     settings: seed, grid, batch, output bits, overwrite.
     mesh: 1-D device mesh (default: all devices, `sharding.make_mesh()`).
-    progress: show a tqdm bar (process 0, when stderr is a terminal).
+    progress: where phases and images are reported (default: a `progress.Progress` on
+      stderr, on process 0 only).
+    report_steps: report every sampling step through a host callback (see module doc).
     record: extra entries for every sidecar (e.g. the dataset).
 
   Returns:
@@ -191,8 +207,6 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
   Raises:
     RunError: bad grid settings, or an output that is an input.
   """
-  from tqdm import tqdm
-
   _check(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
   mesh = mesh or sharding.make_mesh()
@@ -214,26 +228,37 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     "devices": n_dev, "processes": jax.process_count(), "version": upzeroir_jax.__version__,
     "jax": jax.__version__, **(record or {}),
   }
+  if progress is None:
+    progress = progress_lib.Progress(0, enabled=jax.process_index() == 0)
+  progress.total = sum(len(g) for g in groups.values())
   ctx = _Run(loaded=loaded, models=sharding.replicate(loaded.models, mesh), config=config,
-             settings=settings, rows=sharding.rows(mesh), common=common, summary=summary)
-  n_batches = sum(math.ceil(len(g) / global_batch) for g in groups.values())
-  bar = tqdm(total=len(pending), unit="img", desc="restoring",
-             disable=None if progress and jax.process_index() == 0 else True)
-  k = 0
-  for (shape, prompt), group in groups.items():
-    text = sharding.replicate(loaded.text_context(prompt), mesh)
-    for start in range(0, len(group), global_batch):
-      k += 1
-      chunk = group[start:start + global_batch]
-      batch = _Batch(jobs=chunk + [chunk[-1]] * (global_batch - len(chunk)), real=len(chunk),
-                     shape=shape, ctx=text, first=start == 0)
-      bar.set_postfix_str(f"batch {k}/{n_batches}: {len(chunk)} x {shape[0]}x{shape[1]}, up to "
-                          f"{config.steps} steps")
-      steps = _run_batch(ctx, batch)
-      bar.set_postfix_str(f"batch {k}/{n_batches} took {steps} sampling steps per image")
-      bar.update(len(chunk))
-  bar.close()
+             settings=settings, rows=sharding.rows(mesh), common=common, summary=summary,
+             progress=progress, on_step=progress.on_step if report_steps else None)
+  try:
+    for (shape, prompt), group in groups.items():
+      text = sharding.replicate(loaded.text_context(prompt), mesh)
+      with progress.phase(progress_lib.COMPILING):
+        t0 = time.perf_counter()
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text)
+        compile_s = time.perf_counter() - t0
+      progress.start_images()
+      for start in range(0, len(group), global_batch):
+        chunk = group[start:start + global_batch]
+        _run_batch(ctx, _Batch(jobs=chunk + [chunk[-1]] * (global_batch - len(chunk)),
+                               real=len(chunk), shape=shape, ctx=text, compiled=compiled,
+                               compile_s=compile_s if start == 0 else 0.0))
+  finally:
+    progress.close()
   return summary
+
+
+def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any) -> Any:
+  """`sharding.restore_sharded` compiled for a batch of `full_shape` (loaded from JAX's
+  persistent cache when an earlier run compiled it)."""
+  ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
+  keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
+  return sharding.restore_sharded.lower(ctx.models, ys, keys, text, config=ctx.config,
+                                        mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
 
 
 def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]
@@ -256,11 +281,8 @@ def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]
   return grids, metas, failed
 
 
-def _run_batch(ctx: _Run, batch: _Batch) -> str:
-  """Reads this process's rows of one batch, restores it, writes the real rows.
-
-  Returns the sampling steps this process's images took ("4", or "31-45" under DQR).
-  """
+def _run_batch(ctx: _Run, batch: _Batch) -> None:
+  """Reads this process's rows of one batch, restores it, writes the real rows."""
   g = len(batch.jobs)
   full_shape = (g, *batch.shape, 3)
   t0 = time.perf_counter()
@@ -270,21 +292,18 @@ def _run_batch(ctx: _Run, batch: _Batch) -> str:
   keys = sharding.from_rows((g, 2), ctx.rows, {
       r: image_key(ctx.settings.seed, batch.jobs[r].name) for r in grids})
   t1 = time.perf_counter()
-  images, info = sharding.restore_sharded(ctx.models, ys, keys, batch.ctx, config=ctx.config,
-                                          mesh=ctx.rows.mesh)
-  images = jax.block_until_ready(images)
+  images, info = interrupt.call(
+      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, batch.ctx)))
   batch_s = time.perf_counter() - t1
   image_rows = sharding.rows_of(images)
   info_rows = {name: sharding.rows_of(v) for name, v in info.items()}
   real = [r for r in sorted(image_rows) if r < batch.real and r not in failed]
   timings = {"read_s": read_s, "batch_s": batch_s, "batch_images": batch.real,
-             "per_image_s": batch_s / batch.real, "includes_compilation": batch.first}
+             "per_image_s": batch_s / batch.real, "compile_s": batch.compile_s}
   for r in real:
     _write(ctx, batch, metas[r], image_rows[r], {name: v[r] for name, v in info_rows.items()},
            r, timings)
-  taken = sorted({int(info_rows["steps"][r]) for r in image_rows if r < batch.real}
-                 if ctx.config.dqr else {ctx.config.steps})
-  return "-".join(str(t) for t in sorted({taken[0], taken[-1]})) if taken else "0"
+  ctx.progress.images_done([j.name for j in batch.jobs[:batch.real]], batch_s)
 
 
 def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info: dict,

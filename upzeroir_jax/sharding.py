@@ -9,7 +9,7 @@ process takes part in every batch and reads and writes only the rows of its own 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -32,18 +32,20 @@ def rows(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+@functools.partial(jax.jit, static_argnames=("config", "mesh", "on_step"))
 def restore_sharded(models: restore_lib.Models, ys: jax.Array, keys: jax.Array, ctx: Any,
-                    config: config_lib.RestoreConfig, mesh: Mesh
+                    config: config_lib.RestoreConfig, mesh: Mesh,
+                    on_step: Callable[[Any, Any], None] | None = None
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`restore` on a batch `[G, H, W, 3]` (keys `[G, 2]`) whose axis 0 is split over `mesh`.
 
+  `on_step`: optional host callback after each sampling step (`restore.restore`'s).
   Returns the images `[G, H, W, 3]` and the info dict (leading axis G), both batch-sharded.
   """
   batch_rows = PartitionSpec(BATCH_AXIS)
 
   def local(models, ys, keys, ctx):
-    result = restore_lib.restore(models, ys, keys, config, context=ctx)
+    result = restore_lib.restore(models, ys, keys, config, context=ctx, on_step=on_step)
     return result.image, result.info
 
   return jax.shard_map(local, mesh=mesh,

@@ -15,7 +15,8 @@ from typing import Any
 
 from absl import flags
 
-SMOKE_TEST_MODEL = "tiny"
+from upzeroir_jax.loading import SMOKE_TEST_MODEL
+
 DEFAULTS = {"size": 64, "steps": 10, "scorer": "none"}
 OVERRIDES = {"pcdm_features": "16,16,16", "disc_features": "16,16,16"}
 

@@ -76,11 +76,13 @@ def quiet_xla(verbose: bool) -> None:
 
 
 def configure(fv: flags.FlagValues) -> pathlib.Path | None:
-  """Applies the settings of parsed flags `fv` (`--compilation_cache`, `--verbose` if defined).
+  """Applies the settings of parsed flags `fv`: XLA's logs by `--verbose`, and the cache of
+  `--compilation_cache` where `fv` defines it (binaries without it leave JAX's default, off).
 
   Returns:
     The compilation cache folder in use, or None.
   """
-  verbose = bool(fv["verbose"].value) if "verbose" in fv else False
-  quiet_xla(verbose)
-  return enable_compilation_cache(fv[CACHE_FLAG].value if CACHE_FLAG in fv else None)
+  quiet_xla(bool(fv["verbose"].value) if "verbose" in fv else False)
+  if CACHE_FLAG not in fv:
+    return None
+  return enable_compilation_cache(fv[CACHE_FLAG].value)

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from upzeroir_jax.errors import RunError
+
 T = TypeVar("T")
 
 SD_HUB_ID = "stabilityai/stable-diffusion-2-1-base"
@@ -29,12 +31,10 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 ARNIQA_URL = "https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth"
 ARNIQA_REGRESSOR_URL = (
     "https://github.com/miccunifi/ARNIQA/releases/download/weights/regressor_kadid10k.pth")
-ARNIQA_ENCODER = "arniqa_encoder.safetensors"
-ARNIQA_REGRESSOR = "arniqa_regressor_kadid10k.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class MissingWeightsError(ValueError):
+class MissingWeightsError(RunError):
   """Weights files a run needs are absent. `details`: one line per missing file."""
 
   def __init__(self, missing: Sequence[Missing]):
@@ -45,7 +45,7 @@ class MissingWeightsError(ValueError):
     self.headline = f"{head}; download and convert:" if len(missing) > 1 else head
 
 
-class CorruptWeightsError(ValueError):
+class CorruptWeightsError(RunError):
   """A weights file exists but cannot be read as the checkpoint it should be."""
 
 
@@ -90,13 +90,14 @@ def _offline() -> bool:
 
 def missing(model: str, vgg_path: str, arniqa_dir: str, scorer: str, *,
             smoke_test_model: str = "tiny",
-            sd_cached: Callable[[str], bool] = hub_cached) -> list[Missing]:
+            sd_cached: Callable[[str], bool] | None = None) -> list[Missing]:
   """Every weights file a run with these settings needs and does not find, in one list.
 
   With the smoke-test model nothing is missing (absent files become random weights). A hub
   id counts as missing only when it is neither in the local Hugging Face cache nor
   downloadable (HF_HUB_OFFLINE set), or when other files are missing anyway (so that one
-  message lists everything still to fetch).
+  message lists everything still to fetch). `sd_cached(repo_id)` says whether the hub cache
+  has it (default `hub_cached`).
   """
   if model == smoke_test_model:
     return []
@@ -107,16 +108,14 @@ def missing(model: str, vgg_path: str, arniqa_dir: str, scorer: str, *,
     out.append(Missing("VGG16 weights (perceptual loss)", vgg_path, VGG16_URL,
                        vgg.converter(vgg_path)))
   if scorer == "arniqa":
-    enc = pathlib.Path(arniqa_dir) / ARNIQA_ENCODER
-    reg = pathlib.Path(arniqa_dir) / ARNIQA_REGRESSOR
-    absent = [p for p in (enc, reg) if not p.is_file()]
+    absent = [p for p in arniqa.checkpoint_files(arniqa_dir) if not p.is_file()]
     if absent:
       out.append(Missing(
           "ARNIQA weights (DQR scorer; or pass --scorer=niqe or --scorer=none)",
           " and ".join(str(p) for p in absent), f"{ARNIQA_URL} and {ARNIQA_REGRESSOR_URL}",
           arniqa.converter(arniqa_dir)))
   if is_hub_id(model):
-    if not sd_cached(model) and (out or _offline()):
+    if not (sd_cached or hub_cached)(model) and (out or _offline()):
       out.insert(0, Missing(f"Stable Diffusion {model} (not in the Hugging Face cache"
                             f"{'; HF_HUB_OFFLINE is set' if _offline() else ''})",
                             "the hub cache", f"https://huggingface.co/{model} (fetched on "
