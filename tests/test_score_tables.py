@@ -128,3 +128,54 @@ def test_tables_place_runs_beside_the_paper(tmp_path):
   assert _row(text, t4, "**w/o DQR (upzeroir-jax)**")[:3] == ["17.50", "0.800", "—"]
   assert _row(text, t4, "w/o PCDM (paper)")[:2] == ["17.78", "0.807"]
   assert "no upzeroir-jax runs for this table yet" in text.split("### Table 5")[1]
+
+
+def test_a_row_from_fewer_images_than_the_set_is_marked_partial(tmp_path):
+  inputs = tmp_path / "kodak_inputs"
+  for i in range(4):
+    io.write_image(inputs / f"k{i}.png", np.zeros((8, 8, 3)))
+  (inputs / "notes.txt").write_text("not an image")
+  kodak = _run(tmp_path, "kodak", "Kodak24", "full", {"psnr": 28.0, "ssim": 0.8, "lpips": 0.2})
+  (kodak / "run.json").write_text(json.dumps({"benchmark": "Kodak24", "variant": "full",
+                                              "dataset_images": 24}))
+  (kodak / "scores.json").write_text(json.dumps({"count": 3, "means": {"psnr": 28.0}}))
+  hsts = _run(tmp_path, "hsts", "HSTS", "full", {"psnr": 21.0})
+  (hsts / "run.json").write_text(json.dumps({"benchmark": "HSTS", "variant": "full",
+                                             "input_dir": str(inputs)}))  # 4 images there
+  (hsts / "scores.json").write_text(json.dumps({"count": 4, "means": {"psnr": 21.0}}))
+  lol = _run(tmp_path, "lol", "LOLv1", "full", {"psnr": 18.0})  # set size unknown: not marked
+  text = tables.render_all(tables.find_runs(tmp_path))
+  assert _row(text, "Table 3: denoising (Kodak24)", "**upzeroir-jax — partial**")[0] == "28.00"
+  assert f"- Kodak24/full: 3 of 24 images (partial), {kodak}" in text
+  assert _row(text, "Table 2: dehazing (HSTS)", "**upzeroir-jax**")[0] == "21.00"
+  assert f"- HSTS/full: 4 images, {hsts}" in text
+  assert f"- LOLv1/full: 15 images, {lol}" in text
+  (hsts / "scores.json").write_text(json.dumps({"count": 3, "means": {"psnr": 21.0}}))
+  text = tables.render_all(tables.find_runs(tmp_path))
+  assert f"- HSTS/full: 3 of 4 images (partial), {hsts}" in text
+
+
+def test_scores_json_records_the_ground_truth_folder_of_a_run(tmp_path):
+  gt = tmp_path / "truth"
+  run = tmp_path / "run"
+  io.write_image(gt / "a.png", np.zeros((8, 8, 3)))
+  pairs = [(run / "restored" / "a.png", gt / "a.png")]
+  (run).mkdir()
+  assert score.run_gt_dir(run, pairs) == str(gt)  # no run.json: the folder of the files
+  assert score.run_gt_dir(run, [(run / "restored" / "a.png", None)]) is None
+  (run / "run.json").write_text(json.dumps({"gt_dir": "/data/recorded_gt"}))
+  assert score.run_gt_dir(run, pairs) == "/data/recorded_gt"
+
+
+@pytest.mark.slow
+def test_score_of_a_run_folder_writes_its_gt_dir(tmp_path):
+  gt, run = tmp_path / "truth", tmp_path / "run"
+  img = np.random.default_rng(1).random((16, 16, 3))
+  io.write_image(gt / "a.png", img)
+  io.write_image(run / "restored" / "a.png", img)
+  (run / "restored" / "a.json").write_text(json.dumps({"gt": str(gt / "a.png")}))
+  (run / "run.json").write_text(json.dumps({"gt_dir": str(gt)}))
+  assert score.main([score.PROG, f"--run_dir={run}", "--lpips=/nonexistent",
+                     "--arniqa=/nonexistent"]) == 0
+  summary = json.loads((run / "scores.json").read_text())
+  assert summary["gt_dir"] == str(gt) and summary["means"]["psnr"] == pytest.approx(80.0)

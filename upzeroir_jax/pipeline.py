@@ -300,10 +300,13 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
   real = [r for r in sorted(image_rows) if r < batch.real and r not in failed]
   timings = {"read_s": read_s, "batch_s": batch_s, "batch_images": batch.real,
              "per_image_s": batch_s / batch.real, "compile_s": batch.compile_s}
+  before = len(ctx.summary.done)
   for r in real:
     _write(ctx, batch, metas[r], image_rows[r], {name: v[r] for name, v in info_rows.items()},
            r, timings)
-  ctx.progress.images_done([j.name for j in batch.jobs[:batch.real]], batch_s)
+  done = ctx.summary.done[before:]
+  ctx.progress.images_done(done, batch_s, failed=[j.name for j in batch.jobs[:batch.real]
+                                                  if j.name not in set(done)])
 
 
 def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info: dict,

@@ -131,10 +131,14 @@ class Progress:
                      bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed} {postfix}",
                      dynamic_ncols=True)
 
-  def images_done(self, names: Sequence[str], seconds: float) -> None:
-    """Counts `names` as restored in `seconds` of restore time (their batch, not compiling)."""
+  def images_done(self, names: Sequence[str], seconds: float,
+                  failed: Sequence[str] = ()) -> None:
+    """Counts a finished batch: `names` restored and `failed` not, in `seconds` of restore
+    time (the batch's compiled call, not compiling)."""
+    count = len(names) + len(failed)
     with self._lock:
-      self.done += len(names)
+      first = self.done
+      self.done += count
       self.restore_seconds += seconds
       self.step_text = ""
     if not self.enabled:
@@ -142,12 +146,16 @@ class Progress:
     if self.interactive:
       self.start_images()
       self._bar.set_postfix_str(self._postfix(), refresh=False)
-      self._bar.update(len(names))
+      self._bar.update(count)
       return
-    per = seconds / max(len(names), 1)
+    per = seconds / max(count, 1)
+    left = format_seconds(self.eta_seconds)
     for k, name in enumerate(names):
-      logging.info("restored %d/%d %s (%.1f s per image; %s left)", self.done - len(names) + k + 1,
-                   self.total, name, per, format_seconds(self.eta_seconds))
+      logging.info("restored %d/%d %s (%.1f s per image; %s left)", first + k + 1, self.total,
+                   name, per, left)
+    for k, name in enumerate(failed):
+      logging.info("failed %d/%d %s (listed at the end)", first + len(names) + k + 1,
+                   self.total, name)
 
   def on_step(self, index: Any, steps: Any) -> None:
     """Host callback of the sampling loop: step `index` (0-based) of `steps` just finished.
