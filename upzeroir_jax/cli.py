@@ -5,7 +5,11 @@
 
 Any size and any format `io.read_image` reads; each output has its input's exact size and a
 JSON sidecar (same name, `.json`) with the settings, seed, model, timings and DQR record.
-Finished outputs are skipped on a re-run (`--overwrite` redoes them). No output ever replaces
+Every input is opened and checked, and every output place, before a model is loaded: a run
+whose inputs are all unusable fails in seconds, and unusable inputs are named up front while
+the others are restored. Finished outputs are skipped on a re-run when they were made with the
+same settings (task, steps, overrides, seed, grid, bits, model, scorer, version), refused
+when made with others; `--overwrite` redoes them. No output ever replaces
 an input, outputs named after their inputs never go into a folder holding inputs, and one run
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
@@ -29,7 +33,7 @@ from absl import flags, logging
 
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
-from upzeroir_jax import io, pipeline
+from upzeroir_jax import io, loading, pipeline, preflight
 from upzeroir_jax import jobs as jobs_lib
 from upzeroir_jax.errors import RunError
 
@@ -139,18 +143,43 @@ def _error(prog: str, message: str) -> int:
   return 2
 
 
+def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job],
+                    config: config_lib.RestoreConfig, settings: pipeline.Settings,
+                    record: dict) -> pipeline.Summary:
+  """Checks every job without a model (`preflight.check`), names the unusable ones up front on
+  stderr, then loads the models (--model, --vgg, --arniqa, --scorer; not when nothing is left
+  to restore) and restores the others. The caller holds the output folders (`jobs.lock_outputs`).
+
+  Returns:
+    The run's `pipeline.Summary`, the failures found before the run first.
+
+  Raises:
+    RunError: a finished output made with other settings, missing weights, bad settings.
+  """
+  key = pipeline.resume_key(config, settings, fv.model, fv.scorer)
+  checked = preflight.check(jobs, settings, key)
+  if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
+    return pipeline.Summary(skipped=[job.name for job in checked.ready],
+                            failed=list(checked.failed))
+  for _, message in checked.failed:
+    print(f"{prog}: cannot restore {message}; restoring the others", file=sys.stderr)
+  loaded = flags_lib.load_models(fv)
+  summary = pipeline.run(checked.ready, loaded, config, settings, record=record)
+  summary.failed[:0] = checked.failed
+  return summary
+
+
 def _restore(fv: flags.FlagValues) -> int:
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
   config = flags_lib.config_from_flags(fv, fv.task)
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
-    loaded = flags_lib.load_models(fv)
-    summary = pipeline.run(jobs, loaded, config, settings,
-                           record={"command": "upzeroir restore"})
+    summary = restore_checked(PROG, fv, jobs, config, settings,
+                              record={"command": "upzeroir restore"})
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
-  if loaded.smoke_test:
+  if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
   if not summary.failed:
