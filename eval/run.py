@@ -15,7 +15,9 @@ ones, matched by file stem), a folder with the benchmark's own layout — `low/`
 Writes `<output_dir>/restored/<stem>.png` (`<stem>_<suffix>.png` where stems collide, see
 `upzeroir_jax.jobs.output_names`) with a JSON sidecar each and `<output_dir>/run.json`
 (the settings; eval.score and eval.tables read it). Resumable: finished images are
-skipped; a run folder holding another configuration is refused unless `--overwrite`.
+skipped; a run folder holding another configuration is refused unless `--overwrite`. Every
+input is read and checked before a model is loaded; unusable ones are named up front and the
+others restored.
 
 Devices: the batch axis is sharded over every device (a 1-D `jax.sharding.Mesh`, axis
 "batch"; `upzeroir_jax.pipeline`), and `--coordinator_address/--num_processes/--process_id`
@@ -38,7 +40,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io, loading, pipeline, smoke
+from upzeroir_jax import cli, io, loading, smoke
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -174,20 +176,16 @@ def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None
                             "use another --output_dir or --overwrite")
 
 
-def _restore(fv: flags.FlagValues, out: pathlib.Path, settings: dict, jobs: list,
-             loaded: loading.Loaded, config: config_lib.RestoreConfig,
-             benchmark: str) -> pipeline.Summary:
-  """Checks and records the run's settings in run.json, then restores the jobs."""
+def _record(out: pathlib.Path, settings: dict, overwrite: bool) -> None:
+  """Refuses a run folder holding another configuration, then records this one in run.json."""
   import jax
 
   settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
   run_file = out / RUN_FILE
-  _check_same_run(run_file, settings, fv.overwrite)
+  _check_same_run(run_file, settings, overwrite)
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-  return pipeline.run(jobs, loaded, config, flags_lib.settings_from_flags(fv),
-                      record={"benchmark": benchmark, "variant": fv.variant})
 
 
 def _initialize_distributed(fv: flags.FlagValues) -> None:
@@ -224,19 +222,20 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
   with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0
         else contextlib.nullcontext()):
-    loaded = flags_lib.load_models(fv)
-    settings = {
+    smoke_test = fv.model == loading.SMOKE_TEST_MODEL
+    _record(out, {
       "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
       "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
       "gt_dir": str(gt_dir) if gt_dir else None, "dataset_images": len(every),
       "model": fv.model,
-      "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
+      "smoke_test": smoke_test, "scorer": fv.scorer, "overrides": fv.override,
       "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
-    }
-    summary = _restore(fv, out, settings, jobs, loaded, config, benchmark)
+    }, fv.overwrite)
+    summary = cli.restore_checked(PROG, fv, jobs, config, flags_lib.settings_from_flags(fv),
+                                  record={"benchmark": benchmark, "variant": fv.variant})
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")
-  if loaded.smoke_test:
+  if smoke_test:
     print(f"{PROG}: SMOKE TEST (random weights): the numbers of this run mean nothing")
   for _, message in summary.failed:
     print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -64,8 +64,11 @@ def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, caps
       "restored 5/5 rgba.png"]  # 2/5 is broken.png, batched with deep.png
   std = capsys.readouterr()
   err = std.err.strip().splitlines()
-  assert len(err) == 1
-  assert err[0].startswith(f"upzeroir: error: {tmp_path / 'in' / 'broken.png'}: truncated")
+  broken = f"{tmp_path / 'in' / 'broken.png'}: truncated"
+  assert len(err) == 2  # named before the models are loaded, and listed at the end
+  assert err[0].startswith(f"upzeroir: cannot restore {broken}")
+  assert err[0].endswith("; restoring the others")
+  assert err[1].startswith(f"upzeroir: error: {broken}")
   assert "Traceback" not in std.err and "restored 4, skipped 0" in std.out
   assert use_tiny == [("tiny", {"vgg_path": "checkpoints/vgg16.safetensors",
                                 "arniqa_dir": "checkpoints/arniqa", "scorer": "none"})]

@@ -94,13 +94,12 @@ def test_an_interrupted_sidecar_write_leaves_no_temporary_file(tmp_path, monkeyp
 def test_the_lock_file_is_removed_when_the_run_ends_also_by_ctrl_c(tmp_path):
   with jobs.output_lock(tmp_path):
     assert (tmp_path / jobs.LOCK_NAME).is_file()
-    with pytest.raises(pipeline.RunError, match="another run is writing"):
-      with jobs.output_lock(tmp_path):
-        pass
+    with pytest.raises(pipeline.RunError, match="another run is writing"), \
+        jobs.output_lock(tmp_path):
+      pass
   assert list(tmp_path.iterdir()) == []
-  with pytest.raises(KeyboardInterrupt):
-    with jobs.output_lock(tmp_path):
-      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt), jobs.output_lock(tmp_path):
+    raise KeyboardInterrupt
   assert list(tmp_path.iterdir()) == []
 
 

@@ -11,10 +11,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
 from eval import run as run_lib
-from upzeroir_jax import cli, io, jobs, loading
+from upzeroir_jax import cli, io, jobs, loading, pipeline
+from upzeroir_jax import flags as flags_lib
+from upzeroir_jax.errors import RunError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The configuration of tests/test_cli.py and tests/test_eval_run.py (one compilation for all).
@@ -29,7 +32,15 @@ def tiny():
 
 @pytest.fixture
 def use_tiny(tiny, monkeypatch):
-  monkeypatch.setattr(loading, "load_models", lambda source, **kwargs: tiny)
+  """Reuses the module's tiny models; returns the list of load calls."""
+  calls = []
+
+  def load(source, **kwargs):
+    calls.append(source)
+    return tiny
+
+  monkeypatch.setattr(loading, "load_models", load)
+  return calls
 
 
 def _png(path, value=0.5, shape=(12, 16)):
@@ -46,6 +57,12 @@ def _nan_tiff(path):
   x = np.full((12, 16), 0.5, np.float32)
   x[3, 4] = np.nan
   Image.fromarray(x, "F").save(path)
+
+
+def _tiny_flags():
+  fv = flags_lib.define_model_flags(flags.FlagValues())
+  fv(["prog", *(a for a in TINY if not a.startswith("--task"))])
+  return fv
 
 
 def _names(files):
@@ -133,17 +150,53 @@ def test_cli_batch_goes_on_after_bad_images_and_names_them(tmp_path, use_tiny, c
   _nan_tiff(src / "nan.tif")
   _png(src / "w.png")
   (out / "w.png").mkdir(parents=True)  # its output cannot be written
-  code = cli.main(["upzeroir", "restore", f"--input={src}", f"--output={out}", *TINY])
+  argv = ["upzeroir", "restore", f"--input={src}", f"--output={out}", *TINY]
+  code = cli.main(argv)
   std = capsys.readouterr()
   assert code == 2 and "restored 5, skipped 0" in std.out and "failed 2" in std.out
   err = std.err.strip().splitlines()
-  assert err[0] == "upzeroir: error: 2 images could not be restored:"
-  assert sorted(line.split(":")[0].strip() for line in err[1:]) == sorted(
-      [str(src / "nan.tif"), str(out / "w.png")])
+  bad = sorted([f"{src / 'nan.tif'}", f"{out / 'w.png'}"])
+  assert sorted(line.split(":")[1].split()[-1] for line in err[:2]) == bad  # up front
+  assert all(line.startswith("upzeroir: cannot restore ") for line in err[:2])
+  assert err[2] == "upzeroir: error: 2 images could not be restored:"
+  assert sorted(line.split(":")[0].strip() for line in err[3:]) == bad
   for name, source in (("b_jpg", "b.JPG"), ("b_jpg_2", "b.Jpg"), ("b_jpg_3", "b.jpg"),
                        ("a_png", "a.png"), ("a_jpg", "a.jpg")):
     assert json.loads((out / f"{name}.json").read_text())["input"] == str(src / source)
     assert io.read_image(out / f"{name}.png").shape == (12, 16, 3)
+  assert use_tiny == ["tiny"]
+
+  # Resuming: the same settings skip the finished images without loading a model; others
+  # are refused in one line before any model is loaded.
+  assert cli.main(argv) == 2 and "restored 0, skipped 5" in capsys.readouterr().out
+  for extra, diff in (("--seed=1", "seed: 0 there, 1 now"), ("--bits=16", "bits: 8 there, 16 now"),
+                      ("--task=dehaze", "'task': 'lowlight'")):
+    assert cli.main(argv + [extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was restored with other settings" in err[0] and diff in err[0]
+    assert "--overwrite" in err[0]
+  assert use_tiny == ["tiny"]
+
+
+@pytest.mark.slow
+def test_pipeline_run_goes_on_after_read_and_write_failures(tmp_path, tiny):
+  """`pipeline.run` itself (no preflight): a NaN input and an unwritable output fail alone."""
+  src, out = tmp_path / "in", tmp_path / "out"
+  _png(src / "good.png", 0.3)
+  _nan_tiff(src / "nan.tif")
+  _png(src / "w.png")
+  (out / "w.png").mkdir(parents=True)
+  todo = [jobs.Job(name=f.name, source=f, output=out / f"{f.stem}.png")
+          for f in (src / "good.png", src / "nan.tif", src / "w.png")]
+  config = flags_lib.config_from_flags(_tiny_flags(), "lowlight")
+  summary = pipeline.run(todo, tiny, config, pipeline.Settings(size=64, batch=2),
+                         progress=False)
+  assert summary.done == ["good.png"] and summary.skipped == []
+  (nan_name, nan_problem), (w_name, w_problem) = sorted(summary.failed)
+  assert nan_name == "nan.tif" and nan_problem.startswith(f"{src / 'nan.tif'}: ")
+  assert "NaN" in nan_problem
+  assert w_name == "w.png" and w_problem.startswith(f"{out / 'w.png'}: ")
+  assert io.read_image(out / "good.png").shape == (12, 16, 3)
 
 
 @pytest.mark.slow
@@ -155,7 +208,9 @@ def test_eval_run_keeps_colliding_names_apart(tmp_path, use_tiny, capsys):
   code = run_lib.main([run_lib.PROG, f"--dataset_dir={data}", f"--output_dir={out}", *TINY])
   std = capsys.readouterr()
   assert code == 2 and "restored 2, skipped 0 finished, failed 1" in std.out
-  assert std.err.strip().splitlines()[0].startswith(f"{run_lib.PROG}: error: {data / 'c.tif'}")
+  err = std.err.strip().splitlines()
+  assert len(err) == 2 and err[0].startswith(f"{run_lib.PROG}: cannot restore {data / 'c.tif'}")
+  assert err[1].startswith(f"{run_lib.PROG}: error: {data / 'c.tif'}")
   restored = sorted(p.name for p in (out / "restored").iterdir() if not p.name.startswith("."))
   assert restored == ["a_jpg.json", "a_jpg.png", "a_png.json", "a_png.png"]
   for name, source in (("a_png", "a.png"), ("a_jpg", "a.jpg")):
@@ -190,3 +245,47 @@ def test_one_run_at_a_time_per_output_folder(tmp_path, capsys):
     holder.wait()
   with jobs.output_lock(out):  # the kernel released the dead holder's lock
     pass
+
+
+def test_unusable_inputs_fail_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
+  calls = []
+  monkeypatch.setattr(loading, "load_models", lambda source, **kw: calls.append(source))
+  src = tmp_path / "in"
+  src.mkdir()
+  (src / "text.png").write_text("not an image")
+  (src / "empty.png").write_bytes(b"")
+  io.write_image(tmp_path / "ok.png", np.random.default_rng(0).random((12, 16, 3)))
+  (src / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])  # inside IDAT
+  code = cli.main(["upzeroir", "restore", f"--input={src}", f"--output={tmp_path / 'out'}",
+                   *TINY])
+  std = capsys.readouterr()
+  err = std.err.strip().splitlines()
+  assert code == 2 and "restored 0, skipped 0" in std.out and "failed 3" in std.out
+  assert err[0] == "upzeroir: error: 3 images could not be restored:"
+  assert sorted(line.split(":")[0].strip() for line in err[1:]) == [
+      str(src / n) for n in ("cut.png", "empty.png", "text.png")]
+  code = cli.main(["upzeroir", "restore", f"--input={tmp_path / 'ok.png'}",
+                   f"--output={tmp_path / 'out' / 'ok.jpg'}", *TINY, "--bits=16"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and err == [
+      f"upzeroir: error: {tmp_path / 'out' / 'ok.jpg'}: --bits=16 needs a .png output"]
+  assert calls == []
+
+
+def test_resume_is_refused_for_outputs_of_other_settings(tmp_path):
+  config = flags_lib.config_from_flags(_tiny_flags(), "lowlight")
+  settings = pipeline.Settings(size=64)
+  key = pipeline.resume_key(config, settings, "tiny", "none")
+  job = jobs.Job(name="a.png", source=tmp_path / "a.png", output=tmp_path / "out" / "a.png")
+  _png(job.output)
+  jobs.sidecar_path(job.output).write_text(json.dumps({"settings": key}))
+  pipeline.check_resume([job], key, overwrite=False)
+  for other in (pipeline.resume_key(config, settings, "tiny", "niqe"),
+                pipeline.resume_key(config.replace(steps=5), settings, "tiny", "none"),
+                pipeline.resume_key(config, pipeline.Settings(size=128), "tiny", "none")):
+    with pytest.raises(RunError, match="was restored with other settings"):
+      pipeline.check_resume([job], other, overwrite=False)
+    pipeline.check_resume([job], other, overwrite=True)
+  jobs.sidecar_path(job.output).write_text(json.dumps({"seed": 0}))  # an older sidecar
+  with pytest.raises(RunError, match="it has no settings record"):
+    pipeline.check_resume([job], key, overwrite=False)

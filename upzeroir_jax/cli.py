@@ -5,7 +5,11 @@
 
 Any size and any format `io.read_image` reads; each output has its input's exact size and a
 JSON sidecar (same name, `.json`) with the settings, seed, model, timings and DQR record.
-Finished outputs are skipped on a re-run (`--overwrite` redoes them). No output ever replaces
+Every input is opened and checked, and every output place, before a model is loaded: a run
+whose inputs are all unusable fails in seconds, and unusable inputs are named up front while
+the others are restored. Finished outputs are skipped on a re-run when they were made with the
+same settings (task, steps, overrides, seed, grid, bits, model, scorer, version), refused
+when made with others; `--overwrite` redoes them. No output ever replaces
 an input, outputs named after their inputs never go into a folder holding inputs, and one run
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
@@ -40,7 +44,7 @@ from absl import flags, logging
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
-from upzeroir_jax import interrupt, io, pipeline, smoke, startup
+from upzeroir_jax import interrupt, io, loading, pipeline, preflight, smoke, startup
 from upzeroir_jax import jobs as jobs_lib
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
@@ -158,6 +162,40 @@ def _error(prog: str, message: str) -> int:
   return 2
 
 
+def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job],
+                    config: config_lib.RestoreConfig, settings: pipeline.Settings,
+                    record: dict, progress: progress_lib.Progress | None = None,
+                    report_steps: bool = False) -> pipeline.Summary:
+  """Checks every job without a model (`preflight.check`), names the unusable ones up front on
+  stderr, then loads the models (--model, --vgg, --arniqa, --scorer; not when nothing is left
+  to restore) and restores the others. The caller holds the output folders (`jobs.lock_outputs`).
+  `progress` reports the phases ("loading models", compiling) and images (default: a
+  `progress.Progress` on stderr of process 0); `report_steps` adds each sampling step.
+
+  Returns:
+    The run's `pipeline.Summary`, the failures found before the run first.
+
+  Raises:
+    RunError: a finished output made with other settings, missing weights, bad settings.
+  """
+  key = pipeline.resume_key(config, settings, fv.model, fv.scorer)
+  checked = preflight.check(jobs, settings, key)
+  if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
+    return pipeline.Summary(skipped=[job.name for job in checked.ready],
+                            failed=list(checked.failed))
+  for _, message in checked.failed:
+    print(f"{prog}: cannot restore {message}; restoring the others", file=sys.stderr)
+  if progress is None:
+    import jax
+    progress = progress_lib.Progress(0, prog=prog, enabled=jax.process_index() == 0)
+  with progress.phase(progress_lib.LOADING):
+    loaded = flags_lib.load_models(fv)
+  summary = pipeline.run(checked.ready, loaded, config, settings, progress=progress,
+                         report_steps=report_steps, record=record)
+  summary.failed[:0] = checked.failed
+  return summary
+
+
 def _restore(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
@@ -165,15 +203,13 @@ def _restore(fv: flags.FlagValues) -> int:
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
-    with report.phase(progress_lib.LOADING):
-      loaded = flags_lib.load_models(fv)
-    summary = pipeline.run(jobs, loaded, config, settings, progress=report,
-                           report_steps=fv.step_progress and report.interactive,
-                           record={"command": "upzeroir restore"})
+    summary = restore_checked(PROG, fv, jobs, config, settings,
+                              record={"command": "upzeroir restore"}, progress=report,
+                              report_steps=fv.step_progress and report.interactive)
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
-  if loaded.smoke_test:
+  if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
   if not summary.failed:

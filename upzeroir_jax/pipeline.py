@@ -2,7 +2,9 @@
 
 A run is a list of `jobs.Job`s (input file -> output file). A job whose output image and JSON
 sidecar both exist is finished and skipped, so an interrupted run resumes where it stopped
-(both files are written atomically, the sidecar last). The other jobs are grouped by model-grid
+(both files are written atomically, the sidecar last); a finished output made with other
+settings (`resume_key`: configuration, seed, grid, bits, model, scorer, code version) is
+refused rather than kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by model-grid
 shape and prompt and restored `settings.batch` images at a time (docs/method.md §3–§7 via
 `restore.restore`), the batch sharded over the devices (`sharding`).
 
@@ -145,6 +147,45 @@ def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -
   }
 
 
+def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str,
+               scorer: str) -> dict:
+  """What decides a restored image, recorded in its sidecar as "settings": the configuration
+  (task, steps, overrides, ...), seed, grid, output bits, model, DQR scorer and code version.
+  A finished output is only kept when its record equals the current run's (`check_resume`)."""
+  key = {"config": dataclasses.asdict(config), "seed": settings.seed, "grid": settings.grid,
+         "size": settings.size if settings.grid == "resize" else None, "bits": settings.bits,
+         "model": source, "scorer": scorer, "version": upzeroir_jax.__version__}
+  return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
+
+
+def _differences(before: Any, now: dict) -> str:
+  if not isinstance(before, dict):
+    return "it has no settings record"
+  return "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now"
+                   for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k))
+
+
+def check_resume(jobs: Sequence[Job], key: dict, overwrite: bool) -> None:
+  """Refuses to keep a finished output (image and sidecar present) made with other settings.
+
+  Raises:
+    RunError: one line naming the first such output and what differs; `overwrite` redoes them.
+  """
+  if overwrite:
+    return
+  for job in jobs:
+    if not is_done(job):
+      continue
+    try:
+      before = json.loads(sidecar_path(job.output).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+      before = None
+    if before != key:
+      raise RunError(f"{job.output} was restored with other settings "
+                     f"({_differences(before, key)}); pass --overwrite to redo such outputs, "
+                     "or choose another output")
+
+
 def _write_json(path: pathlib.Path, record: dict) -> None:
   """Writes `record` atomically: a temporary file beside `path`, renamed; never left behind."""
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -205,10 +246,13 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     `Summary` of done, skipped and failed jobs.
 
   Raises:
-    RunError: bad grid settings, or an output that is an input.
+    RunError: bad grid settings, an output that is an input, or a finished output made with
+      other settings (`check_resume`).
   """
   _check(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
+  key = resume_key(config, settings, loaded.source, loaded.scorer)
+  check_resume(jobs, key, settings.overwrite)
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(
@@ -226,7 +270,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     "seed": settings.seed, "task": config.task, "config": dataclasses.asdict(config),
     "model": {"source": loaded.source, "smoke_test": loaded.smoke_test, **loaded.notes},
     "devices": n_dev, "processes": jax.process_count(), "version": upzeroir_jax.__version__,
-    "jax": jax.__version__, **(record or {}),
+    "jax": jax.__version__, "settings": key, **(record or {}),
   }
   if progress is None:
     progress = progress_lib.Progress(0, enabled=jax.process_index() == 0)
