@@ -60,8 +60,8 @@ def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, caps
   logged = [r.getMessage() for r in caplog.records]
   assert "compiling (first run only; cached afterwards) ..." in logged
   assert sorted(m.split(" (")[0] for m in logged if m.startswith("restored ")) == [
-      "restored 1/5 deep.png", "restored 3/5 gray.png", "restored 4/5 odd.png",
-      "restored 5/5 rgba.png"]  # 2/5 is broken.png, batched with deep.png
+      "restored 1/4 deep.png", "restored 2/4 gray.png", "restored 3/4 odd.jpg",
+      "restored 4/4 rgba.png"]  # broken.png is named up front, not counted
   std = capsys.readouterr()
   err = std.err.strip().splitlines()
   broken = f"{tmp_path / 'in' / 'broken.png'}: truncated"

@@ -112,3 +112,27 @@ def test_step_callback_shows_the_furthest_step_of_a_batch_from_any_thread():
 def test_step_callback_by_default_only_on_a_terminal(requested, tty, want):
   stream = Tty() if tty else std_io.StringIO()
   assert progress.step_callback_wanted(requested, stream) is want
+
+
+@pytest.mark.slow
+def test_restore_calls_the_step_callback_once_per_step():
+  import jax
+
+  from upzeroir_jax import config, restore
+  from upzeroir_jax.models import sd, vgg
+
+  seen = []
+
+  class Recorder:
+    def __call__(self, index, steps):
+      seen.append((int(index), int(steps)))
+
+  models = restore.Models(backbone=sd.tiny(jax.random.key(0)),
+                          vgg_params=vgg.init_random(jax.random.key(1)))
+  cfg = config.preset("lowlight", steps=3, dqr=False, pcdm_features=(8, 8, 8),
+                      disc_features=(8, 8, 8))
+  y = np.full((64, 64, 3), 0.3, np.float32)
+  out = restore.restore(models, y, jax.random.key(2), cfg, on_step=Recorder())
+  jax.block_until_ready(out.image)
+  jax.effects_barrier()
+  assert sorted(seen) == [(0, 3), (1, 3), (2, 3)]
