@@ -1,11 +1,13 @@
 """Ctrl-C: stops within seconds also inside a long compiled call, exit 130, nothing partial."""
 
+import _thread
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -20,6 +22,19 @@ def test_call_returns_the_result_and_raises_the_error_of_the_worker():
   assert interrupt.call(lambda a, b=1: a + b, 2, b=5) == 7
   with pytest.raises(ZeroDivisionError):
     interrupt.call(lambda: 1 / 0)
+  assert not interrupt.busy()
+
+
+def test_after_ctrl_c_the_abandoned_worker_counts_as_busy():
+  release = threading.Event()
+  threading.Timer(0.3, _thread.interrupt_main).start()
+  with pytest.raises(KeyboardInterrupt):
+    interrupt.call(release.wait, 30)
+  assert interrupt.busy()  # so that the binaries exit at once instead of waiting for it
+  release.set()
+  deadline = time.monotonic() + 10
+  while interrupt.busy() and time.monotonic() < deadline:
+    time.sleep(0.05)
   assert not interrupt.busy()
 
 
