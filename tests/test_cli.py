@@ -135,7 +135,9 @@ def test_bad_input_gives_exit_2_and_one_line(tmp_path, monkeypatch, capsys, args
 
 def test_help_and_no_arguments(capsys):
   assert cli.main(["upzeroir", "--help"]) == 0
-  assert "usage: upzeroir restore --input=FILE|DIR" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "usage: upzeroir restore --input=FILE|DIR" in out
+  assert "--model:" in out and "--input:" in out and "upzeroir_jax.flags:" not in out
   assert cli.main(["upzeroir"]) == 2
   assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
 

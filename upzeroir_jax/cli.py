@@ -94,10 +94,15 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   return fv
 
 
+def _module_header(line: str) -> bool:
+  """absl's per-module group titles ("eval/run.py:", "upzeroir_jax.flags:")."""
+  return line.endswith(":") and not line.startswith("-") and " " not in line
+
+
 def help_text(usage: str, fv: flags.FlagValues) -> str:
   """`usage` followed by the help of every flag of `fv`."""
   lines = fv.get_help(prefix="  ", include_special_flags=False).splitlines()
-  body = [line for line in lines if line.strip() and not line.rstrip().endswith(".py:")]
+  body = [line for line in lines if line.strip() and not _module_header(line.strip())]
   return usage + "\nflags:\n" + "\n".join(body) + "\n"
 
 
