@@ -7,7 +7,7 @@ from absl import flags
 
 from eval import ablate
 from eval import run as run_lib
-from upzeroir_jax import cli, config, loading
+from upzeroir_jax import cli, config, loading, smoke
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax.errors import RunError
 
@@ -76,3 +76,12 @@ def test_ablate_passes_the_model_flags_on_to_every_variant():
     assert cfg.pcdm_features == (8, 8, 8) and cfg.steps == 4
     assert cfg.dqr == (variant == "full")
     assert parsed.scorer == ("arniqa" if variant == "full" else "none")
+
+
+def test_ablate_leaves_flags_at_their_defaults_to_the_runs():
+  fv = _parsed(ablate.define_flags, ["--dataset_dir=d", "--benchmark=LOLv1", "--task=lowlight",
+                                     "--output_root=r", "--model=tiny", "--variants=full"])
+  ((_, run_argv, _),) = ablate.commands(fv)
+  assert not any(a.startswith(("--size", "--steps", "--compilation_cache")) for a in run_argv)
+  parsed = _parsed(run_lib.define_flags, run_argv[1:])
+  assert smoke.apply_defaults(parsed)["size"] == 64  # so the tiny model's defaults apply there

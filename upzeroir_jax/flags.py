@@ -16,7 +16,7 @@ from upzeroir_jax.models import arniqa
 
 # Flags `model_argv` passes on to another binary, in this order.
 MODEL_FLAGS = ("model", "scorer", "arniqa", "vgg", "steps", "seed", "batch", "grid", "size",
-               "override")
+               "override", startup.CACHE_FLAG)
 
 
 def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
@@ -109,10 +109,14 @@ def settings_from_flags(fv: flags.FlagValues, bits: int = 8) -> pipeline.Setting
 
 
 def model_argv(fv: flags.FlagValues, **changes: Any) -> list[str]:
-  """The model and sampling flags of `fv` as arguments for another binary; `changes`
-  replace values (e.g. `scorer="none"`), a list value repeats its flag."""
+  """The model and sampling flags given on `fv`'s command line as arguments for another
+  binary (flags left at their defaults stay so there, so that e.g. `--model=tiny` brings its
+  own defaults there too); `changes` replace or add values (e.g. `scorer="none"`), a list
+  value repeats its flag."""
   out = []
   for name in MODEL_FLAGS:
+    if name not in changes and not fv[name].present:
+      continue
     value = changes.get(name, fv[name].value)
     for v in value if isinstance(value, list) else [value]:
       if v is not None:
