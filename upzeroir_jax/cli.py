@@ -20,7 +20,7 @@ sampling step, `--step_progress`; otherwise one log line per image). Compiled pr
 kept in JAX's persistent compilation cache (`--compilation_cache`, default
 `$XDG_CACHE_HOME/upzeroir-jax/jax` or `~/.cache/upzeroir-jax/jax`), so only the first run of a
 model, size and setting compiles. `--model=tiny` is a smoke test on random weights with small
-defaults of its own (`upzeroir_jax.smoke`), about a minute on a 2-core CPU. Ctrl-C stops within
+defaults of its own (`upzeroir_jax.smoke`), fast on a 2-core CPU. Ctrl-C stops within
 a second at any point, also inside a compiled call, and leaves no partial output, temporary or
 lock file; rerunning resumes. `upzeroir --version` prints the versions.
 
@@ -62,8 +62,9 @@ examples:
   {PROG} restore --input=photos/ --output=restored/ --task=mixed --batch=4
   {PROG} restore --input=dark.jpg --output=out/ --task=lowlight --model=tiny   # smoke test
 
---model=tiny is a smoke test on random weights (not a restoration) that finishes in about a
-minute on a 2-core CPU: it brings its own defaults {smoke.describe()}
+--model=tiny is a smoke test on random weights (not a restoration) that needs
+{smoke.COST} on a 2-core CPU. Its own defaults:
+{smoke.describe()}
 (each overridable by giving the flag).
 """
 

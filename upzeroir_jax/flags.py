@@ -23,8 +23,8 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """Defines the model and sampling flags (`MODEL_FLAGS`) and `--compilation_cache` on `fv`."""
   flags.DEFINE_string("model", loading.DEFAULT_MODEL, "Diffusion prior: hub id (downloaded on "
                       "first use), diffusers folder, our checkpoint, or 'tiny' (random "
-                      "weights: a smoke test of the pipeline, not a restoration; about a "
-                      "minute on a 2-core CPU with its own defaults "
+                      "weights: a smoke test of the pipeline, not a restoration; "
+                      f"{smoke.COST} on a 2-core CPU, with its own defaults "
                       f"{smoke.describe()}, each overridable).", flag_values=fv)
   flags.DEFINE_enum("scorer", "arniqa", list(loading.SCORERS), "Quality model of dynamic "
                     "quality refinement (DQR); 'none' runs one fixed pass.", flag_values=fv)
