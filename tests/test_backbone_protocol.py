@@ -11,16 +11,17 @@ from upzeroir_jax.models import analytic, sd
 
 @pytest.fixture(scope="module")
 def tiny():
-  return sd.tiny(jax.random.key(0))
+  """The tiny SD's VAE only (no text encoder to run for the empty-prompt context)."""
+  return sd.from_config(sd.TINY, jax.random.key(0), parts=("vae",))
 
 
 def test_sd_backbone_protocol(tiny):
   assert tiny.latent_factor == 8 and tiny.grid_multiple == 64
-  ctx = sd.text_context(tiny, ["a photo"])
+  ctx = np.zeros((1, 77, 32), np.float32)  # a prompt's conditioning
   assert tiny.passes_per_step(None) == 1 and tiny.passes_per_step(ctx) == 2
   fast = tiny.configure(jnp.bfloat16, True)
   assert fast.dtype == jnp.bfloat16 and fast.remat_decode is True
-  assert fast.unet_params is tiny.unet_params  # settings only; the weights are shared
+  assert fast.vae_params is tiny.vae_params  # settings only; the weights are shared
   assert tiny.dtype == jnp.float32 and tiny.remat_decode is False
 
 

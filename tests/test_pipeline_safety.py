@@ -31,6 +31,15 @@ def tiny():
 
 
 @pytest.fixture
+def no_models(monkeypatch):
+  """Fails the test at once if a run gets as far as loading models."""
+  def load(source, **kwargs):
+    pytest.fail(f"models loaded ({source})")
+
+  monkeypatch.setattr(loading, "load_models", load)
+
+
+@pytest.fixture
 def use_tiny(tiny, monkeypatch):
   """Reuses the module's tiny models; returns the list of load calls."""
   calls = []
@@ -107,7 +116,7 @@ def _cases(d: pathlib.Path):
   ]
 
 
-def test_cli_never_writes_over_an_input(tmp_path, capsys):
+def test_cli_never_writes_over_an_input(tmp_path, capsys, no_models):
   cases = _cases(tmp_path)
   before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
   for tail, needle in cases:
@@ -124,7 +133,7 @@ def test_an_explicit_output_file_beside_its_input_is_allowed(tmp_path):
   assert job.output == tmp_path / "a_restored.png" and job.source == tmp_path / "a.jpg"
 
 
-def test_eval_run_never_writes_over_inputs_or_ground_truth(tmp_path, capsys):
+def test_eval_run_never_writes_over_inputs_or_ground_truth(tmp_path, capsys, no_models):
   _png(tmp_path / "run" / "restored" / "1.png")  # the degraded inputs in the output's place
   _png(tmp_path / "gt_run" / "low" / "2.png")
   for dataset, out, gt, needle in (
@@ -218,7 +227,7 @@ def test_eval_run_keeps_colliding_names_apart(tmp_path, use_tiny, capsys):
         data / source)
 
 
-def test_one_run_at_a_time_per_output_folder(tmp_path, capsys):
+def test_one_run_at_a_time_per_output_folder(tmp_path, capsys, no_models):
   _png(tmp_path / "in" / "x.png")
   out = tmp_path / "out"
   holder = subprocess.Popen(
@@ -232,6 +241,8 @@ def test_one_run_at_a_time_per_output_folder(tmp_path, capsys):
       text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RunError, match="another run is writing"), jobs.output_lock(out):
+      pass
     code = cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
                      "--task=lowlight", "--model=tiny"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -247,9 +258,7 @@ def test_one_run_at_a_time_per_output_folder(tmp_path, capsys):
     pass
 
 
-def test_unusable_inputs_fail_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
-  calls = []
-  monkeypatch.setattr(loading, "load_models", lambda source, **kw: calls.append(source))
+def test_unusable_inputs_fail_before_any_model_is_loaded(tmp_path, capsys, no_models):
   src = tmp_path / "in"
   src.mkdir()
   (src / "text.png").write_text("not an image")
@@ -269,7 +278,6 @@ def test_unusable_inputs_fail_before_any_model_is_loaded(tmp_path, monkeypatch, 
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and err == [
       f"upzeroir: error: {tmp_path / 'out' / 'ok.jpg'}: --bits=16 needs a .png output"]
-  assert calls == []
 
 
 def test_resume_is_refused_for_outputs_of_other_settings(tmp_path):
