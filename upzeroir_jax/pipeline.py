@@ -224,7 +224,7 @@ def _groups(jobs: Sequence[Job], settings: Settings, multiple: int, summary: Sum
 
 def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
         settings: Settings = Settings(), *, mesh: Mesh | None = None,
-        progress: progress_lib.Progress | None = None, report_steps: bool = False,
+        progress: progress_lib.Progress | bool = True, report_steps: bool = False,
         record: dict | None = None) -> Summary:
   """Restores `jobs` in sharded batches, writing each output image and its JSON sidecar.
 
@@ -237,8 +237,8 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     config: the `RestoreConfig` (e.g. `config.preset(task, steps=...)`).
     settings: seed, grid, batch, output bits, overwrite.
     mesh: 1-D device mesh (default: all devices, `sharding.make_mesh()`).
-    progress: where phases and images are reported (default: a `progress.Progress` on
-      stderr, on process 0 only).
+    progress: where phases and images are reported: a `progress.Progress`, or True for one on
+      stderr (process 0 only), False for none.
     report_steps: report every sampling step through a host callback (see module doc).
     record: extra entries for every sidecar (e.g. the dataset).
 
@@ -272,8 +272,8 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     "devices": n_dev, "processes": jax.process_count(), "version": upzeroir_jax.__version__,
     "jax": jax.__version__, "settings": key, **(record or {}),
   }
-  if progress is None:
-    progress = progress_lib.Progress(0, enabled=jax.process_index() == 0)
+  if not isinstance(progress, progress_lib.Progress):
+    progress = progress_lib.Progress(0, enabled=progress and jax.process_index() == 0)
   progress.total = sum(len(g) for g in groups.values())
   ctx = _Run(loaded=loaded, models=sharding.replicate(loaded.models, mesh), config=config,
              settings=settings, rows=sharding.rows(mesh), common=common, summary=summary,
