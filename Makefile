@@ -19,13 +19,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 # `make demo` restores the bundled low-light + noise sample (upzeroir_jax/assets/) into
 # demo_output/ with MODEL (SD 2.1-base by default, downloaded on first use). Without weights it
 # stops with one line saying how to provide them (exit code 2). `make demo MODEL=tiny` runs the
-# whole pipeline offline on random weights into demo_output/smoke_test/: not a restoration.
+# whole pipeline offline on random weights into demo_output/smoke_test/ with the tiny model's
+# own small defaults (see `upzeroir --help`): not a restoration.
 DEMO_INPUT := upzeroir_jax/assets/kodim23_lowlight_noise.png
-DEMO_TINY := --steps=20 --size=64 --override=pcdm_features=16,16,16 --override=disc_features=16,16,16
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/upzeroir restore --input=$(DEMO_INPUT) --task=mixed --model=$(MODEL) --overwrite \
-	  $(if $(filter tiny,$(MODEL)),--output=demo_output/smoke_test/ $(DEMO_TINY),--output=demo_output/)
+	  $(if $(filter tiny,$(MODEL)),--output=demo_output/smoke_test/,--output=demo_output/)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,8 +1,8 @@
-r"""The three ablations of METHOD.md §8 (the paper's Table 4), run with eval/run.py + score.py.
+r"""The three ablations of docs/method.md §8 (the paper's Table 4), run with eval.run + eval.score.
 
-  python eval/ablate.py --dataset_dir=LOLv1/eval15 --benchmark=LOLv1 --task=lowlight \
+  python -m eval.ablate --dataset_dir=LOLv1/eval15 --benchmark=LOLv1 --task=lowlight \
       --output_root=runs/ablations
-  python eval/tables.py --runs_dir=runs/ablations
+  python -m eval.tables --runs_dir=runs/ablations
 
 Each variant is a configuration of the same binaries (RestoreConfig overrides), written to
 `<output_root>/<benchmark>/<variant>/`:
@@ -15,27 +15,25 @@ Each variant is a configuration of the same binaries (RestoreConfig overrides), 
   steps: no early stop, no restarts. (The paper mentions "a fixed sampling schedule with 1000
   timesteps"; we keep the steps equal so that only DQR differs; pass --steps to change both.)
 
-Runs are resumable like eval/run.py; `--dry_run` prints the commands instead.
+The model and sampling flags are eval.run's (`upzeroir_jax.flags`) and are passed on to every
+variant; `--override` adds to each variant's own overrides. Runs are resumable like eval.run;
+`--dry_run` prints the commands instead.
 """
-
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pathlib
 import shlex
+import sys
 from collections.abc import Sequence
 
 from absl import flags
 
 from eval import run as run_lib
 from eval import score as score_lib
-from upzeroir_jax import cli, pipeline
+from upzeroir_jax import cli, loading
 from upzeroir_jax import config as config_lib
+from upzeroir_jax import flags as flags_lib
 
-PROG = "eval/ablate.py"
+PROG = "eval.ablate"
 # variant -> (RestoreConfig overrides, scorer override or None)
 ABLATIONS = {
   "full": ((), None),
@@ -44,15 +42,15 @@ ABLATIONS = {
   "no_dqr": (("dqr=false",), "none"),
 }
 USAGE = f"""\
-usage: {PROG} --dataset_dir=DIR --benchmark=NAME --task=TASK --output_root=DIR [flags]
+usage: python -m {PROG} --dataset_dir=DIR --benchmark=NAME --task=TASK --output_root=DIR [flags]
 
 Restores and scores one benchmark once per variant ({", ".join(ABLATIONS)}) into
-<output_root>/<benchmark>/<variant>/; eval/tables.py then renders Table 4.
+<output_root>/<benchmark>/<variant>/; python -m eval.tables then renders Table 4.
 """
 
 
 def commands(fv: flags.FlagValues) -> list[tuple[str, list[str], list[str]]]:
-  """(variant, eval/run.py argv, eval/score.py argv) for each requested variant."""
+  """(variant, eval.run argv, eval.score argv) for each requested variant."""
   out = []
   for variant in fv.variants:
     if variant not in ABLATIONS:
@@ -60,13 +58,10 @@ def commands(fv: flags.FlagValues) -> list[tuple[str, list[str], list[str]]]:
     overrides, scorer = ABLATIONS[variant]
     run_dir = pathlib.Path(fv.output_root) / fv.benchmark / variant
     run_argv = [run_lib.PROG, f"--dataset_dir={fv.dataset_dir}", f"--output_dir={run_dir}",
-                f"--task={fv.task}", f"--benchmark={fv.benchmark}", f"--variant={variant}",
-                f"--model={fv.model}", f"--scorer={scorer or fv.scorer}",
-                f"--arniqa={fv.arniqa}", f"--vgg={fv.vgg}", f"--seed={fv.seed}",
-                f"--batch={fv.batch}", f"--grid={fv.grid}", f"--size={fv.size}"]
-    run_argv += [f"--override={o}" for o in overrides]
+                f"--task={fv.task}", f"--benchmark={fv.benchmark}", f"--variant={variant}"]
+    run_argv += flags_lib.model_argv(fv, scorer=scorer or fv.scorer,
+                                     override=[*overrides, *fv.override])
     run_argv += [f"--gt_dir={fv.gt_dir}"] if fv.gt_dir else []
-    run_argv += [f"--steps={fv.steps}"] if fv.steps else []
     run_argv += [f"--max_images={fv.max_images}"] if fv.max_images else []
     score_argv = [score_lib.PROG, f"--run_dir={run_dir}", f"--lpips={fv.lpips}",
                   f"--arniqa={fv.arniqa}"]
@@ -75,9 +70,9 @@ def commands(fv: flags.FlagValues) -> list[tuple[str, list[str], list[str]]]:
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """The flags of eval/ablate.py on `fv`."""
-  flags.DEFINE_string("dataset_dir", None, "As eval/run.py.", flag_values=fv, required=True)
-  flags.DEFINE_string("gt_dir", None, "As eval/run.py.", flag_values=fv)
+  """The flags of eval.ablate on `fv`."""
+  flags.DEFINE_string("dataset_dir", None, "As eval.run.", flag_values=fv, required=True)
+  flags.DEFINE_string("gt_dir", None, "As eval.run.", flag_values=fv)
   flags.DEFINE_string("benchmark", None, "Benchmark name (LOLv1, HSTS, Kodak24 in Table 4).",
                       flag_values=fv, required=True)
   flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Restoration task.", flag_values=fv,
@@ -85,21 +80,11 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("output_root", None, "Root of the run folders.", flag_values=fv,
                       required=True)
   flags.DEFINE_list("variants", list(ABLATIONS), "Variants to run.", flag_values=fv)
-  flags.DEFINE_string("model", pipeline.SD_DEFAULT, "Diffusion prior.", flag_values=fv)
-  flags.DEFINE_enum("scorer", "arniqa", list(pipeline.SCORERS), "DQR quality model of the "
-                    "variants with DQR.", flag_values=fv)
-  flags.DEFINE_string("arniqa", "checkpoints/arniqa", "ARNIQA checkpoint folder.",
+  flags_lib.define_model_flags(fv)
+  flags.DEFINE_string("lpips", loading.DEFAULT_LPIPS, "Converted LPIPS checkpoint (eval.score).",
                       flag_values=fv)
-  flags.DEFINE_string("vgg", "checkpoints/vgg16.safetensors", "VGG16 checkpoint.",
-                      flag_values=fv)
-  flags.DEFINE_string("lpips", "checkpoints/lpips_vgg.safetensors", "LPIPS checkpoint.",
-                      flag_values=fv)
-  flags.DEFINE_integer("steps", None, "DDIM steps of every variant.", flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Base seed.", flag_values=fv)
-  flags.DEFINE_integer("batch", 1, "Global batch.", flag_values=fv)
-  flags.DEFINE_enum("grid", "resize", ["resize", "pad"], "Model grid mode.", flag_values=fv)
-  flags.DEFINE_integer("size", 512, "Grid side in resize mode.", flag_values=fv)
-  flags.DEFINE_integer("max_images", None, "Only the first N images.", flag_values=fv)
+  flags.DEFINE_integer("max_images", None, "Only the first N images.", flag_values=fv,
+                       lower_bound=1)
   flags.DEFINE_boolean("dry_run", False, "Print the commands only.", flag_values=fv)
   flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
@@ -110,7 +95,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
   status = 0
   for variant, run_argv, score_argv in commands(fv):
-    print(f"# {variant}\npython {shlex.join(run_argv)}\npython {shlex.join(score_argv)}")
+    print(f"# {variant}\npython -m {shlex.join(run_argv)}\npython -m {shlex.join(score_argv)}")
     if fv.dry_run:
       continue
     code = run_lib.main(run_argv + (["--verbose"] if fv.verbose else []))
@@ -121,7 +106,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/ablate.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.ablate with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

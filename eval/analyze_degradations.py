@@ -1,12 +1,12 @@
 r"""Degradation statistics in pixel and latent space (the paper's Fig. 2(b) and Fig. 3).
 
-For every clean image of `--input` it synthesises each degradation of METHOD.md §1 (noise,
+For every clean image of `--input` it synthesises each degradation of docs/method.md §1 (noise,
 haze, low light) at the light and heavy intensity, and records
 
 - (a) the histogram of pixel values (all channels pooled) per degradation and intensity, over
   whole images at their full resolution: `histograms.csv`, `fig2b_histograms.png`;
 - (b) the per-channel GGD parameters (α, β) of the SD VAE latents of each degraded image
-  (`physics.ggd.fit` over the spatial axes, METHOD §2): `ggd.csv`, `fig3_ggd_scatter.png`.
+  (`physics.ggd.fit` over the spatial axes, docs/method.md §2): `ggd.csv`, `fig3_ggd_scatter.png`.
 
 Degradations run at each image's full resolution (the haze depth map of Eq. 20 depends on the
 image size). For the encoder, the degraded image is centre-cropped to `--crop` × `--crop`
@@ -20,36 +20,42 @@ diffusers folder, a hub id), or `tiny`: the randomly initialised tiny VAE of `sd
 matplotlib (`pip install 'upzeroir-jax[plots]'`).
 
 Example (the figures in docs/: 24 Kodak images, 256-pixel crops; minutes on a 2-core CPU):
-  python eval/analyze_degradations.py --input=../shared/datasets/kodak24 \
+  python -m eval.analyze_degradations --input=datasets/kodak24 \
       --output=/tmp/degradation_analysis --model=tiny --crop=256
 """
-
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import csv
 import dataclasses
 import pathlib
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
-from upzeroir_jax import io
+from upzeroir_jax import cli, io
 from upzeroir_jax.physics import degrade, ggd
 
+PROG = "eval.analyze_degradations"
+USAGE = f"""\
+usage: python -m {PROG} --input=DIR --output=DIR [--model=tiny] [--crop=256] [flags]
+
+Writes the pixel histograms and latent GGD parameters of light and heavy noise, haze and low
+light on the images of DIR (CSV files and the figures of the paper's Fig. 2(b) and Fig. 3).
+"""
 KINDS = ("noise", "haze", "lowlight")
 LEVELS = ("light", "heavy")
 KIND_LABELS = {"clean": "clean", "noise": "noise", "haze": "haze", "lowlight": "low light"}
 KIND_COLORS = {"clean": "black", "noise": "tab:blue", "haze": "tab:orange", "lowlight": "tab:green"}
 LEVEL_MARKERS = {"none": "x", "light": "o", "heavy": "^"}
 _degrade = jax.jit(degrade.apply, static_argnames="spec")  # One compile per spec and size.
+
+
+class AnalysisError(ValueError):
+  """Input or settings the analysis cannot use; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +181,7 @@ def _pyplot():
   try:
     import matplotlib
   except ImportError:
-    raise app.UsageError("the plots need matplotlib: pip install 'upzeroir-jax[plots]'") from None
+    raise AnalysisError("the plots need matplotlib: pip install 'upzeroir-jax[plots]'") from None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -263,51 +269,40 @@ def load_encoder(model: str, seed: int) -> tuple[Callable[[jax.Array], jax.Array
   return (lambda img: encode(vae_only, img)), vae_only.latent_factor, note
 
 
-def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines the flags of this binary in `fv` (only when run, so binaries can be imported)."""
-  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv)
-  flags.DEFINE_string("output", None, "Folder for the PNG figures and CSV files.", flag_values=fv)
-  flags.DEFINE_string(
-    "model",
-    "tiny",
-    "SD source for sd.load (checkpoint folder, diffusers folder, hub id), or 'tiny' for the "
-    "random tiny VAE.",
-    flag_values=fv,
-  )
-  flags.DEFINE_integer(
-    "crop", 256, "Centre crop side for the encoder (0: whole image).", flag_values=fv
-  )
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of eval.analyze_degradations on `fv`."""
+  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv, required=True)
+  flags.DEFINE_string("output", None, "Folder for the PNG figures and CSV files.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("model", "tiny", "SD source for sd.load (checkpoint folder, diffusers "
+                      "folder, hub id), or 'tiny' for the random tiny VAE.", flag_values=fv)
+  flags.DEFINE_integer("crop", 256, "Centre crop side for the encoder (0: whole image).",
+                       flag_values=fv, lower_bound=0)
   flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).", flag_values=fv)
-  flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].", flag_values=fv)
+  flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].", flag_values=fv, lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Seed of the noise and of the tiny VAE.", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
+  return fv
 
 
 def run(
   fv: flags.FlagValues,
   encoder: Callable[[str, int], tuple[Callable[[jax.Array], jax.Array], int, str]] | None = None,
 ) -> None:
-  """Runs the binary with parsed flags `fv`; bad input raises `app.UsageError`.
+  """Runs the analysis with parsed flags `fv`; bad input raises a `ValueError` (one line).
 
   `encoder(model, seed) -> (encode, latent factor, note)` defaults to `load_encoder`.
   """
-  for name in ("input", "output"):
-    if not fv[name].value:
-      raise app.UsageError(f"--{name} is required")
-  if fv.bins < 1 or fv.crop < 0:
-    raise app.UsageError("--bins must be at least 1 and --crop at least 0")
   _pyplot()
   src = pathlib.Path(fv.input)
   if not src.is_dir():
-    raise app.UsageError(f"input folder {src} does not exist")
+    raise AnalysisError(f"input folder {src} does not exist")
   files = sorted(p for p in src.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
   files = files[: fv.max_images] if fv.max_images else files
   if not files:
-    raise app.UsageError(f"no images in {src}")
-  try:
-    encode, factor, note = (encoder or load_encoder)(fv.model, fv.seed)
-    analysis = analyze(files, encode, factor, fv.crop, fv.bins, fv.seed)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise AnalysisError(f"no images in {src}")
+  encode, factor, note = (encoder or load_encoder)(fv.model, fv.seed)
+  analysis = analyze(files, encode, factor, fv.crop, fv.bins, fv.seed)
   out = pathlib.Path(fv.output)
   out.mkdir(parents=True, exist_ok=True)
   write_csv(analysis, out)
@@ -317,12 +312,17 @@ def run(
   print(f"figures and CSV files in {out}")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run(flags.FLAGS)
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise AnalysisError(f"unexpected arguments: {' '.join(rest[1:])}")
+  run(fv)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs eval.analyze_degradations with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  sys.exit(main())

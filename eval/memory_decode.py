@@ -2,7 +2,7 @@ r"""Peak host memory of the SD VAE decoder and its gradient, with and without re
 
   python -m eval.memory_decode --resolution=512 --out=memory_decode.json
 
-The guidance gradient (METHOD.md §3, Eq. 9–10) differentiates the VAE decoder at the full
+The guidance gradient (docs/method.md §3, Eq. 9–10) differentiates the VAE decoder at the full
 image size. This measures, for the SD-2.1(-base) VAE architecture (random weights, float32
 unless --dtype), one jitted `value_and_grad` of ⟨decode(z), g⟩ at --resolution², once with
 `remat_decode=False` and once with `remat_decode=True`. Each variant runs in its own Python
@@ -22,21 +22,22 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from upzeroir_jax import cli
 from upzeroir_jax.models import sd
 
-_RESOLUTION = flags.DEFINE_integer("resolution", 512, "Image side in pixels (multiple of 8).")
-_VARIANT = flags.DEFINE_enum(
-  "variant", "all", ["all", "plain", "remat"], "'all' runs each variant in a subprocess."
-)
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Decoder dtype.")
-_OUT = flags.DEFINE_string("out", None, "JSON file for the results (with --variant=all).")
+PROG = "eval.memory_decode"
+USAGE = f"""\
+usage: python -m {PROG} [--resolution=512] [--dtype=float32] [--out=FILE]
 
+Peak memory of the SD VAE decoder's gradient with and without rematerialisation.
+"""
 _GB = 1024**3
 
 
@@ -84,18 +85,32 @@ def measure(resolution: int, remat: bool, dtype: str) -> dict:
   }
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _RESOLUTION.value % 8:
-    raise app.UsageError(f"--resolution must be a multiple of 8, got {_RESOLUTION.value}")
-  if _VARIANT.value != "all":
-    print(json.dumps(measure(_RESOLUTION.value, _VARIANT.value == "remat", _DTYPE.value)))
-    return
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of eval.memory_decode on `fv`."""
+  flags.DEFINE_integer("resolution", 512, "Image side in pixels (multiple of 8).",
+                       flag_values=fv, lower_bound=8)
+  flags.DEFINE_enum("variant", "all", ["all", "plain", "remat"],
+                    "'all' runs each variant in a subprocess.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Decoder dtype.",
+                    flag_values=fv)
+  flags.DEFINE_string("out", None, "JSON file for the results (with --variant=all).",
+                      flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  if fv.resolution % 8:
+    raise ValueError(f"--resolution must be a multiple of 8, got {fv.resolution}")
+  if fv.variant != "all":
+    print(json.dumps(measure(fv.resolution, fv.variant == "remat", fv.dtype)))
+    return 0
   results = []
   for variant in ("plain", "remat"):
-    cmd = [sys.executable, "-m", "eval.memory_decode", f"--variant={variant}"]
-    cmd += [f"--resolution={_RESOLUTION.value}", f"--dtype={_DTYPE.value}"]
+    cmd = [sys.executable, "-m", PROG, f"--variant={variant}"]
+    cmd += [f"--resolution={fv.resolution}", f"--dtype={fv.dtype}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     results.append(json.loads(out.strip().splitlines()[-1]))
     print(json.dumps(results[-1]))
@@ -105,10 +120,16 @@ def main(argv: list[str]) -> None:
     "backend": jax.default_backend(),
     "results": results,
   }
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if fv.out:
+    with open(fv.out, "w") as f:
       json.dump(report, f, indent=1)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs eval.memory_decode with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,8 +1,8 @@
-r"""Restores an evaluation dataset into a run folder (METHOD.md §9 benchmarks).
+r"""Restores an evaluation dataset into a run folder (docs/method.md §9 benchmarks).
 
-  python eval/run.py --dataset_dir=LOLv1/eval15 --output_dir=runs/lolv1 --task=lowlight \
+  python -m eval.run --dataset_dir=LOLv1/eval15 --output_dir=runs/lolv1 --task=lowlight \
       --benchmark=LOLv1
-  python eval/run.py --dataset_dir=data/kodak24_noise25 --gt_dir=../shared/datasets/kodak24 \
+  python -m eval.run --dataset_dir=data/kodak24_noise25 --gt_dir=datasets/kodak24 \
       --output_dir=runs/kodak24 --task=denoise --benchmark=Kodak24
 
 `--dataset_dir` is a folder of degraded images (then `--gt_dir` optionally holds the clean
@@ -12,37 +12,41 @@ ones, matched by file stem), a folder with the benchmark's own layout — `low/`
 `<output_dir>/inputs/` (a second image feature such as `gt`/`high`/`target` to
 `<output_dir>/gt/`).
 
-Writes `<output_dir>/restored/<stem>.png` with a JSON sidecar each and `<output_dir>/run.json`
-(the settings; eval/score.py and eval/tables.py read it). Resumable: finished images are
-skipped; a run folder holding another configuration is refused unless `--overwrite`.
+Writes `<output_dir>/restored/<stem>.png` (`<stem>_<suffix>.png` where stems collide, see
+`upzeroir_jax.jobs.output_names`) with a JSON sidecar each and `<output_dir>/run.json`
+(the settings; eval.score and eval.tables read it). Resumable: finished images are
+skipped; a run folder holding another configuration is refused unless `--overwrite`. Every
+input is read and checked before a model is loaded; unusable ones are named up front and the
+others restored.
 
 Devices: the batch axis is sharded over every device (a 1-D `jax.sharding.Mesh`, axis
 "batch"; `upzeroir_jax.pipeline`), and `--coordinator_address/--num_processes/--process_id`
 start `jax.distributed` for multi-host runs (`--coordinator_address=auto` lets JAX detect
 the cluster, e.g. on Cloud TPU or SLURM). Each process reads and writes its own rows; the
-result equals a single-device run.
+result equals a single-device run. Process 0 holds the run folder (`jobs.lock_outputs`) so that
+no second run writes into it at the same time.
 
 `--override=field=value` (repeatable) changes any `RestoreConfig` field of the task preset,
-e.g. `--override=dqr=false` (eval/ablate.py builds the ablations of METHOD §8 this way).
+e.g. `--override=dqr=false` (eval.ablate builds the ablations of docs/method.md §8 this way).
+The model and sampling flags are those of `upzeroir restore` (`upzeroir_jax.flags`).
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import contextlib
 import dataclasses
 import json
 import pathlib
+import sys
 from collections.abc import Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io, pipeline
+from upzeroir_jax import cli, io, loading, smoke
 from upzeroir_jax import config as config_lib
+from upzeroir_jax import flags as flags_lib
+from upzeroir_jax import jobs as jobs_lib
+from upzeroir_jax.errors import RunError
 
-PROG = "eval/run.py"
+PROG = "eval.run"
 RUN_FILE = "run.json"
 RESTORED = "restored"
 # (degraded, ground truth) sub-folder names of the benchmarks' own layouts, case-insensitive.
@@ -50,15 +54,15 @@ LAYOUTS = (("low", "high"), ("low", "normal"), ("hazy", "gt"), ("hazy", "clear")
            ("input", "gt"), ("input", "target"), ("lq", "gt"))
 _TFDS_GT_KEYS = ("gt", "high", "target", "clean", "clear", "hq")
 USAGE = f"""\
-usage: {PROG} --dataset_dir=DIR|tfds:NAME --output_dir=DIR --task=TASK [flags]
+usage: python -m {PROG} --dataset_dir=DIR|tfds:NAME --output_dir=DIR --task=TASK [flags]
 
 Restores every image of an evaluation set into <output_dir>/restored/ (sharded over all
-devices; resumable). Then score it with eval/score.py --run_dir=<output_dir>.
+devices; resumable). Then score it with python -m eval.score --run_dir=<output_dir>.
 """
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """The flags of eval/run.py on `fv`."""
+  """The flags of eval.run on `fv`."""
   flags.DEFINE_string("dataset_dir", None, "Folder of degraded images, a benchmark folder "
                       "(low/+high/, hazy/+gt/, ...), or tfds:NAME[:SPLIT].", flag_values=fv,
                       required=True)
@@ -67,28 +71,12 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("output_dir", None, "Run folder.", flag_values=fv, required=True)
   flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Restoration task (preset).",
                     flag_values=fv, required=True)
-  flags.DEFINE_string("benchmark", None, "Benchmark name for eval/tables.py (LOLv1, LOLv2, "
+  flags.DEFINE_string("benchmark", None, "Benchmark name for eval.tables (LOLv1, LOLv2, "
                       "HSTS, Kodak24, LOL+noise, LOL+haze+noise); default: the folder name.",
                       flag_values=fv)
-  flags.DEFINE_string("variant", "full", "Method variant for eval/tables.py (full, no_pcdm, "
+  flags.DEFINE_string("variant", "full", "Method variant for eval.tables (full, no_pcdm, "
                       "no_degloss, no_dqr).", flag_values=fv)
-  flags.DEFINE_multi_string("override", [], "RestoreConfig field=value (repeatable).",
-                            flag_values=fv)
-  flags.DEFINE_string("model", pipeline.SD_DEFAULT, "Diffusion prior (hub id, folder, "
-                      "checkpoint, or tiny).", flag_values=fv)
-  flags.DEFINE_enum("scorer", "arniqa", list(pipeline.SCORERS), "DQR quality model.",
-                    flag_values=fv)
-  flags.DEFINE_string("arniqa", "checkpoints/arniqa", "Converted ARNIQA checkpoint folder.",
-                      flag_values=fv)
-  flags.DEFINE_string("vgg", "checkpoints/vgg16.safetensors", "Converted VGG16 checkpoint.",
-                      flag_values=fv)
-  flags.DEFINE_integer("steps", None, "DDIM steps (default: the preset's).", flag_values=fv,
-                       lower_bound=1)
-  flags.DEFINE_integer("seed", 0, "Base seed of the per-image keys.", flag_values=fv)
-  flags.DEFINE_integer("batch", 1, "Global batch (rounded up to a multiple of the devices).",
-                       flag_values=fv, lower_bound=1)
-  flags.DEFINE_enum("grid", "resize", ["resize", "pad"], "Model grid mode.", flag_values=fv)
-  flags.DEFINE_integer("size", 512, "Grid side in resize mode.", flag_values=fv, lower_bound=1)
+  flags_lib.define_model_flags(fv)
   flags.DEFINE_integer("max_images", None, "Restore only the first N images (by name).",
                        flag_values=fv, lower_bound=1)
   flags.DEFINE_boolean("overwrite", False, "Redo finished images; replace another run's "
@@ -113,15 +101,15 @@ def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Pa
   """(folder of degraded inputs, folder of ground truth or None) for `--dataset_dir`.
 
   Raises:
-    pipeline.RunError: missing folders, or tfds without its extra.
+    RunError: missing folders, or tfds without its extra.
   """
   if dataset_dir.startswith("tfds:"):
     return _materialize_tfds(dataset_dir[len("tfds:"):], output_dir, gt_dir)
   folder = pathlib.Path(dataset_dir)
   if not folder.is_dir():
-    raise pipeline.RunError(f"--dataset_dir={dataset_dir}: no such folder")
+    raise RunError(f"--dataset_dir={dataset_dir}: no such folder")
   if gt_dir is not None and not pathlib.Path(gt_dir).is_dir():
-    raise pipeline.RunError(f"--gt_dir={gt_dir}: no such folder")
+    raise RunError(f"--gt_dir={gt_dir}: no such folder")
   for low, high in LAYOUTS:
     inputs, truth = _find_child(folder, low), _find_child(folder, high)
     if inputs is not None and truth is not None:
@@ -136,7 +124,7 @@ def _materialize_tfds(spec: str, output_dir: pathlib.Path, gt_dir: str | None
   try:
     import tensorflow_datasets as tfds
   except ImportError:
-    raise pipeline.RunError("tfds: datasets need the tfds extra: pip install -e '.[tfds]'"
+    raise RunError("tfds: datasets need the tfds extra: pip install -e '.[tfds]'"
                             ) from None
   name, _, split = spec.partition(":")
   inputs, truth = output_dir / "inputs", output_dir / "gt"
@@ -145,7 +133,7 @@ def _materialize_tfds(spec: str, output_dir: pathlib.Path, gt_dir: str | None
                                                         shuffle_files=False))):
       images = {k: v for k, v in example.items() if getattr(v, "ndim", 0) == 3}
       if not images:
-        raise pipeline.RunError(f"tfds:{spec} has no image feature")
+        raise RunError(f"tfds:{spec} has no image feature")
       gt_key = next((k for k in images if k.lower() in _TFDS_GT_KEYS), None)
       in_key = "image" if "image" in images and gt_key != "image" else next(
           k for k in images if k != gt_key)
@@ -184,8 +172,20 @@ def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None
               for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     else:
       diff = [f"{before!r} there, {now!r} now"]
-    raise pipeline.RunError(f"{path.parent} holds a run with another {key} ({'; '.join(diff)}); "
+    raise RunError(f"{path.parent} holds a run with another {key} ({'; '.join(diff)}); "
                             "use another --output_dir or --overwrite")
+
+
+def _record(out: pathlib.Path, settings: dict, overwrite: bool) -> None:
+  """Refuses a run folder holding another configuration, then records this one in run.json."""
+  import jax
+
+  settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
+  run_file = out / RUN_FILE
+  _check_same_run(run_file, settings, overwrite)
+  if jax.process_index() == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(run_file, settings)
 
 
 def _initialize_distributed(fv: flags.FlagValues) -> None:
@@ -199,48 +199,43 @@ def _initialize_distributed(fv: flags.FlagValues) -> None:
 
 def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   if rest[1:]:
-    raise pipeline.RunError(f"unexpected arguments: {' '.join(rest[1:])}")
+    raise RunError(f"unexpected arguments: {' '.join(rest[1:])}")
+  smoke.apply_defaults(fv)
   _initialize_distributed(fv)
   import jax
 
   out = pathlib.Path(fv.output_dir)
   inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out)
-  files = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in io.IMAGE_SUFFIXES)[:fv.max_images]
+  every = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and p.suffix.lower() in io.IMAGE_SUFFIXES)
+  files = every[:fv.max_images]
   if not files:
-    raise pipeline.RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
-  overrides = pipeline.parse_overrides(fv.override)
-  if fv.steps:
-    overrides["steps"] = fv.steps
-  overrides.setdefault("dqr", fv.scorer != "none")
-  config = config_lib.preset(fv.task, **overrides)
-  loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
-                                scorer=fv.scorer)
-  benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
-  settings = {
-    "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
-    "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
-    "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
-    "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
-    "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
-  }
-  settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
-  run_file = out / RUN_FILE
-  _check_same_run(run_file, settings, fv.overwrite)
-  if jax.process_index() == 0:
-    out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    raise RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
   jobs = []
-  for f in files:
+  for f, name in zip(files, jobs_lib.output_names(files)):
     gt = ground_truth(gt_dir, f)
-    jobs.append(pipeline.Job(name=f.name, source=f, output=out / RESTORED / f"{f.stem}.png",
+    jobs.append(jobs_lib.Job(name=f.name, source=f, output=out / RESTORED / name,
                              extra={"gt": str(gt) if gt else None}))
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, overwrite=fv.overwrite,
-                         record={"benchmark": benchmark, "variant": fv.variant})
+  jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
+                                          if j.extra["gt"]])
+  config = flags_lib.config_from_flags(fv, fv.task)
+  benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
+  with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    smoke_test = fv.model == loading.SMOKE_TEST_MODEL
+    _record(out, {
+      "benchmark": benchmark, "variant": fv.variant, "task": fv.task,
+      "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
+      "gt_dir": str(gt_dir) if gt_dir else None, "dataset_images": len(every),
+      "model": fv.model,
+      "smoke_test": smoke_test, "scorer": fv.scorer, "overrides": fv.override,
+      "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+    }, fv.overwrite)
+    summary = cli.restore_checked(PROG, fv, jobs, config, flags_lib.settings_from_flags(fv),
+                                  record={"benchmark": benchmark, "variant": fv.variant})
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")
-  if loaded.smoke_test:
+  if smoke_test:
     print(f"{PROG}: SMOKE TEST (random weights): the numbers of this run mean nothing")
   for _, message in summary.failed:
     print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -248,7 +243,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/run.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.run with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

@@ -1,7 +1,7 @@
-r"""Scores restored images against ground truth: per-image CSV and mean JSON (METHOD.md §9).
+r"""Scores restored images against ground truth: per-image CSV and mean JSON (docs/method.md §9).
 
-  python eval/score.py --run_dir=runs/lolv1
-  python eval/score.py --restored_dir=out/ --gt_dir=LOLv1/eval15/high --output_dir=out/
+  python -m eval.score --run_dir=runs/lolv1
+  python -m eval.score --restored_dir=out/ --gt_dir=LOLv1/eval15/high --output_dir=out/
 
 Metrics (upzeroir_jax.metrics, pyiqa's definitions): PSNR, SSIM, LPIPS (VGG; needs the
 converted weights, `--lpips`), NIQE (no weights), ARNIQA (needs the converted weights,
@@ -9,35 +9,30 @@ converted weights, `--lpips`), NIQE (no weights), ARNIQA (needs the converted we
 full-reference ones, an image too small for it — is reported as missing (empty CSV cell,
 `null` in JSON, with the reason under "missing"), never as 0.
 
-With `--run_dir` (an eval/run.py folder) the restored images are `<run_dir>/restored/*.png`
-and each one's ground truth is the one eval/run.py recorded in its sidecar; otherwise ground
+With `--run_dir` (an eval.run folder) the restored images are `<run_dir>/restored/*.png`
+and each one's ground truth is the one eval.run recorded in its sidecar; otherwise ground
 truth is matched by file stem in `--gt_dir`. Writes `scores.csv` and `scores.json` to
 `--output_dir` (default: the run folder, or the restored folder).
 """
-
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import csv
 import functools
 import json
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import flags
 
-from upzeroir_jax import cli, io
+from upzeroir_jax import cli, io, loading
 
-PROG = "eval/score.py"
+PROG = "eval.score"
 METRICS = ("psnr", "ssim", "lpips", "niqe", "arniqa")
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
 USAGE = f"""\
-usage: {PROG} --run_dir=DIR | --restored_dir=DIR [--gt_dir=DIR] [flags]
+usage: python -m {PROG} --run_dir=DIR | --restored_dir=DIR [--gt_dir=DIR] [flags]
 
 Writes scores.csv (one row per image) and scores.json (means) of {", ".join(METRICS)}.
 """
@@ -72,8 +67,7 @@ def metric_functions(lpips_path: str | None, arniqa_dir: str | None
     fns["lpips"] = lambda a, b: lp(params, a[None], b[None])[0]
   except (flat_checkpoint.CheckpointError, ValueError) as e:
     missing["lpips"] = f"LPIPS weights not available ({e})"
-  enc = pathlib.Path(arniqa_dir or "") / "arniqa_encoder.safetensors"
-  reg = pathlib.Path(arniqa_dir or "") / "arniqa_regressor_kadid10k.safetensors"
+  enc, reg = arniqa.checkpoint_files(arniqa_dir or "")
   try:
     model = arniqa.load(enc, reg)
     fns["arniqa"] = _jit(functools.partial(metrics.arniqa_score, model))
@@ -85,7 +79,7 @@ def metric_functions(lpips_path: str | None, arniqa_dir: str | None
 def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path | None]]:
   restored = run_dir / "restored"
   if not restored.is_dir():
-    raise ValueError(f"--run_dir={run_dir}: no restored/ folder (run eval/run.py first)")
+    raise ValueError(f"--run_dir={run_dir}: no restored/ folder (run python -m eval.run first)")
   pairs = []
   for image in sorted(restored.glob("*.png")):
     sidecar = image.with_suffix(".json")
@@ -94,6 +88,19 @@ def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.P
     gt = json.loads(sidecar.read_text()).get("gt")
     pairs.append((image, pathlib.Path(gt) if gt else None))
   return pairs
+
+
+def run_gt_dir(run_dir: pathlib.Path,
+               pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]]) -> str | None:
+  """The ground-truth folder of an eval.run folder, as scores.json records it: run.json's
+  `gt_dir`, else the one folder all per-image ground-truth files are in, else None."""
+  run_file = run_dir / "run.json"
+  if run_file.is_file():
+    recorded = json.loads(run_file.read_text()).get("gt_dir")
+    if recorded:
+      return str(recorded)
+  folders = {str(gt.parent) for _, gt in pairs if gt is not None}
+  return folders.pop() if len(folders) == 1 else None
 
 
 def _pairs_from_dirs(restored_dir: pathlib.Path, gt_dir: pathlib.Path | None
@@ -165,17 +172,17 @@ def write(rows: Sequence[dict[str, Any]], summary: dict[str, Any], output_dir: p
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """The flags of eval/score.py on `fv`."""
-  flags.DEFINE_string("run_dir", None, "An eval/run.py folder.", flag_values=fv)
+  """The flags of eval.score on `fv`."""
+  flags.DEFINE_string("run_dir", None, "An eval.run folder.", flag_values=fv)
   flags.DEFINE_string("restored_dir", None, "Folder of restored images (instead of "
                       "--run_dir).", flag_values=fv)
   flags.DEFINE_string("gt_dir", None, "Ground truth, matched by file stem (with "
                       "--restored_dir).", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Where scores.csv/json go (default: the run or "
                       "restored folder).", flag_values=fv)
-  flags.DEFINE_string("lpips", "checkpoints/lpips_vgg.safetensors", "Converted LPIPS "
+  flags.DEFINE_string("lpips", loading.DEFAULT_LPIPS, "Converted LPIPS "
                       "checkpoint.", flag_values=fv)
-  flags.DEFINE_string("arniqa", "checkpoints/arniqa", "Folder of the converted ARNIQA "
+  flags.DEFINE_string("arniqa", loading.DEFAULT_ARNIQA, "Folder of the converted ARNIQA "
                       "checkpoints.", flag_values=fv)
   flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
@@ -190,7 +197,9 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     run_dir = pathlib.Path(fv.run_dir)
     pairs = _pairs_from_run(run_dir)
     out = pathlib.Path(fv.output_dir or run_dir)
+    gt_dir = run_gt_dir(run_dir, pairs)
   else:
+    gt_dir = fv.gt_dir
     pairs = _pairs_from_dirs(pathlib.Path(fv.restored_dir),
                              pathlib.Path(fv.gt_dir) if fv.gt_dir else None)
     out = pathlib.Path(fv.output_dir or fv.restored_dir)
@@ -199,7 +208,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   fns, missing = metric_functions(fv.lpips, fv.arniqa)
   rows, summary = score_pairs(pairs, fns, missing)
   write(rows, summary, out, {"run_dir": fv.run_dir, "restored_dir": fv.restored_dir,
-                             "gt_dir": fv.gt_dir})
+                             "gt_dir": gt_dir})
   means = ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}"
                     for m, v in summary["means"].items())
   print(f"{PROG}: {summary['count']} images: {means} -> {out / 'scores.json'}")
@@ -207,7 +216,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/score.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.score with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

@@ -1,4 +1,4 @@
-r"""Builds a degraded copy of an image folder for a degradation spec (METHOD.md §1).
+r"""Builds a degraded copy of an image folder for a degradation spec (docs/method.md §1).
 
 Every image of `--input` (PNG, JPEG, BMP, TIFF, WebP; sorted by name, not recursive) is read,
 degraded by `upzeroir_jax.physics.degrade.apply` with `--spec`, and written as an 8-bit PNG of
@@ -15,38 +15,42 @@ Specs are `kind:value` parts joined by `+`, applied left to right, with kinds `n
 
 Examples (from the repository root):
   # Kodak24 with Gaussian noise σ = 25/255 (the denoising benchmark).
-  python eval/synthesize.py --input=../shared/datasets/kodak24 \
-      --output=data/kodak24_noise25 --spec=kodak24_noise25
+  python -m eval.synthesize --input=datasets/kodak24 --output=data/kodak24_noise25 \
+      --spec=kodak24_noise25
   # The two mixed sets of Sec. 5.3 from LOLv1's low-light inputs.
-  python eval/synthesize.py --input=LOLv1/eval15/low --output=data/lol_noise --spec=lol_noise
-  python eval/synthesize.py --input=LOLv1/eval15/low --output=data/lol_haze_noise \
+  python -m eval.synthesize --input=LOLv1/eval15/low --output=data/lol_noise --spec=lol_noise
+  python -m eval.synthesize --input=LOLv1/eval15/low --output=data/lol_haze_noise \
       --spec=lol_haze_noise
   # Without LOLv1: Kodak24 made low-light first, then the same presets on that folder.
-  python eval/synthesize.py --input=../shared/datasets/kodak24 --output=data/kodak24_low \
+  python -m eval.synthesize --input=datasets/kodak24 --output=data/kodak24_low \
       --spec=lowlight:light
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import dataclasses
 import json
+import os
 import pathlib
+import sys
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm import tqdm
 
-from upzeroir_jax import io
+from upzeroir_jax import cli, io
 from upzeroir_jax.physics import degrade
 
+PROG = "eval.synthesize"
 MANIFEST = "manifest.json"
+USAGE = f"""\
+usage: python -m {PROG} --input=DIR --output=DIR --spec=SPEC [--seed=N] [--overwrite]
+
+Writes a degraded 8-bit PNG of every image of DIR, and manifest.json, to --output. SPEC is
+kind:value parts joined by '+' (noise, haze, lowlight) or a preset ({", ".join(degrade.PRESETS)}).
+"""
 _apply = jax.jit(degrade.apply, static_argnames="spec")  # One compile per spec and image size.
 
 
@@ -135,48 +139,37 @@ def synthesize(
       "fold_in": fold,
     }
   manifest["files"] = dict(sorted(manifest["files"].items()))
-  tmp = manifest_path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-  os.replace(tmp, manifest_path)
+  io.write_json(manifest_path, manifest)
   logging.info("%d images written, %d skipped, to %s", written, len(files) - written, dst)
   return manifest
 
 
-def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines the flags of this binary in `fv` (only when run, so binaries can be imported)."""
-  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv)
-  flags.DEFINE_string(
-    "output", None, "Folder for the degraded PNGs and manifest.json.", flag_values=fv
-  )
-  flags.DEFINE_string(
-    "spec",
-    None,
-    f"Degradation spec, e.g. 'lowlight:0.3+haze:0.05+noise:light', or a preset: "
-    f"{', '.join(degrade.PRESETS)}.",
-    flag_values=fv,
-  )
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of eval.synthesize on `fv`."""
+  flags.DEFINE_string("input", None, "Folder of clean images.", flag_values=fv, required=True)
+  flags.DEFINE_string("output", None, "Folder for the degraded PNGs and manifest.json.",
+                      flag_values=fv, required=True)
+  flags.DEFINE_string("spec", None, "Degradation spec, e.g. 'lowlight:0.3+haze:0.05+noise:light', "
+                      f"or a preset: {', '.join(degrade.PRESETS)}.", flag_values=fv,
+                      required=True)
   flags.DEFINE_integer("seed", 0, "Seed of the noise.", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Rewrite outputs that exist.", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
+  return fv
 
 
-def run(fv: flags.FlagValues) -> None:
-  """Runs the binary with parsed flags `fv`; bad input raises `app.UsageError`."""
-  for name in ("input", "output", "spec"):
-    if not fv[name].value:
-      raise app.UsageError(f"--{name} is required")
-  try:
-    manifest = synthesize(fv.input, fv.output, fv.spec, fv.seed, fv.overwrite)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise SynthesisError(f"unexpected arguments: {' '.join(rest[1:])}")
+  manifest = synthesize(fv.input, fv.output, fv.spec, fv.seed, fv.overwrite)
   print(f"{len(manifest['files'])} images in {fv.output}")
+  return 0
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run(flags.FLAGS)
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs eval.synthesize with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  sys.exit(main())

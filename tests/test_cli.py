@@ -1,6 +1,7 @@
 """The `upzeroir` console script end to end on the tiny random SD, and its error handling."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from upzeroir_jax import cli, io, pipeline
+from upzeroir_jax import cli, io, loading
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -17,7 +18,7 @@ TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=n
 
 @pytest.fixture(scope="module")
 def tiny():
-  return pipeline.load_models("tiny", scorer="none")
+  return loading.load_models("tiny", scorer="none")
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def use_tiny(tiny, monkeypatch):
     calls.append((source, kwargs))
     return tiny
 
-  monkeypatch.setattr(pipeline, "load_models", load)
+  monkeypatch.setattr(loading, "load_models", load)
   return calls
 
 
@@ -49,15 +50,25 @@ def _inputs(folder):
 
 
 @pytest.mark.slow
-def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, capsys):
+def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, capsys, caplog):
   sizes = _inputs(tmp_path / "in")
   out = tmp_path / "out"
   argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *TINY]
-  assert cli.main(argv) == 2  # broken.png cannot be read; the others are restored
+  with caplog.at_level(logging.INFO):
+    assert cli.main(argv) == 2  # broken.png cannot be read; the others are restored
+  # stderr is not a terminal here: phases and one plain log line per image.
+  logged = [r.getMessage() for r in caplog.records]
+  assert "compiling (first run only; cached afterwards) ..." in logged
+  assert sorted(m.split(" (")[0] for m in logged if m.startswith("restored ")) == [
+      "restored 1/4 deep.png", "restored 2/4 gray.png", "restored 3/4 odd.jpg",
+      "restored 4/4 rgba.png"]  # broken.png is named up front, not counted
   std = capsys.readouterr()
   err = std.err.strip().splitlines()
-  assert len(err) == 1
-  assert err[0].startswith(f"upzeroir: error: {tmp_path / 'in' / 'broken.png'}: truncated")
+  broken = f"{tmp_path / 'in' / 'broken.png'}: truncated"
+  assert len(err) == 2  # named before the models are loaded, and listed at the end
+  assert err[0].startswith(f"upzeroir: cannot restore {broken}")
+  assert err[0].endswith("; restoring the others")
+  assert err[1].startswith(f"upzeroir: error: {broken}")
   assert "Traceback" not in std.err and "restored 4, skipped 0" in std.out
   assert use_tiny == [("tiny", {"vgg_path": "checkpoints/vgg16.safetensors",
                                 "arniqa_dir": "checkpoints/arniqa", "scorer": "none"})]
@@ -104,8 +115,6 @@ def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
     (["restore", "--input=x.png", "--output=./x.png", "--task=lowlight"], "is the input itself"),
     (["restore", "--input=.", "--output=o", "--task=lowlight", "--override=nope=1"],
      "--override=nope=1"),
-    (["restore", "--input=.", "--output=o", "--task=lowlight", "--vgg=/nonexistent/vgg.st"],
-     "VGG16 weights (perceptual loss) not found at /nonexistent/vgg.st; convert them"),
     (["restore", "--input=.", "--output=o", "--task=lowlight", "--model=tiny", "--size=100"],
      "--size=100 must be a positive multiple of 64"),
 ])
@@ -114,7 +123,7 @@ def test_bad_input_gives_exit_2_and_one_line(tmp_path, monkeypatch, capsys, args
   (tmp_path / "README.md").write_text("not an image")
   io.write_image(tmp_path / "x.png", np.zeros((8, 8, 3)))
   if "--model=tiny" in args:  # fails on the grid size, before the models are used
-    monkeypatch.setattr(pipeline, "load_models", lambda source, **kw: pipeline.Loaded(
+    monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
         models=None, source=source, smoke_test=True, scorer="none",
         text_context=lambda p: None, multiple=64, notes={}))
   code = cli.main(["upzeroir", *args])
@@ -126,7 +135,9 @@ def test_bad_input_gives_exit_2_and_one_line(tmp_path, monkeypatch, capsys, args
 
 def test_help_and_no_arguments(capsys):
   assert cli.main(["upzeroir", "--help"]) == 0
-  assert "usage: upzeroir restore --input=FILE|DIR" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "usage: upzeroir restore --input=FILE|DIR" in out
+  assert "--model:" in out and "--input:" in out and "upzeroir_jax.flags:" not in out
   assert cli.main(["upzeroir"]) == 2
   assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
 

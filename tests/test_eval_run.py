@@ -1,4 +1,4 @@
-"""eval/run.py on the tiny random SD: dataset layouts, resuming, and sharded == single device."""
+"""eval.run on the tiny random SD: dataset layouts, resuming, and sharded == single device."""
 
 import json
 import os
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from eval import run
-from upzeroir_jax import io, pipeline
+from upzeroir_jax import config as config_lib
+from upzeroir_jax import io, loading, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The configuration of tests/test_cli.py (one compilation for both files).
@@ -34,11 +35,11 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_device_run(dataset, tmp_path_factory):
-  """eval/run.py in this process (one CPU device), with the tiny models."""
+  """eval.run in this process (one CPU device), with the tiny models."""
   out = tmp_path_factory.mktemp("run1")
-  loaded = pipeline.load_models("tiny", scorer="none")
+  loaded = loading.load_models("tiny", scorer="none")
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pipeline, "load_models", lambda source, **kw: loaded)
+    mp.setattr(loading, "load_models", lambda source, **kw: loaded)
     code = run.main([run.PROG, f"--dataset_dir={dataset}", f"--output_dir={out}",
                      "--benchmark=LOLv1", *TINY])
   return out, code, loaded
@@ -77,7 +78,7 @@ def test_interrupted_run_resumes_without_redoing_finished_images(single_device_r
   stamps = {n: (work / "restored" / f"{n}.png").stat().st_mtime_ns for n in ("1", "2")}
   capsys.readouterr()
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(pipeline, "load_models", lambda source, **kw: loaded)
+    mp.setattr(loading, "load_models", lambda source, **kw: loaded)
     code = run.main([run.PROG, f"--dataset_dir={dataset}", f"--output_dir={work}",
                      "--benchmark=LOLv1", *TINY])
     assert code == 0
@@ -133,15 +134,6 @@ def test_benchmark_layouts_and_ground_truth_matching(tmp_path):
   assert inputs.name == "hazy" and gt is None
 
 
-def test_overrides_take_the_field_types():
-  got = pipeline.parse_overrides(["dqr=false", "steps=50", "pcdm_features=8,16,32",
-                                  "guidance_scale=2000", "deg_loss=l1"])
-  assert got == {"dqr": False, "steps": 50, "pcdm_features": (8, 16, 32),
-                 "guidance_scale": 2000.0, "deg_loss": "l1"}
-  with pytest.raises(pipeline.RunError, match="not a valid int"):
-    pipeline.parse_overrides(["steps=many"])
-
-
 def test_missing_dataset_gives_exit_2_and_one_line(tmp_path, capsys):
   code = run.main([run.PROG, f"--dataset_dir={tmp_path / 'none'}", f"--output_dir={tmp_path}",
                    "--task=dehaze"])
@@ -151,12 +143,12 @@ def test_missing_dataset_gives_exit_2_and_one_line(tmp_path, capsys):
 
 
 def test_sidecar_dqr_record_from_the_loop_info():
-  config = pipeline.config_lib.preset("lowlight", steps=50)
+  config = config_lib.preset("lowlight", steps=50)
   info = {"steps": np.int32(37), "unet_evals": np.int32(37), "restarts": np.int32(1),
           "stop_reason": np.int32(1), "stop_t": np.int32(81), "best_score": np.float32(0.625),
           "checks": np.int32(2), "scores": np.array([0.5, 0.625, np.nan], np.float32),
           "score_t": np.array([481, 81, -1], np.int32)}
-  assert pipeline._dqr_summary(info, config) == {
+  assert pipeline.dqr_summary(info, config) == {
       "enabled": True, "steps": 37, "unet_evals": 37, "restarts": 1, "stop_reason": "settled",
       "stop_t": 81, "best_score": 0.625, "scores": [0.5, 0.625], "score_t": [481, 81]}
-  assert pipeline._dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
+  assert pipeline.dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}

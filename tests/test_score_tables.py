@@ -1,4 +1,4 @@
-"""eval/score.py and eval/tables.py on hand-made images and runs."""
+"""eval.score and eval.tables on hand-made images and runs."""
 
 import csv
 import json
@@ -29,7 +29,7 @@ def scored(tmp_path_factory):
   io.write_image(out / "flat.png", flat + 0.1)
   io.write_image(gt / "texture.jpg", texture)  # ground truth in another format, same stem
   io.write_image(out / "texture.png", io.read_image(gt / "texture.jpg"))
-  code = score.main(["eval/score.py", f"--restored_dir={out}", f"--gt_dir={gt}",
+  code = score.main([score.PROG, f"--restored_dir={out}", f"--gt_dir={gt}",
                      "--lpips=/nonexistent/lpips.safetensors", "--arniqa=/nonexistent"])
   return gt, out, code
 
@@ -70,7 +70,7 @@ def test_missing_weights_are_missing_not_zero(scored):
 @pytest.mark.slow
 def test_without_ground_truth_full_reference_metrics_are_missing(scored, tmp_path):
   _, out, _ = scored
-  code = score.main(["eval/score.py", f"--restored_dir={out}", f"--output_dir={tmp_path}",
+  code = score.main([score.PROG, f"--restored_dir={out}", f"--output_dir={tmp_path}",
                      "--lpips=/nonexistent", "--arniqa=/nonexistent"])
   assert code == 0
   summary = json.loads((tmp_path / "scores.json").read_text())
@@ -81,7 +81,7 @@ def test_without_ground_truth_full_reference_metrics_are_missing(scored, tmp_pat
 def test_score_rejects_size_mismatch_in_one_line(tmp_path, capsys):
   io.write_image(tmp_path / "gt" / "a.png", np.zeros((20, 30, 3)))
   io.write_image(tmp_path / "out" / "a.png", np.zeros((30, 20, 3)))
-  code = score.main(["eval/score.py", f"--restored_dir={tmp_path / 'out'}",
+  code = score.main([score.PROG, f"--restored_dir={tmp_path / 'out'}",
                      f"--gt_dir={tmp_path / 'gt'}", "--lpips=/x", "--arniqa=/x"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and "differs from its ground truth" in err[0]
@@ -124,7 +124,58 @@ def test_tables_place_runs_beside_the_paper(tmp_path):
   t2 = "Table 2: dehazing (HSTS)"
   assert _row(text, t2, "**upzeroir-jax — smoke test**") == ["21.00", "0.810", "—"]
   assert _row(text, t2, "UP-ZeroIR (paper)") == ["21.51", "0.820", "0.163"]
-  t4 = "Table 4: ablations (METHOD §8)"
+  t4 = "Table 4: ablations (docs/method.md §8)"
   assert _row(text, t4, "**w/o DQR (upzeroir-jax)**")[:3] == ["17.50", "0.800", "—"]
   assert _row(text, t4, "w/o PCDM (paper)")[:2] == ["17.78", "0.807"]
   assert "no upzeroir-jax runs for this table yet" in text.split("### Table 5")[1]
+
+
+def test_a_row_from_fewer_images_than_the_set_is_marked_partial(tmp_path):
+  inputs = tmp_path / "kodak_inputs"
+  for i in range(4):
+    io.write_image(inputs / f"k{i}.png", np.zeros((8, 8, 3)))
+  (inputs / "notes.txt").write_text("not an image")
+  kodak = _run(tmp_path, "kodak", "Kodak24", "full", {"psnr": 28.0, "ssim": 0.8, "lpips": 0.2})
+  (kodak / "run.json").write_text(json.dumps({"benchmark": "Kodak24", "variant": "full",
+                                              "dataset_images": 24}))
+  (kodak / "scores.json").write_text(json.dumps({"count": 3, "means": {"psnr": 28.0}}))
+  hsts = _run(tmp_path, "hsts", "HSTS", "full", {"psnr": 21.0})
+  (hsts / "run.json").write_text(json.dumps({"benchmark": "HSTS", "variant": "full",
+                                             "input_dir": str(inputs)}))  # 4 images there
+  (hsts / "scores.json").write_text(json.dumps({"count": 4, "means": {"psnr": 21.0}}))
+  lol = _run(tmp_path, "lol", "LOLv1", "full", {"psnr": 18.0})  # set size unknown: not marked
+  text = tables.render_all(tables.find_runs(tmp_path))
+  assert _row(text, "Table 3: denoising (Kodak24)", "**upzeroir-jax — partial**")[0] == "28.00"
+  assert f"- Kodak24/full: 3 of 24 images (partial), {kodak}" in text
+  assert _row(text, "Table 2: dehazing (HSTS)", "**upzeroir-jax**")[0] == "21.00"
+  assert f"- HSTS/full: 4 images, {hsts}" in text
+  assert f"- LOLv1/full: 15 images, {lol}" in text
+  (hsts / "scores.json").write_text(json.dumps({"count": 3, "means": {"psnr": 21.0}}))
+  text = tables.render_all(tables.find_runs(tmp_path))
+  assert f"- HSTS/full: 3 of 4 images (partial), {hsts}" in text
+
+
+def test_scores_json_records_the_ground_truth_folder_of_a_run(tmp_path):
+  gt = tmp_path / "truth"
+  run = tmp_path / "run"
+  io.write_image(gt / "a.png", np.zeros((8, 8, 3)))
+  pairs = [(run / "restored" / "a.png", gt / "a.png")]
+  (run).mkdir()
+  assert score.run_gt_dir(run, pairs) == str(gt)  # no run.json: the folder of the files
+  assert score.run_gt_dir(run, [(run / "restored" / "a.png", None)]) is None
+  (run / "run.json").write_text(json.dumps({"gt_dir": "/data/recorded_gt"}))
+  assert score.run_gt_dir(run, pairs) == "/data/recorded_gt"
+
+
+@pytest.mark.slow
+def test_score_of_a_run_folder_writes_its_gt_dir(tmp_path):
+  gt, run = tmp_path / "truth", tmp_path / "run"
+  img = np.random.default_rng(1).random((16, 16, 3))
+  io.write_image(gt / "a.png", img)
+  io.write_image(run / "restored" / "a.png", img)
+  (run / "restored" / "a.json").write_text(json.dumps({"gt": str(gt / "a.png")}))
+  (run / "run.json").write_text(json.dumps({"gt_dir": str(gt)}))
+  assert score.main([score.PROG, f"--run_dir={run}", "--lpips=/nonexistent",
+                     "--arniqa=/nonexistent"]) == 0
+  summary = json.loads((run / "scores.json").read_text())
+  assert summary["gt_dir"] == str(gt) and summary["means"]["psnr"] == pytest.approx(80.0)

@@ -1,16 +1,33 @@
-"""`upzeroir`: restore photos with UP-ZeroIR from the command line (METHOD.md §3–§7).
+"""`upzeroir`: restore photos with UP-ZeroIR from the command line (docs/method.md §3–§7).
 
   upzeroir restore --input=photo.jpg --output=restored.png --task=lowlight
   upzeroir restore --input=photos/ --output=restored/ --task=dehaze --batch=4
 
 Any size and any format `io.read_image` reads; each output has its input's exact size and a
 JSON sidecar (same name, `.json`) with the settings, seed, model, timings and DQR record.
-Finished outputs are skipped on a re-run (`--overwrite` redoes them). Batches run through
+Every input is opened and checked, and every output place, before a model is loaded: a run
+whose inputs are all unusable fails in seconds, and unusable inputs are named up front while
+the others are restored. Finished outputs are skipped on a re-run when they were made with the
+same settings (task, steps, overrides, seed, grid, bits, model, scorer, version), refused
+when made with others; `--overwrite` redoes them. No output ever replaces
+an input, outputs named after their inputs never go into a folder holding inputs, and one run
+at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
 
+Progress goes to stderr: "loading models", "compiling (first run only; cached afterwards)",
+then the images with their rate and time left (on a terminal a bar that also shows the
+sampling step, `--step_progress`; otherwise one log line per image). Compiled programs are
+kept in JAX's persistent compilation cache (`--compilation_cache`, default
+`$XDG_CACHE_HOME/upzeroir-jax/jax` or `~/.cache/upzeroir-jax/jax`), so only the first run of a
+model, size and setting compiles. `--model=tiny` is a smoke test on random weights with small
+defaults of its own (`upzeroir_jax.smoke`), fast on a 2-core CPU. Ctrl-C stops within
+a second at any point, also inside a compiled call, and leaves no partial output, temporary or
+lock file; rerunning resumes. `upzeroir --version` prints the versions.
+
 Exit codes: 0 every image restored or already finished; 2 bad input — unknown command, flag or
-task, missing input path, missing weights, a model that cannot be loaded, or images that could
-not be read (the others are still restored and the failures are listed at the end); 1 an
+task, missing input path, an output that would replace an input, an output folder in use by
+another run, missing weights, a model that cannot be loaded, or images that could not be
+read or written (the others are still restored and the failures are listed at the end); 1 an
 unexpected internal error; 130 interrupted. Problems are reported in one line on stderr with
 no traceback unless `--verbose`.
 """
@@ -24,8 +41,13 @@ from collections.abc import Callable, Sequence
 
 from absl import flags, logging
 
+import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import io, pipeline
+from upzeroir_jax import flags as flags_lib
+from upzeroir_jax import interrupt, io, loading, pipeline, preflight, smoke, startup
+from upzeroir_jax import jobs as jobs_lib
+from upzeroir_jax import progress as progress_lib
+from upzeroir_jax.errors import RunError
 
 PROG = "upzeroir"
 COMMANDS = ("restore",)
@@ -39,6 +61,11 @@ examples:
   {PROG} restore --input=dark.jpg --output=bright.png --task=lowlight
   {PROG} restore --input=photos/ --output=restored/ --task=mixed --batch=4
   {PROG} restore --input=dark.jpg --output=out/ --task=lowlight --model=tiny   # smoke test
+
+--model=tiny is a smoke test on random weights (not a restoration) that needs
+{smoke.COST} on a 2-core CPU. Its own defaults:
+{smoke.describe()}
+(each overridable by giving the flag).
 """
 
 
@@ -47,62 +74,37 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("input", None, "Image file, or folder of images (not recursive).",
                       flag_values=fv, required=True)
   flags.DEFINE_string("output", None, "Output image file (format from its suffix) or folder "
-                      "(created; PNG files named after the inputs).", flag_values=fv,
-                      required=True)
+                      "(created; PNG files named after the inputs; not a folder that holds "
+                      "inputs).", flag_values=fv, required=True)
   flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Degradation to remove; selects the "
                     "paper's loss weights (mixed: the low-light row).", flag_values=fv,
                     required=True)
-  flags.DEFINE_string("model", pipeline.SD_DEFAULT, "Diffusion prior: hub id (downloaded on "
-                      "first use), diffusers folder, our checkpoint, or 'tiny' (random "
-                      "weights: a smoke test of the pipeline, not a restoration).",
-                      flag_values=fv)
   flags.DEFINE_string("prompt", "", "Text prompt for every image (default: none).",
                       flag_values=fv)
   flags.DEFINE_string("prompt_dir", None, "Folder of per-image prompts: <input stem>.txt "
                       "(images without one get no prompt).", flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Base seed; image keys are fold_in(seed, crc32(name)).",
-                       flag_values=fv)
-  flags.DEFINE_integer("steps", None, "DDIM steps (default: the preset's, 450).",
-                       flag_values=fv, lower_bound=1)
-  flags.DEFINE_enum("scorer", "arniqa", list(pipeline.SCORERS), "Quality model of dynamic "
-                    "quality refinement (DQR); 'none' runs one fixed pass.", flag_values=fv)
-  flags.DEFINE_string("arniqa", "checkpoints/arniqa", "Folder with the converted ARNIQA "
-                      f"checkpoints ({pipeline.ARNIQA_ENCODER}, {pipeline.ARNIQA_REGRESSOR}).",
-                      flag_values=fv)
-  flags.DEFINE_string("vgg", "checkpoints/vgg16.safetensors", "Converted VGG16 checkpoint of "
-                      "the perceptual loss.", flag_values=fv)
-  flags.DEFINE_integer("batch", 1, "Images restored together (vmapped; split over the "
-                       "devices).", flag_values=fv, lower_bound=1)
-  flags.DEFINE_enum("grid", "resize", ["resize", "pad"], "Model input grid: 'resize' to "
-                    "--size squared (as the paper), or 'pad' every image to multiples of 64 "
-                    "(keeps all pixels; memory grows with the image).", flag_values=fv)
-  flags.DEFINE_integer("size", 512, "Grid side in --grid=resize mode.", flag_values=fv,
-                       lower_bound=1)
-  flags.DEFINE_multi_string("override", [], "Change a RestoreConfig field of the task preset: "
-                            "field=value (repeatable), e.g. guidance_scale=2000.",
-                            flag_values=fv)
+  flags_lib.define_model_flags(fv)
   flags.DEFINE_enum("bits", "8", ["8", "16"], "Bits per channel of PNG outputs.",
                     flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Redo outputs that already exist.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log progress details; show tracebacks.",
-                       flag_values=fv)
+  flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
+                       "on the progress bar (a host callback per step; not cached across "
+                       "runs).", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Log progress details; show XLA's logs and "
+                       "tracebacks.", flag_values=fv)
   return fv
+
+
+def _module_header(line: str) -> bool:
+  """absl's per-module group titles ("eval/run.py:", "upzeroir_jax.flags:")."""
+  return line.endswith(":") and not line.startswith("-") and " " not in line
 
 
 def help_text(usage: str, fv: flags.FlagValues) -> str:
   """`usage` followed by the help of every flag of `fv`."""
   lines = fv.get_help(prefix="  ", include_special_flags=False).splitlines()
-  body = [line for line in lines if line.strip() and not line.rstrip().endswith(".py:")]
+  body = [line for line in lines if line.strip() and not _module_header(line.strip())]
   return usage + "\nflags:\n" + "\n".join(body) + "\n"
-
-
-def _output_name(src: pathlib.Path, taken: set[str]) -> str:
-  """`<stem>.png`, or `<stem>_<suffix>.png` when another input has the same stem."""
-  name = f"{src.stem}.png"
-  if name in taken:
-    name = f"{src.stem}_{src.suffix.lstrip('.').lower()}.png"
-  taken.add(name)
-  return name
 
 
 def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
@@ -113,46 +115,52 @@ def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
 
 
 def jobs_for(input_path: str, output_path: str, prompt: str = "",
-             prompt_dir: str | None = None) -> list[pipeline.Job]:
+             prompt_dir: str | None = None) -> list[jobs_lib.Job]:
   """The jobs of `upzeroir restore`: one input file, or every image file of a folder.
 
   A folder's images are its files with an image suffix (.png, .jpg, .jpeg, .bmp, .tif,
-  .tiff, .webp; not recursive, hidden files ignored), each written to `<output>/<stem>.png`.
-  A single input goes to `output` when that has an image suffix, else into the folder
-  `output`.
+  .tiff, .webp; not recursive, hidden files ignored), each written to `<output>/<stem>.png`
+  (`jobs.output_names` when stems collide). A single input goes to `output` when that has an
+  image suffix, else into the folder `output` as `<stem>.png`. Outputs never replace inputs,
+  and outputs named here never go into a folder holding an input (`jobs.check_outputs`).
 
   Raises:
-    pipeline.RunError: missing input, folder without images, or an unusable output path.
+    RunError: missing input, folder without images, or an unusable output path.
   """
   src, dst = pathlib.Path(input_path), pathlib.Path(output_path)
   if prompt and prompt_dir:
-    raise pipeline.RunError("give --prompt or --prompt_dir, not both")
+    raise RunError("give --prompt or --prompt_dir, not both")
   if prompt_dir is not None and not pathlib.Path(prompt_dir).is_dir():
-    raise pipeline.RunError(f"--prompt_dir={prompt_dir}: no such folder")
+    raise RunError(f"--prompt_dir={prompt_dir}: no such folder")
   if not src.exists():
-    raise pipeline.RunError(f"--input={input_path}: no such file or folder")
+    raise RunError(f"--input={input_path}: no such file or folder")
   if dst.resolve() == src.resolve():
-    raise pipeline.RunError(f"--output={output_path} is the input itself; choose another "
+    raise RunError(f"--output={output_path} is the input itself; choose another "
                             "output so that the originals are kept")
   if src.is_dir():
     files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in io.IMAGE_SUFFIXES)
     if not files:
-      raise pipeline.RunError(f"--input={input_path}: no image files "
+      raise RunError(f"--input={input_path}: no image files "
                               f"({', '.join(sorted(io.IMAGE_SUFFIXES))}) in this folder")
     if dst.suffix.lower() in io.IMAGE_SUFFIXES or dst.is_file():
-      raise pipeline.RunError(f"--output={output_path}: the input is a folder, so the output "
+      raise RunError(f"--output={output_path}: the input is a folder, so the output "
                               "must be a folder too")
-    taken: set[str] = set()
-    return [pipeline.Job(name=f.name, source=f, output=dst / _output_name(f, taken),
-                         prompt=_prompt_for(f, prompt, prompt_dir)) for f in files]
-  if dst.suffix.lower() not in io.IMAGE_SUFFIXES:
+    out = [jobs_lib.Job(name=f.name, source=f, output=dst / name,
+                        prompt=_prompt_for(f, prompt, prompt_dir))
+           for f, name in zip(files, jobs_lib.output_names(files))]
+    jobs_lib.check_outputs(out)
+    return out
+  named_by_run = dst.suffix.lower() not in io.IMAGE_SUFFIXES
+  if named_by_run:
     if dst.suffix and not dst.is_dir():
-      raise pipeline.RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
-                              f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
+      raise RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
+                     f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
     dst = dst / f"{src.stem}.png"
-  return [pipeline.Job(name=src.name, source=src, output=dst,
-                       prompt=_prompt_for(src, prompt, prompt_dir))]
+  out = [jobs_lib.Job(name=src.name, source=src, output=dst,
+                      prompt=_prompt_for(src, prompt, prompt_dir))]
+  jobs_lib.check_outputs(out, named_by_run=named_by_run)
+  return out
 
 
 def _error(prog: str, message: str) -> int:
@@ -160,22 +168,54 @@ def _error(prog: str, message: str) -> int:
   return 2
 
 
+def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job],
+                    config: config_lib.RestoreConfig, settings: pipeline.Settings,
+                    record: dict, progress: progress_lib.Progress | None = None,
+                    report_steps: bool = False) -> pipeline.Summary:
+  """Checks every job without a model (`preflight.check`), names the unusable ones up front on
+  stderr, then loads the models (--model, --vgg, --arniqa, --scorer; not when nothing is left
+  to restore) and restores the others. The caller holds the output folders (`jobs.lock_outputs`).
+  `progress` reports the phases ("loading models", compiling) and images (default: a
+  `progress.Progress` on stderr of process 0); `report_steps` adds each sampling step.
+
+  Returns:
+    The run's `pipeline.Summary`, the failures found before the run first.
+
+  Raises:
+    RunError: a finished output made with other settings, missing weights, bad settings.
+  """
+  key = pipeline.resume_key(config, settings, fv.model, fv.scorer)
+  checked = preflight.check(jobs, settings, key)
+  if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
+    return pipeline.Summary(skipped=[job.name for job in checked.ready],
+                            failed=list(checked.failed))
+  for _, message in checked.failed:
+    print(f"{prog}: cannot restore {message}; restoring the others", file=sys.stderr)
+  if progress is None:
+    import jax
+    progress = progress_lib.Progress(0, prog=prog, enabled=jax.process_index() == 0)
+  with progress.phase(progress_lib.LOADING):
+    loaded = flags_lib.load_models(fv)
+  summary = pipeline.run(checked.ready, loaded, config, settings, progress=progress,
+                         report_steps=report_steps, record=record)
+  summary.failed[:0] = checked.failed
+  return summary
+
+
 def _restore(fv: flags.FlagValues) -> int:
+  smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
-  overrides = pipeline.parse_overrides(fv.override)
-  overrides.setdefault("dqr", fv.scorer != "none")
-  if fv.steps:
-    overrides["steps"] = fv.steps
-  config = config_lib.preset(fv.task, **overrides)
-  loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
-                                scorer=fv.scorer)
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, bits=int(fv.bits), overwrite=fv.overwrite,
-                         record={"command": "upzeroir restore"})
+  config = flags_lib.config_from_flags(fv, fv.task)
+  settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
+  report = progress_lib.Progress(0, prog=PROG)
+  with jobs_lib.lock_outputs(job.output.parent for job in jobs):
+    summary = restore_checked(PROG, fv, jobs, config, settings,
+                              record={"command": "upzeroir restore"}, progress=report,
+                              report_steps=fv.step_progress and report.interactive)
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
-  if loaded.smoke_test:
+  if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
   if not summary.failed:
@@ -193,13 +233,22 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   """Parses `argv` into `fv` and runs `body(fv, rest)`, mapping problems to exit codes.
 
   Shared by `upzeroir` and the eval binaries. `--help` prints the help (exit 0), no arguments
-  print it too (exit 2). Flag errors and `ValueError`s (bad input, missing weights) print one
-  line `<prog>: error: ...` (exit 2); other exceptions one line (exit 1); a traceback only
-  with `--verbose` (a flag `fv` must define).
+  print it too (exit 2), `--version` the versions (exit 0). After parsing, `startup.configure`
+  applies `--compilation_cache` and hides XLA's logs unless `--verbose`. Flag errors and
+  `ValueError`s (bad input, missing or unreadable weights) print one line `<prog>: error: ...`
+  (exit 2; all missing weights files are listed on the lines after it); other exceptions one
+  line (exit 1); a traceback only with `--verbose` (a flag `fv` must define). Ctrl-C prints
+  one line and exits 130: with `argv` None (the process's own command line) at once, without
+  waiting for a compiled call still running (`interrupt.exit_now`).
   """
+  whole_process = argv is None
   argv = list(sys.argv if argv is None else argv)
   if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in argv[1:]):
     print(help_text(usage, fv))
+    return 0
+  if "--version" in argv[1:]:
+    import jax
+    print(f"{prog} (upzeroir-jax) {upzeroir_jax.__version__}, jax {jax.__version__}")
     return 0
   if len(argv) < 2:
     print(help_text(usage, fv))
@@ -207,16 +256,28 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   verbose = "--verbose" in argv[1:]
   try:
     rest = fv(argv)
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    if not flags.FLAGS.is_parsed():  # this binary's flags live in `fv`; absl's global set is empty
+      flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    startup.configure(fv)
     return body(fv, rest)
   except flags.Error as e:
     return _error(prog, f"{e} (see `{prog} --help`)")
   except (ValueError, FileNotFoundError) as e:
     if verbose:
       traceback.print_exc()
+    details = getattr(e, "details", None)
+    if details:
+      _error(prog, getattr(e, "headline", "") or " ".join(str(e).split()))
+      for line in details:
+        print(f"  {line}", file=sys.stderr)
+      return 2
     return _error(prog, " ".join(str(e).split()) or type(e).__name__)
   except KeyboardInterrupt:
     print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+    if whole_process and interrupt.busy():
+      interrupt.exit_now(130)
     return 130
   except Exception as e:  # one line instead of a traceback, unless --verbose
     if verbose:

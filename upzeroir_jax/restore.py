@@ -1,4 +1,4 @@
-"""`restore`: zero-shot restoration of one image or a batch (METHOD.md §3–§7).
+"""`restore`: zero-shot restoration of one image or a batch (docs/method.md §3–§7).
 
 `restore(models, y, key, config)` validates the input on the host, then runs one jit-compiled
 function: per image, `sampler.state.init` and either the fixed pass (`lax.scan` of
@@ -11,17 +11,17 @@ Compilation: the function is compiled once per input shape and per *static* conf
 the per-task loss weights and the guidance scale are traced values (`sampler.state.LossWeights`),
 so presets that differ only in their weights share one compiled function.
 
-Choices where METHOD.md is silent [ours]:
+Choices where docs/method.md is silent [ours]:
 - Output of the fixed pass: the final latent z after the last step, decoded and clipped to
   [0, 1] (as diffusers pipelines decode their final latents). DQR returns its best-scored x̂0.
-- Backbone precision / remat: a backbone with `dtype` / `remat_decode` fields (models/sd.py)
-  is switched to `config.dtype` / `config.remat` here; other backbones are used as given.
+- Backbone precision / remat: `config.dtype` / `config.remat` reach the backbone through its
+  `configure` (models/backbone.py); a backbone without such settings returns itself.
 - In the batched fixed pass all images share the step index, so the timestep stays unbatched
   and the stage `lax.cond` keeps skipping the guidance computation in stage 1.
 """
 
-import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -58,19 +58,6 @@ class RestoreResult(NamedTuple):
   info: dict[str, jax.Array]
 
 
-def _configure_backbone(backbone: Any, config: config_lib.RestoreConfig) -> Any:
-  """Applies `config.dtype` / `config.remat` to a backbone that has such settings."""
-  if not dataclasses.is_dataclass(backbone):
-    return backbone
-  names = {f.name for f in dataclasses.fields(backbone)}
-  changes = {}
-  if "dtype" in names:
-    changes["dtype"] = jnp.dtype(config.dtype)
-  if "remat_decode" in names:
-    changes["remat_decode"] = config.remat
-  return backbone.replace(**changes) if changes else backbone
-
-
 def _timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
   return jnp.asarray(schedule_lib.timesteps(models.backbone.schedule, config.steps))
 
@@ -79,13 +66,24 @@ def _finish(models: Models, st: state_lib.SamplerState) -> jax.Array:
   return jnp.clip(models.backbone.decode(st.z).astype(jnp.float32), 0.0, 1.0)
 
 
+def _reported(st: state_lib.SamplerState, config: config_lib.RestoreConfig,
+              on_step: Callable[[Any, Any], None] | None) -> state_lib.SamplerState:
+  """`st` after a step; when `on_step` is given, `on_step(index of that step, config.steps)`
+  runs on the host (an unordered `jax.debug.callback`: a side effect, never removed)."""
+  if on_step is not None:
+    jax.debug.callback(on_step, st.i - 1, config.steps)
+  return st
+
+
 def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig,
-             ts: jax.Array, st: state_lib.SamplerState
+             ts: jax.Array, st: state_lib.SamplerState,
+             on_step: Callable[[Any, Any], None] | None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One image through the DQR loop (METHOD §7); `y` `[1, H, W, 3]`."""
-  st, image, info = dqr.run(lambda s: step_lib.step(models, y, ctx, config, ts, s),
+  """One image through the DQR loop (docs/method.md §7); `y` `[1, H, W, 3]`."""
+  st, image, info = dqr.run(lambda s: _reported(step_lib.step(models, y, ctx, config, ts, s),
+                                                config, on_step),
                             models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
-                            config, unet_per_step=1 if ctx is None else 2)
+                            config, unet_per_step=models.backbone.passes_per_step(ctx))
   return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
 
 
@@ -93,9 +91,10 @@ def _trace_len(config: config_lib.RestoreConfig) -> int:
   return config.steps * (1 + config.dqr_max_restarts) if config.dqr else config.steps
 
 
-@functools.partial(jax.jit, static_argnames=("config", "batched"))
+@functools.partial(jax.jit, static_argnames=("config", "batched", "on_step"))
 def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossWeights,
-         ctx: Any, config: config_lib.RestoreConfig, batched: bool
+         ctx: Any, config: config_lib.RestoreConfig, batched: bool,
+         on_step: Callable[[Any, Any], None] | None = None
          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` and weights with a leading
   `[B]` axis when batched, else y `[1, H, W, 3]` with one key and unbatched weights."""
@@ -107,18 +106,20 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
 
   if config.dqr:
     def one(yy, key, w):
-      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w))
+      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w), on_step)
     return jax.vmap(one)(y, keys, weights) if batched else one(y, keys, weights)
 
   if batched:
     states = jax.vmap(init)(y, keys, weights)
     step_b = jax.vmap(lambda yy, t, s: step_lib.step_at(models, yy, ctx, config, t, s),
                       in_axes=(0, None, 0))
-    states, _ = jax.lax.scan(lambda s, t: (step_b(y, t, s), None), states, ts)
+    states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(y, t, s), config, on_step), None),
+                             states, ts)
     return jax.vmap(lambda s: _finish(models, s))(states), states.trace
   st = init(y, keys, weights)
-  st, _ = jax.lax.scan(lambda s, t: (step_lib.step_at(models, y, ctx, config, t, s), None),
-                       st, ts)
+  st, _ = jax.lax.scan(
+      lambda s, t: (_reported(step_lib.step_at(models, y, ctx, config, t, s), config, on_step),
+                    None), st, ts)
   return _finish(models, st), st.trace
 
 
@@ -139,7 +140,7 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
   if not jnp.issubdtype(y.dtype, jnp.floating):
     raise InputError(f"y must be float in [0, 1], got dtype {y.dtype}; "
                      "use upzeroir_jax.io.read_image or divide uint8 by 255")
-  grid = 8 * models.backbone.latent_factor
+  grid = models.backbone.grid_multiple
   h, w = y.shape[-3], y.shape[-2]
   if h % grid or w % grid or h < grid or w < grid:
     raise InputError(f"y is {h}x{w}; height and width must be positive multiples of {grid} "
@@ -168,19 +169,26 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
 
 
 def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
-            *, context: Any = None) -> RestoreResult:
-  """Restores degraded images with UP-ZeroIR (METHOD.md §3–§7).
+            *, context: Any = None, on_step: Callable[[Any, Any], None] | None = None
+            ) -> RestoreResult:
+  """Restores degraded images with UP-ZeroIR (docs/method.md §3–§7).
 
   Args:
     models: `Models` (backbone, VGG16 params, scorer for DQR).
     y: degraded image `[H, W, 3]` or batch `[B, H, W, 3]`, float in [0, 1], on the model grid
-      (height and width multiples of 8·latent_factor; `io.to_model_grid` brings images there).
+      (height and width multiples of `models.backbone.grid_multiple`; `io.to_model_grid`
+      brings images there).
     key: PRNG key. For a batch, one key (image b uses `jax.random.split(key, B)[b]`) or a
       `[B]` batch of keys (image b uses key[b]; then the result equals B single calls).
     config: `RestoreConfig` (hashable; its non-weight fields select the compiled function),
       or for a batch a sequence of B configs, one per image, that differ only in the fields of
       `sampler.state.WEIGHT_FIELDS` (e.g. different task presets in one compiled call).
     context: text conditioning built outside jit (`models.sd.text_context`), or None.
+    on_step: None (default: no host synchronisation inside the loop), or a hashable
+      `on_step(index, steps)` called on the host after each sampling step (index 0-based, int32
+      arrays; once per image of a batch); e.g. `progress.Progress.on_step`. It is part of the
+      compiled function, so pass the same object every call, and such a function is not kept
+      in JAX's persistent compilation cache.
 
   Returns:
     `RestoreResult(image, info)`: image shaped like y in [0, 1]; info the sampler trace
@@ -192,7 +200,8 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   """
   configs = tuple(config) if isinstance(config, (list, tuple)) else (config,)
   batch = _validate(models, y, key, configs)
-  models = models.replace(backbone=_configure_backbone(models.backbone, configs[0]))
+  models = models.replace(backbone=models.backbone.configure(jnp.dtype(configs[0].dtype),
+                                                            configs[0].remat))
   if configs[0].dqr:
     models = models.replace(scorer=dqr.wrap(models.scorer))
   y = jnp.asarray(y, jnp.float32)
@@ -200,11 +209,11 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   static = state_lib.weightless(configs[0])
   if not batch:
     weights = state_lib.loss_weights(configs[0], pixels)
-    image, info = _run(models, y[None], key, weights, context, static, False)
+    image, info = _run(models, y[None], key, weights, context, static, False, on_step)
     return RestoreResult(image[0], info)
   per_image = [state_lib.loss_weights(c, pixels) for c in configs]
   weights = jax.tree.map(lambda *w: jnp.broadcast_to(jnp.stack(w), (batch,)), *per_image)
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
-  image, info = _run(models, y[:, None], keys, weights, context, static, True)
+  image, info = _run(models, y[:, None], keys, weights, context, static, True, on_step)
   return RestoreResult(image[:, 0], info)

@@ -27,7 +27,6 @@ from upzeroir_jax import restore as restore_lib
 from upzeroir_jax.models import arniqa as arniqa_lib
 from upzeroir_jax.models import schedule as schedule_lib
 from upzeroir_jax.models import sd as sd_lib
-from upzeroir_jax.models import sd_convert
 from upzeroir_jax.sampler import scorers
 from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
@@ -182,7 +181,7 @@ def build_setup(opts: Options) -> Setup:
   unet = diffusers.UNet2DConditionModel(**arch["unet"]).eval().requires_grad_(False)
   vae = diffusers.AutoencoderKL(**arch["vae"]).eval().requires_grad_(False)
   vgg = tr.VGGRelu22().random_init()
-  backbone = sd_convert.from_torch(arch, unet, vae, dtype=jnp.dtype(opts.dtype))
+  backbone = sd_lib.from_torch(arch, unet, vae, dtype=jnp.dtype(opts.dtype))
   rng = np.random.default_rng(opts.seed)
   shape = (1, arch["text_encoder"]["max_position_embeddings"], arch["unet"]["cross_attention_dim"])
   null, prompt = rng.standard_normal((2,) + shape).astype(np.float32)

@@ -30,8 +30,9 @@ NETS = {
   "vgg": (("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"), (64, 128, 256, 512, 512), 16),
   "alex": (("relu1", "relu2", "relu3", "relu4", "relu5"), (64, 192, 384, 256, 256), 31),
 }
+CHECKPOINT_FILE = "lpips_vgg.safetensors"
 CONVERTER = ("python -m weights.convert_lpips --net=vgg --backbone=vgg16-397923af.pth "
-             "--output=lpips_vgg.safetensors (or --net=alex --backbone=alexnet-owt-7be5be79.pth)")
+             f"--output={CHECKPOINT_FILE} (or --net=alex --backbone=alexnet-owt-7be5be79.pth)")
 
 
 def _check_net(net: str) -> None:

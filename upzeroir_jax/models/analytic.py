@@ -40,6 +40,8 @@ class AnalyticBackbone:
     schedule: DDIM schedule (default: Stable Diffusion's).
     mean: `[3]` mean colour of z0 = 2·img − 1.
     power: `[H, W, 3]` variance of Z0 − M at each frequency (orthonormal FFT), > 0.
+    grid_multiple: image sides must be multiples of this (8 by default, the grids of the
+      verification runs; the closed form itself takes any size).
   """
 
   schedule: schedule_lib.DDIMSchedule
@@ -47,6 +49,17 @@ class AnalyticBackbone:
   power: jax.Array
   latent_factor: int = flax.struct.field(pytree_node=False, default=1)
   latent_channels: int = flax.struct.field(pytree_node=False, default=3)
+  grid_multiple: int = flax.struct.field(pytree_node=False, default=8)
+
+  def passes_per_step(self, ctx: Any) -> int:
+    """One closed-form evaluation per step; the context is ignored."""
+    del ctx
+    return 1
+
+  def configure(self, dtype: Any, remat: bool) -> "AnalyticBackbone":
+    """Unchanged: the closed form computes in float32 and has no decoder to rematerialise."""
+    del dtype, remat
+    return self
 
   def encode(self, img: jax.Array) -> jax.Array:
     """[B, H, W, 3] in [0, 1] -> z = 2·img − 1."""

@@ -20,6 +20,7 @@ small images give valid but less meaningful scores).
 """
 
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,18 @@ DATASETS = {
   "koniq10k": (1.0, 100.0, "mos"),
 }
 FEATURE_DIM = 2048
+ENCODER_FILE = "arniqa_encoder.safetensors"
+
+
+def regressor_file(dataset: str = "kadid10k") -> str:
+  """The file name weights/convert_arniqa.py gives the regressor of `dataset`."""
+  return f"arniqa_regressor_{dataset}.safetensors"
+
+
+def checkpoint_files(folder: str | os.PathLike,
+                     dataset: str = "kadid10k") -> tuple[pathlib.Path, pathlib.Path]:
+  """(encoder, regressor) files in a folder of converted ARNIQA checkpoints."""
+  return pathlib.Path(folder) / ENCODER_FILE, pathlib.Path(folder) / regressor_file(dataset)
 
 
 def converter(output_dir: str = "<dir>") -> str:

@@ -78,6 +78,20 @@ class SDModel:
     """Latent sizes must be multiples of this (the UNet's downsampling)."""
     return 2 ** (len(self.arch.config["unet"]["down_block_types"]) - 1)
 
+  @property
+  def grid_multiple(self) -> int:
+    """Image sides must be multiples of this: the VAE's factor times 8, the latent multiple of
+    SD 1.x/2.x UNets (the tiny test UNet needs less but keeps SD's grid)."""
+    return 8 * self.latent_factor
+
+  def passes_per_step(self, ctx: Any) -> int:
+    """One UNet pass per step without a prompt, two (conditional and unconditional) with one."""
+    return 1 if ctx is None else 2
+
+  def configure(self, dtype: Any, remat: bool) -> "SDModel":
+    """This model computing in `dtype`, its decoder rematerialised when `remat`."""
+    return self.replace(dtype=jnp.dtype(dtype), remat_decode=bool(remat))
+
   def encode(self, img: jax.Array) -> jax.Array:
     return encode(self, img)
 
@@ -342,6 +356,30 @@ def from_config(
     if part in parts:
       rng = np.random.default_rng([*seed, i])
       params[part] = sd_nets.random_params(sd_nets.abstract_params(arch, part), rng)
+  max_length = config["text_encoder"].get("max_position_embeddings", 77)
+  return assemble(config, params, tokenizer or sd_nets.tiny_tokenizer(max_length), dtype)
+
+
+def from_torch(
+  config: dict[str, Any],
+  unet: Any = None,
+  vae: Any = None,
+  text_encoder: Any = None,
+  tokenizer: Any = None,
+  dtype: Any = jnp.float32,
+) -> SDModel:
+  """An `SDModel` holding the weights of in-memory diffusers / transformers PyTorch networks.
+
+  Args:
+    config: the architecture in `sd_configs` form (the networks' own configs, and "scheduler").
+    unet, vae, text_encoder: `UNet2DConditionModel`, `AutoencoderKL`, `CLIPTextModel`, or None
+      (that part's parameters are then None; without a text encoder `null_context` is None).
+    tokenizer: defaults to `sd_nets.tiny_tokenizer`.
+    dtype: parameter and compute dtype.
+  """
+  params = sd_convert.params_from_torch(
+    config, {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+  )
   max_length = config["text_encoder"].get("max_position_embeddings", 77)
   return assemble(config, params, tokenizer or sd_nets.tiny_tokenizer(max_length), dtype)
 

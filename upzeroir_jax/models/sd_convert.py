@@ -2,7 +2,8 @@
 
 Every reader returns `(config, params, tokenizer)`: the {"unet", "vae", "text_encoder",
 "scheduler"} config dicts (`sd_configs` form), float32 Flax parameters by part, and the
-`CLIPTokenizer`; `sd.load` assembles the model. Only `read_diffusers` needs torch (imported
+`CLIPTokenizer`; `sd.load` and `sd.from_torch` assemble the model (this module never imports
+`sd`). Only `read_diffusers` needs torch (imported
 when called): it loads the PyTorch networks with diffusers / transformers and maps their state
 dicts with the libraries' own PyTorch→Flax renaming rules.
 
@@ -217,7 +218,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
   return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
 
 
-def _params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str, Any]:
+def params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str, Any]:
   """Flax parameters by part from PyTorch networks by part (None entries are skipped)."""
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
@@ -227,30 +228,6 @@ def _params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str
     for part, net in nets.items()
     if net is not None
   }
-
-
-def from_torch(
-  config: dict[str, Any],
-  unet: Any = None,
-  vae: Any = None,
-  text_encoder: Any = None,
-  tokenizer: Any = None,
-  dtype: Any = np.float32,
-) -> Any:
-  """An `sd.SDModel` holding the weights of in-memory diffusers / transformers PyTorch networks.
-
-  Args:
-    config: the architecture in `sd_configs` form (the networks' own configs, and "scheduler").
-    unet, vae, text_encoder: `UNet2DConditionModel`, `AutoencoderKL`, `CLIPTextModel`, or None
-      (that part's parameters are then None; without a text encoder `null_context` is None).
-    tokenizer: defaults to `sd_nets.tiny_tokenizer`.
-    dtype: parameter and compute dtype.
-  """
-  from upzeroir_jax.models import sd  # sd imports this module; resolved at call time.
-
-  params = _params_from_torch(config, {"unet": unet, "vae": vae, "text_encoder": text_encoder})
-  max_length = config["text_encoder"].get("max_position_embeddings", 77)
-  return sd.assemble(config, params, tokenizer or sd_nets.tiny_tokenizer(max_length), dtype)
 
 
 def _patterns(files: list[str]) -> list[str]:

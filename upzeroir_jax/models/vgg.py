@@ -40,7 +40,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PERCEPTUAL_LAYER = "relu2_2"
 
 
-def converter(output: str = "vgg16.safetensors") -> str:
+CHECKPOINT_FILE = "vgg16.safetensors"
+
+
+def converter(output: str = CHECKPOINT_FILE) -> str:
   """The command that writes a VGG16 checkpoint to `output` (from torchvision's ImageNet file)."""
   return f"python -m weights.convert_vgg --input=vgg16-397923af.pth --output={output}"
 
