@@ -13,7 +13,11 @@ From the same state the test recomputes, without the sampler's code paths:
   Q, the stage-3 boundary decides whether Q is in the objective (t = 120 is stage 3 only for
   dehaze).
 
-All presets and timesteps share one compiled step (the per-task settings are traced).
+PCDM's FiLM layer starts at zero (a fresh PCDM ignores θ); the test sets it to small random
+values first, so the θ path carries gradient. One more case scales Q up (w_exp = w_col = 5) so
+that its gradient is large next to the distance's. Each case also checks that the step's pull
+is far from the gradient with Q left out and from the one with θ cut, so the comparison can
+tell those apart. All presets and timesteps share one compiled step (the settings are traced).
 """
 
 import functools
@@ -39,6 +43,7 @@ TASKS = {
   "dehaze": (2e-5, 2e-5, 64, 150),
   "denoise": (1e-4, 1e-3, 64, 100),
   "mixed": (1e-3, 4e-5, 32, 100),
+  "lowlight_q": (1e-3, 4e-5, 32, 100),
 }
 # Weights of Eq. 12 / 14 / 15 (docs/method.md §4, §6): (λ_deg, λ_mse, λ_per, λ_adv, w_exp, w_col).
 WEIGHTS = {
@@ -46,8 +51,12 @@ WEIGHTS = {
   "dehaze": (1e-3, 1.0, 5e-3, 5e-5, 1e-2, 1e-3),
   "denoise": (1e-3, 1.0, 5e-4, 5e-5, 1e-5, 1e-5),
   "mixed": (1e-5, 1.0, 2e-3, 5e-5, 1e-2, 1e-2),
+  "lowlight_q": (1e-5, 1.0, 2e-3, 5e-5, 5.0, 5.0),
 }
-CASES = [(task, t) for task in TASKS for t in (40, 120)]
+PRESETS = {"lowlight_q": ("lowlight", {"w_exp": 5.0, "w_col": 5.0})}
+CASES = [(task, t) for task in TASKS if task != "lowlight_q" for t in (40, 120)]
+CASES.append(("lowlight_q", 40))
+FILM_STD = 0.1  # std of the random FiLM kernel
 
 
 def _input() -> jnp.ndarray:
@@ -69,11 +78,19 @@ def _compiled():
   @jax.jit
   def step(y, key, weights, t):
     st = state_lib.init_with_weights(models, y, key, static, weights)
+
+    def film(path, leaf):
+      names = [getattr(p, "key", None) for p in path]
+      if names == ["film", "kernel"]:
+        return FILM_STD * jax.random.normal(jax.random.key(9), leaf.shape, leaf.dtype)
+      return leaf
+
+    st = st.replace(pcdm=jax.tree_util.tree_map_with_path(film, st.pcdm))
     return st, step_lib.step_at(models, y, None, static, t, st)
 
   @jax.jit
-  def objective_grad(z0, y, st0, st1, w, patch, q_on):
-    return jax.grad(_objective)(z0, models, y, st0, st1, w, patch, q_on)
+  def objective_grad(z0, y, st0, st1, w, patch, q_on, theta_on):
+    return jax.grad(_objective)(z0, models, y, st0, st1, w, patch, q_on, theta_on)
 
   eps = jax.jit(lambda z, t: bb.model_output(z, t, None, 8.0))
   return models, static, step, objective_grad, eps, jax.jit(bb.decode)
@@ -85,12 +102,14 @@ def _exposure(x, patch):
   return jnp.mean(jnp.square(m.mean(axis=(2, 4)) - 0.5))
 
 
-def _objective(z0, models, y, st0, st1, w, patch, q_on):
-  """D(PCDM(x̂0), y) + q_on·Q(x̂0) as a function of ẑ0 (docs/method.md §4–§6, Eq. 9–15)."""
+def _objective(z0, models, y, st0, st1, w, patch, q_on, theta_on):
+  """D(PCDM(x̂0), y) + q_on·Q(x̂0) as a function of ẑ0 (docs/method.md §4–§6, Eq. 9–15); with
+  theta_on False, θ is held constant."""
   l_deg, l_mse, l_per, l_adv, w_exp, w_col = w
   bb = models.backbone
   x = bb.decode(z0)
   theta = jnp.concatenate([pcdm.image_stats(x), pcdm.image_stats(y)], axis=-1)
+  theta = jnp.where(theta_on, theta, jax.lax.stop_gradient(theta))
   net = pcdm.make("pcdm", NARROW["pcdm_features"], 0.01)
   yh = net.apply({"params": st1.pcdm}, x, theta)
   disc = pcdm.Discriminator(features=NARROW["disc_features"], slope=0.01)
@@ -114,7 +133,8 @@ def runs():
   y = _input()
   out = {}
   for task, t in CASES:
-    cfg = config.preset(task, steps=STEPS, guidance_scale=S, **NARROW)
+    name, extra = PRESETS.get(task, (task, {}))
+    cfg = config.preset(name, steps=STEPS, guidance_scale=S, **NARROW, **extra)
     assert state_lib.weightless(cfg) == static
     st0, st1 = step(y, jax.random.key(5), state_lib.loss_weights(cfg, 64 * 64), jnp.int32(t))
     sched = models.backbone.schedule
@@ -125,10 +145,12 @@ def runs():
     z0 = np.clip(z0, -s, s)
     z_prev = np.sqrt(a_prev) * z0 + np.sqrt(1 - a_prev) * eps
     q_on = float(t < TASKS[task][3])
-    g = objective_grad(jnp.asarray(z0, jnp.float32), y, st0, st1, WEIGHTS[task],
-                       TASKS[task][2], q_on)
+    grads = [np.asarray(objective_grad(jnp.asarray(z0, jnp.float32), y, st0, st1, WEIGHTS[task],
+                                       TASKS[task][2], q, th), np.float64)
+             for q, th in ((q_on, True), (0.0, True), (q_on, False))]
     out[task, t] = {"st0": st0, "st1": st1, "z0": z0, "s": s, "z_prev": z_prev,
-                    "grad": np.asarray(g, np.float64), "q_on": q_on}
+                    "grad": grads[0], "grad_no_q": grads[1], "grad_no_theta": grads[2],
+                    "q_on": q_on}
   return out
 
 
@@ -144,6 +166,10 @@ def test_step_matches_the_plain_objective_gradient(runs, task, t):
   pull = r["z_prev"] - np.asarray(st1.z, np.float64)
   want = S_EFF * r["grad"]
   assert np.linalg.norm(pull - want) < 0.02 * np.linalg.norm(want)
+  # The comparison separates a cut θ path and (in stage 3, where Q is large) a missing Q.
+  assert np.linalg.norm(pull - S_EFF * r["grad_no_theta"]) > 0.05 * np.linalg.norm(want)
+  if task == "lowlight_q":
+    assert np.linalg.norm(pull - S_EFF * r["grad_no_q"]) > 0.05 * np.linalg.norm(want)
   assert float(st1.trace["grad_norm"][0]) == pytest.approx(np.linalg.norm(r["grad"]), rel=0.02)
   assert int(st1.trace["stage"][0]) == (3 if r["q_on"] else 2)
 
