@@ -23,11 +23,12 @@ scored from t < 700, t_r = 500 → grid timestep 501, passes re-enter at step in
 | score history | what happens | steps |
 |---|---|---|
 | settles above t_r (e.g. constant) | the checks above t_r only record and continue; the first check at t ≤ t_r (t = 481) stops | 210 |
-| settles below t_r (Δ ≥ τ until t ≈ 300) | continues; stops at the first check with Δ < τ, t ≤ t_r | < 450 |
+| settles below t_r (Δ ≥ τ down to t = 301) | continues through t_r; stops at the first check with Δ < τ (t = 261) | 320 |
 | never settles | pass 1 runs to t = 1, two re-initiated passes from t = 501 run to t = 1; ends (cap) | 450 + 2·251 = 952 |
 | NaN at every check | as "never settles" (NaN counts as no score) | 952 |
 
-(`tests/test_dqr.py` scripts each history on a small grid and on the tiny random SD.)
+(`tests/test_dqr.py` scripts each history on a small grid and on the tiny random SD; the step
+counts above were measured with the tiny random SD's real step and scripted scores.)
 
 Choices where docs/method.md is silent [ours]:
 
