@@ -7,13 +7,19 @@ r"""The three ablations of docs/method.md §8 (the paper's Table 4), run with ev
 Each variant is a configuration of the same binaries (RestoreConfig overrides), written to
 `<output_root>/<benchmark>/<variant>/`:
 
-- full: the method as configured by the task preset;
+- full: the method as configured by the task preset: ẑ0 clamped as LD-RPS does, the task's
+  discriminator learning rates, exposure patch and stage-3 boundary, and DQR (early stop only
+  at t <= t_r, unsettled passes re-initiated from t_r at most twice, output the x̂0 where the
+  run ended);
 - no_pcdm (w/o PCDM): `pcdm_variant=resblocks`, plain ResBlocks of about PCDM's parameter
   count without GGD conditioning;
 - no_degloss (w/o DegLoss): `deg_loss=l1`, a pixel L1 between ŷ and y instead of the GGD KL;
-- no_dqr (w/o DQR): `dqr=false` (and no scorer), one fixed pass with the same number of
-  steps: no early stop, no restarts. (The paper mentions "a fixed sampling schedule with 1000
-  timesteps"; we keep the steps equal so that only DQR differs; pass --steps to change both.)
+- no_dqr (w/o DQR): `dqr=false` (and no scorer), one fixed pass with the first pass's number
+  of steps: no early stop, no re-initiated passes. (The paper mentions "a fixed sampling
+  schedule with 1000 timesteps"; we keep the first pass equal so that only DQR differs; pass
+  --steps to change both.)
+
+Every variant keeps the preset's other settings (thresholding, per-task rates, patch, stages).
 
 The model and sampling flags are eval.run's (`upzeroir_jax.flags`) and are passed on to every
 variant; `--override` adds to each variant's own overrides. Runs are resumable like eval.run;

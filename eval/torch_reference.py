@@ -11,12 +11,14 @@ Two procedures:
 - `GuidedStep`: one guided reverse step doing the same work as our JAX step
   (`upzeroir_jax.sampler.step.step`): one latent per image, one UNet pass (two, batched, when a
   text context is given), one DDIM update, one PCDM/discriminator Adam step, one guidance
-  gradient through the VAE decoder (and encoder, for DegLoss). METHOD.md §3–§6.
+  gradient through the VAE decoder (and encoder, for DegLoss). docs/method.md §3–§6.
 - `LDRPSProcedure`: the end-to-end procedure of LD-RPS: 450 guided DDIM steps, then two
   recurrences of 225 steps from t = 500 (strength 0.5), TWO latents per image, classifier-free
   guidance always on (two UNet calls of batch 2 per step), the scheduler's `step` called twice
-  per latent (once for z_{t-1}, once more for x̂0), dynamic thresholding on, and the guidance
-  gradient taken through the decoder of both latents. The losses are those of METHOD.md §4–§6.
+  per latent (once for z_{t-1}, once more for x̂0), LD-RPS's dynamic thresholding on (clamp to
+  ±s without dividing by s, `ClampDDIMScheduler`), and the guidance gradient taken through the
+  decoder of both latents. The losses and per-task settings (discriminator learning rates,
+  exposure patch, stage-3 boundary) are those of the config, docs/method.md §4–§6.
 
 Images are NCHW float32 in [0, 1] inside this module; `from_nhwc` / `to_nhwc` convert.
 """
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------
-# Generalized Gaussian statistics (METHOD.md §2, §5).
+# Generalized Gaussian statistics (docs/method.md §2, §5).
 
 BETA_MIN = 0.1
 BETA_MAX = 10.0
@@ -52,7 +54,7 @@ def _dlog_rho_dlog_beta(beta: torch.Tensor) -> torch.Tensor:
 
 
 def ggd_fit(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-  """Moment-matching GGD fit over `dims` (METHOD.md §2), differentiable in x.
+  """Moment-matching GGD fit over `dims` (docs/method.md §2), differentiable in x.
 
   The shape β solves ρ(β) = (E|x|)² / E[x²] by bisection on log β in float64 (no gradient);
   one Newton step from that root carries the implicit-function gradient. α follows in closed
@@ -82,7 +84,7 @@ def ggd_fit(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch
 
 def ggd_kl(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor,
            b2: torch.Tensor) -> torch.Tensor:
-  """KL(GGD(α₁, β₁) ‖ GGD(α₂, β₂)) in the closed form of METHOD.md §5, clipped at 0."""
+  """KL(GGD(α₁, β₁) ‖ GGD(α₂, β₂)) in the closed form of docs/method.md §5, clipped at 0."""
   a1, a2 = torch.clamp(a1, min=_ALPHA_MIN), torch.clamp(a2, min=_ALPHA_MIN)
   b1, b2 = torch.clamp(b1, BETA_MIN, BETA_MAX), torch.clamp(b2, BETA_MIN, BETA_MAX)
   log_c1 = torch.log(b1) - torch.log(2.0 * a1) - torch.lgamma(1.0 / b1)
@@ -93,7 +95,7 @@ def ggd_kl(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses (METHOD.md §4–§6).
+# Losses (docs/method.md §4–§6).
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,7 +177,7 @@ def color_loss(img: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# PCDM and discriminators (METHOD.md §4), mirroring upzeroir_jax/models/pcdm.py.
+# PCDM and discriminators (docs/method.md §4), mirroring upzeroir_jax/models/pcdm.py.
 
 
 def image_stats(img: torch.Tensor) -> torch.Tensor:
@@ -185,7 +187,7 @@ def image_stats(img: torch.Tensor) -> torch.Tensor:
 
 
 class PCDM(nn.Module):
-  """FiLM-conditioned conv net (x̂0, θ) -> ŷ of METHOD §4 (Eq. 11), NCHW."""
+  """FiLM-conditioned conv net (x̂0, θ) -> ŷ of docs/method.md §4 (Eq. 11), NCHW."""
 
   def __init__(self, features: tuple[int, ...] = (64, 128, 256), film_hidden: int = 64,
                slope: float = 0.01):
@@ -234,7 +236,7 @@ class PCDM(nn.Module):
 
 class Discriminator(nn.Sequential):
   """Conv(3→64,s2)–LReLU–Conv(64→128,s2)–LReLU–Conv(128→256,s2)–LReLU–Conv1x1(256→1)–sigmoid,
-  3×3 kernels with padding 1 (METHOD §4, LD-RPS GANLoss); returns probabilities."""
+  3×3 kernels with padding 1 (docs/method.md §4, LD-RPS GANLoss); returns probabilities."""
 
   def __init__(self, features: tuple[int, ...] = (64, 128, 256), slope: float = 0.01):
     layers, cin = [], 3
@@ -300,7 +302,7 @@ class TorchSD:
   def model_output(self, z: torch.Tensor, t: int, ctx: torch.Tensor | None,
                    cfg_scale: float) -> torch.Tensor:
     """UNet prediction; with a context `[2, L, D]` (unconditional, prompt) classifier-free
-    guidance in one batched call, else one unconditional pass (METHOD §3)."""
+    guidance in one batched call, else one unconditional pass (docs/method.md §3)."""
     if ctx is None:
       ctx = self.null_context.expand(z.shape[0], -1, -1)
       return self.unet(z, t, encoder_hidden_states=ctx).sample
@@ -309,9 +311,28 @@ class TorchSD:
     uncond, cond = self.unet(torch.cat([z, z]), t, encoder_hidden_states=ctx2).sample.chunk(2)
     return uncond + cfg_scale * (cond - uncond)
 
-  def scheduler(self, **overrides: Any) -> diffusers.DDIMScheduler:
-    """A fresh diffusers `DDIMScheduler` of this model's config (with `overrides`)."""
-    return diffusers.DDIMScheduler.from_config({**self.scheduler_config, **overrides})
+  def scheduler(self, threshold: str = "off", ratio: float = 0.995,
+                max_value: float = 100.0) -> diffusers.DDIMScheduler:
+    """A fresh DDIM scheduler of this model's config with ẑ0 thresholding `threshold`
+    (docs/method.md §3): "off", "divide" (stock diffusers `DDIMScheduler`) or "clamp"
+    (`ClampDDIMScheduler`, LD-RPS's), with quantile `ratio` and bound `max_value`."""
+    cls = ClampDDIMScheduler if threshold == "clamp" else diffusers.DDIMScheduler
+    if threshold == "off":
+      return cls.from_config({**self.scheduler_config, "thresholding": False})
+    return cls.from_config({**self.scheduler_config, "thresholding": True,
+                            "dynamic_thresholding_ratio": ratio, "sample_max_value": max_value})
+
+
+class ClampDDIMScheduler(diffusers.DDIMScheduler):
+  """diffusers' `DDIMScheduler` whose dynamic thresholding clamps x̂0 per sample to ±s,
+  s = clamp(quantile(|x̂0|, ratio), 1, sample_max_value), WITHOUT dividing by s: the DDIM
+  scheduler LD-RPS bundles (docs/method.md §3)."""
+
+  def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+    flat = sample.float().reshape(sample.shape[0], -1)
+    s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+    s = torch.clamp(s, 1.0, self.config.sample_max_value).unsqueeze(1)
+    return torch.clamp(flat, -s, s).reshape(sample.shape).to(sample.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,10 +362,11 @@ class ImageState:
 
 
 class GuidedStep:
-  """One guided reverse step for a batch of images, eagerly in PyTorch (METHOD §3–§6).
+  """One guided reverse step for a batch of images, eagerly in PyTorch (docs/method.md §3–§6).
 
   The same work as our JAX step, in the same order: UNet (CFG batched when a context is
-  given), DDIM update with ẑ0 from z_t, x̂0 = D(ẑ0) with graph, one Adam step of the PCDM
+  given), DDIM update with ẑ0 from z_t (thresholded per `config.threshold`), x̂0 = D(ẑ0) with
+  graph, one Adam step of the PCDM
   discriminator and of PCDM (Eq. 12), and from t < stage2_t the second discriminator's Adam step
   and the gradient of D(PCDM(x̂0), y) + [t < stage3_t]·Q(x̂0) with respect to ẑ0 (through PCDM,
   its GGD conditioning, E(ŷ) for DegLoss and the decoder). Images share the UNet / VAE calls;
@@ -359,7 +381,7 @@ class GuidedStep:
     if config.guidance_ref_pixels:
       scale *= num_pixels / config.guidance_ref_pixels
     self.guidance_scale = scale
-    self.scheduler = sd.scheduler()
+    self.scheduler = sd.scheduler(config.threshold, config.threshold_ratio, config.threshold_max)
     self.scheduler.set_timesteps(config.steps)
 
   def init_image(self, y: torch.Tensor, z: torch.Tensor,
@@ -390,12 +412,12 @@ class GuidedStep:
       z=z, y=y, pcdm=pcdm, disc=disc, disc2=disc2,
       pcdm_opt=torch.optim.Adam(pcdm.parameters(), c.pcdm_lr),
       disc_opt=torch.optim.Adam(disc.parameters(), c.disc_lr),
-      disc2_opt=torch.optim.Adam(disc2.parameters(), c.disc_lr),
+      disc2_opt=torch.optim.Adam(disc2.parameters(), c.adv_disc_lr),
       zy_alpha=zy_alpha, zy_beta=zy_beta, y_stats=image_stats(y), y_feats=y_feats)
 
   def update_pcdm(self, im: ImageState, x0: torch.Tensor, theta: torch.Tensor,
                   t: int) -> dict[str, torch.Tensor]:
-    """Discriminator then PCDM Adam step on fixed x̂0, θ (METHOD §4, Eq. 12)."""
+    """Discriminator then PCDM Adam step on fixed x̂0, θ (docs/method.md §4, Eq. 12)."""
     c = self.config
     y_hat = im.pcdm(x0, theta)
     im.disc_opt.zero_grad()
@@ -420,7 +442,7 @@ class GuidedStep:
                 z_hat: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Σ over images of D(ŷ, y) + [t < stage3_t]·Q(x̂0), after the Adv discriminator steps
-    (METHOD §5–§6). y_hat = PCDM(x̂0) with graph; z_hat = E(ŷ) if already computed."""
+    (docs/method.md §5–§6). y_hat = PCDM(x̂0) with graph; z_hat = E(ŷ) if already computed."""
     c = self.config
     for i, im in enumerate(ims):
       im.disc2_opt.zero_grad()
@@ -499,6 +521,8 @@ LDRPS_FIRST_STEPS = 450
 LDRPS_STRENGTH = 0.5
 LDRPS_RECURRENCES = 2
 LDRPS_LATENTS = 2
+LDRPS_THRESHOLD_RATIO = 0.995
+LDRPS_THRESHOLD_MAX = 100.0
 
 
 def ldrps_step_counts(scale: float = 1.0) -> tuple[int, int]:
@@ -508,14 +532,16 @@ def ldrps_step_counts(scale: float = 1.0) -> tuple[int, int]:
 
 
 class LDRPSProcedure:
-  """The restoration procedure as LD-RPS's code runs it, with the losses of METHOD §4–§6.
+  """The restoration procedure as LD-RPS's code runs it, with the losses of docs/method.md §4–§6.
 
   Per image: two latents, 450 DDIM steps from pure noise, then two recurrences: re-noise both
   latents to t ≈ 500 (img2img strength 0.5) and run the remaining 225 steps again; the image
   of the first latent after the last recurrence is the output. Every step, for each latent
   separately, the UNet runs on a batch of two (CFG always on, weight `cfg_scale`) and the
   scheduler's `step` is called twice (z_{t−1}, then x̂0 from a second call on the new latent,
-  exactly as LD-RPS's loop); dynamic thresholding is on (ratio 0.995, max 100). The guidance
+  exactly as LD-RPS's loop); dynamic thresholding is on as LD-RPS's scheduler does it (clamp to
+  ±s, s = clip(quantile(|ẑ0|, 0.995), 1, 100), no division), whatever `config.threshold`
+  says. The guidance
   function then decodes both latents with graph, trains PCDM and its discriminator on both,
   encodes both ŷ, and takes the gradient of the first latent's losses (LD-RPS slices its loss
   terms to `[:batch_size]`) back through the decoder; below t = 700 the distance terms are
@@ -532,8 +558,7 @@ class LDRPSProcedure:
     self.first_steps, self.recurrence_steps = ldrps_step_counts(scale)
     self.step_impl = GuidedStep(sd, vgg, config, num_pixels)
     self.guidance_scale = self.step_impl.guidance_scale
-    self.scheduler = sd.scheduler(thresholding=True, dynamic_thresholding_ratio=0.995,
-                                  sample_max_value=100.0)
+    self.scheduler = sd.scheduler("clamp", LDRPS_THRESHOLD_RATIO, LDRPS_THRESHOLD_MAX)
 
   def total_steps(self) -> int:
     """Guided steps per restored image."""

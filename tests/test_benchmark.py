@@ -183,6 +183,27 @@ def test_trace_terms_follow_the_sampler_trace():
   assert set(measure.TRACE_TERMS) == set(state_lib.TRACE_KEYS) - {"t", "stage"}
 
 
+@pytest.mark.parity
+def test_ldrps_procedure_clamps_z0_without_dividing():
+  """The LD-RPS anchor thresholds as LD-RPS's scheduler does (docs/method.md §3): ẑ0 clipped to
+  ±s, s = clip(quantile_0.995(|ẑ0|), 1, 100), whatever the config's own setting."""
+  sd_cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+            "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
+  torch_sd = tr.TorchSD(unet=None, vae=None, scheduler_config=sd_cfg, null_context=None)
+  cfg = config_lib.preset("lowlight", threshold="divide")
+  proc = tr.LDRPSProcedure(torch_sd, None, cfg, 64 * 64, None)
+  x = 20.0 * np.random.default_rng(0).standard_normal((2, 4, 32, 32)).astype(np.float32)
+  x[1] *= 1e-3
+  s = np.clip(np.quantile(np.abs(x.reshape(2, -1)), 0.995, axis=1), 1.0, 100.0)[:, None, None, None]
+  got = proc.scheduler._threshold_sample(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(got, np.clip(x, -s, s), rtol=1e-5, atol=1e-7)
+  assert s[0] > 1 and proc.scheduler.config.thresholding
+  # The step at equal work follows the config: "divide" is stock diffusers.
+  divide = tr.GuidedStep(torch_sd, None, cfg, 64 * 64).scheduler._threshold_sample(
+    torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(divide, np.clip(x, -s, s) / s, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_flags_give_one_line_errors(capsys):
   assert benchmark.main(["benchmark", "--parts=step,warp"]) == 2
   assert benchmark.main(["benchmark", "--restore_scale=2"]) == 2

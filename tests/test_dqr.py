@@ -1,4 +1,5 @@
-"""Dynamic quality refinement (METHOD.md §7): early stop, Eq. 17 restarts, cap, batching.
+"""Dynamic quality refinement (docs/method.md §7): early stop at t <= t_r, re-initiated passes
+(Eq. 17), cap, output choice, batching.
 
 Most tests drive `dqr.run` with a toy sampler whose step writes a scripted value into x̂0; the
 scorer is the image mean, so the score of every check is fixed in advance and each branch of
@@ -55,10 +56,13 @@ def toy_step(s: Toy) -> Toy:
     z_in=s.z_in.at[s.evals].set(s.z), i_in=s.i_in.at[s.evals].set(s.i))
 
 
-def toy_state(check_values, seed: int) -> Toy:
-  """Initial toy state; the check after steps K·(c+1) scores check_values[c]."""
+def toy_state(check_values, seed: int, per_call: bool = False) -> Toy:
+  """Initial toy state; the check after steps K·(c+1) of the first pass scores
+  check_values[c] (the n-th call writes check_values[n // K]), or with `per_call` the n-th call
+  writes check_values[n]."""
   values = np.asarray(check_values, np.float32)
-  script = values[np.minimum(np.arange(S) // K, len(values) - 1)]
+  index = np.arange(S) if per_call else np.arange(S) // K
+  script = values[np.minimum(index, len(values) - 1)]
   key = jax.random.key(seed)
   return Toy(
     z=jax.random.normal(key, (1, 2, 2, 1)), i=jnp.int32(0), z0=jnp.zeros((1, 2, 2, 1)),
@@ -75,89 +79,124 @@ MEAN_SCORER = dqr.wrap(mean_score)
 
 
 @functools.cache
-def runner(scorer=MEAN_SCORER, batched=False):
-  """The jitted toy run for one (scorer, batched) combination (compiled once)."""
+def runner(scorer=MEAN_SCORER, batched=False, config=CONFIG):
+  """The jitted toy run for one (scorer, batched, config) combination (compiled once)."""
 
   def fn(s):
-    return dqr.run(toy_step, scorer, s, TS, jnp.asarray(ALPHAS), CONFIG)
+    return dqr.run(toy_step, scorer, s, TS, jnp.asarray(ALPHAS), config)
 
   return jax.jit(jax.vmap(fn) if batched else fn)
 
 
-# Checks at t = 900, 800 are skipped (stage 1), though their equal scores would settle;
-# t = 700 records 0.9, t = 600 moves by 0.4 (above t_r: continue), t = 500 moves by 0.005 < τ:
-# stop after 25 steps. The best score is the first one.
-STOP_VALUES = [0.3, 0.3, 0.9, 0.5, 0.505, 0.8, 0.1]
-# t = 700 records, 600 moves (continue), 500 (≤ t_r) moves by 0.3: restart at TS[24] = 500
-# after 25 steps. The next check (30 steps, t = TS[28] = 420) only records (new trajectory);
-# the one after (35 steps, t = TS[33] = 320) settles.
-RESTART_VALUES = [0.1, 0.1, 0.9, 0.3, 0.6, 0.2, 0.205, 0.7]
-# Every check moves by 0.8: it never settles.
-NEVER_VALUES = [0.1, 0.9] * 20
+def full(value):
+  return np.full((1, 4, 4, 3), value, np.float32)
+
+
+# Pass 1 checks (after 5, 10, … 50 steps) see t = 900, 800 (stage 1: skipped), 700, 600, 500,
+# 400, 300, 200, 100, 0. A pass re-initiated at t_r = 500 (TS[24]) runs 26 steps (t = 500 … 0)
+# with checks after 5, 10, 15, 20, 25 steps (t = 420, 320, 220, 120, 20) and after its last
+# step (t = 0).
+#
+# Settles above t_r: 700 records 0.6, 600 moves by 0 but is above t_r (continue), 500 moves by
+# 0.005 < τ at t <= t_r: stop after 25 steps with that x̂0.
+ABOVE_VALUES = [0.3, 0.3, 0.6, 0.6, 0.605, 0.1]
+# Settles below t_r: 700 records 0.9; 600, 500, 400, 300 move by ≥ 0.3 (continue, no restart
+# at 500); 200 moves by 0.002: stop after 40 steps. Best score: 0.9 at t = 700.
+BELOW_VALUES = [0.1, 0.1, 0.9, 0.3, 0.6, 0.2, 0.7, 0.702, 0.1]
+# Never settles: every call writes 0.1, 0.9, 0.1, … so consecutive checks (K odd) differ by 0.8.
+NEVER_CALLS = [0.1, 0.9] * (S // 2)
 
 
 @pytest.fixture(scope="module")
-def stop_run():
-  return runner()(toy_state(STOP_VALUES, 0))
+def above_run():
+  return runner()(toy_state(ABOVE_VALUES, 0))
 
 
 @pytest.fixture(scope="module")
-def restart_run():
-  return runner()(toy_state(RESTART_VALUES, 1))
+def below_run():
+  return runner()(toy_state(BELOW_VALUES, 1))
 
 
-def test_stops_when_score_settles_after_stage_one_and_returns_best_x0(stop_run):
-  state, image, info = stop_run
+@pytest.fixture(scope="module")
+def never_run():
+  return runner()(toy_state(NEVER_CALLS, 3, per_call=True))
+
+
+def test_settling_above_t_r_continues_until_the_first_check_at_t_r(above_run):
+  state, image, info = above_run
   assert int(info["stop_reason"]) == dqr.SETTLED
   assert int(info["steps"]) == 25 and int(state.i) == 25
-  assert int(info["restarts"]) == 0 and int(info["stop_t"]) == 500
+  assert int(info["restarts"]) == 0 and int(info["passes"]) == 1 and int(info["stop_t"]) == 500
+  np.testing.assert_array_equal(info["pass_t"], [980, -1, -1])
   assert int(info["checks"]) == 3
-  np.testing.assert_allclose(info["scores"][:3], [0.9, 0.5, 0.505], rtol=1e-6)
+  np.testing.assert_allclose(info["scores"][:3], [0.6, 0.6, 0.605], rtol=1e-6)
   assert np.isnan(info["scores"][3:]).all() and info["scores"].shape == (30,)
   np.testing.assert_array_equal(info["score_t"], [700, 600, 500] + [-1] * 27)
-  # Output: the best-scored x̂0 (first scored check), not the last one.
-  np.testing.assert_allclose(image, np.full((1, 4, 4, 3), 0.9), rtol=1e-6)
-  np.testing.assert_allclose(state.x0, np.full((1, 4, 4, 3), 0.505), rtol=1e-6)
-  np.testing.assert_allclose(info["best_score"], 0.9, rtol=1e-6)
+  # Output "last": the x̂0 of the settled check.
+  np.testing.assert_allclose(image, full(0.605), rtol=1e-6)
+  np.testing.assert_allclose(info["best_score"], 0.605, rtol=1e-6)
 
 
-def test_unet_counter_matches_calls_and_shows_skipped_steps(stop_run):
-  state, _, info = stop_run
+def test_unet_counter_matches_calls_and_shows_skipped_steps(above_run):
+  state, _, info = above_run
   # The toy step counts its own calls; the early stop ran 25 of the 50 steps.
   assert int(info["unet_evals"]) == int(state.evals) == 25 < N
   np.testing.assert_array_equal(state.i_in[:26], list(range(25)) + [-1])
 
 
-def test_restart_reenters_t_r_with_eq17_latent(restart_run):
-  state, image, info = restart_run
-  assert int(info["restarts"]) == 1 and int(info["stop_reason"]) == dqr.SETTLED
-  assert int(info["steps"]) == 35 and int(state.i) == 34
-  np.testing.assert_array_equal(info["score_t"][:6], [700, 600, 500, 420, 320, -1])
-  np.testing.assert_allclose(image, np.full((1, 4, 4, 3), 0.9), rtol=1e-6)
-  # The 26th call runs step index 24 (t = 500) again, from the Eq. 17 latent built from the ẑ0
-  # and key after 25 plain steps.
-  np.testing.assert_array_equal(state.i_in[23:27], [23, 24, 24, 25])
-  s, step = toy_state(RESTART_VALUES, 1), jax.jit(toy_step)
-  for _ in range(25):
+def test_settling_below_t_r_stops_there_without_restarting(below_run):
+  state, image, info = below_run
+  assert int(info["stop_reason"]) == dqr.SETTLED and int(info["restarts"]) == 0
+  assert int(info["steps"]) == 40 == int(state.evals) and int(info["stop_t"]) == 200
+  np.testing.assert_array_equal(info["score_t"][:7], [700, 600, 500, 400, 300, 200, -1])
+  np.testing.assert_array_equal(state.i_in[:41], list(range(40)) + [-1])
+  np.testing.assert_allclose(image, full(0.702), rtol=1e-6)
+
+
+def test_best_output_returns_the_best_scored_x0(below_run):
+  _, image, info = runner(config=CONFIG.replace(dqr_output="best"))(toy_state(BELOW_VALUES, 1))
+  assert int(info["steps"]) == 40
+  np.testing.assert_allclose(image, full(0.9), rtol=1e-6)
+  np.testing.assert_allclose(info["best_score"], 0.9, rtol=1e-6)
+  np.testing.assert_allclose(below_run[2]["best_score"], 0.9, rtol=1e-6)
+
+
+def test_unsettled_passes_are_reinitiated_from_t_r_until_the_cap(never_run):
+  state, image, info = never_run
+  assert int(info["stop_reason"]) == dqr.RESTART_CAP
+  assert int(info["restarts"]) == 2 and int(info["passes"]) == 3
+  assert int(info["steps"]) == 50 + 26 + 26 == int(state.evals)
+  np.testing.assert_array_equal(info["pass_t"], [980, 500, 500])
+  assert int(state.i) == N and int(info["stop_t"]) == 0 and int(info["checks"]) == 8 + 6 + 6
+  second = [420, 320, 220, 120, 20, 0]
+  np.testing.assert_array_equal(
+    info["score_t"][:21], [700, 600, 500, 400, 300, 200, 100, 0] + second + second + [-1])
+  # Each pass sweeps to the last index; the next call re-enters at index 24 (t = 500).
+  np.testing.assert_array_equal(state.i_in[48:53], [48, 49, 24, 25, 26])
+  np.testing.assert_array_equal(state.i_in[74:78], [48, 49, 24, 25])
+  # Output "last": the final x̂0 of the last pass (call 102 writes NEVER_CALLS[101]).
+  np.testing.assert_allclose(image, full(0.9), rtol=1e-6)
+
+
+def test_reinitiation_uses_eq17_on_the_final_z0_of_the_pass(never_run):
+  state = never_run[0]
+  s, step = toy_state(NEVER_CALLS, 3, per_call=True), jax.jit(toy_step)
+  for _ in range(50):
     s = step(s)
   _, sub = jax.random.split(s.key)
   eps = np.asarray(jax.random.normal(sub, (1, 2, 2, 1)))
   a = float(ALPHAS[500])
   want = np.sqrt(a) * np.asarray(s.z0) + 0.5 * np.sqrt(1 - a) * eps
-  np.testing.assert_allclose(state.z_in[25], want, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(state.z_in[25], s.z, atol=1e-3)
+  np.testing.assert_allclose(state.z_in[50], want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(state.z_in[50], s.z, atol=1e-3)
 
 
-def test_restart_cap_ends_a_run_that_never_settles():
-  # Pass 1: restart after 25 steps (t = 500). Pass 2 (from TS[24]): records at t = 420,
-  # restarts at 320 (35 steps). Pass 3: records at 420, then every check wants a restart that
-  # the cap refuses; it runs to the last timestep: 35 + 26 = 61 steps, 3 + 2 + 6 checks.
-  state, _, info = runner()(toy_state(NEVER_VALUES, 3))
-  assert int(info["stop_reason"]) == dqr.RESTART_CAP
-  assert int(info["restarts"]) == 2 and int(info["steps"]) == 61 == int(state.evals)
-  assert int(state.i) == N and int(info["stop_t"]) == 0 and int(info["checks"]) == 11
-  np.testing.assert_array_equal(
-    info["score_t"][:12], [700, 600, 500, 420, 320, 420, 320, 220, 120, 20, 0, -1])
+def test_without_reinitiation_one_pass_ends_at_the_last_timestep():
+  cfg = CONFIG.replace(dqr_max_restarts=0)
+  state, _, info = runner(config=cfg)(toy_state(NEVER_CALLS, 3, per_call=True))
+  assert int(info["stop_reason"]) == dqr.END_OF_SCHEDULE
+  assert int(info["steps"]) == 50 and int(info["passes"]) == 1 and int(state.i) == N
+  np.testing.assert_array_equal(info["pass_t"], [980])
 
 
 def test_nan_score_counts_as_no_score():
@@ -167,26 +206,43 @@ def test_nan_score_counts_as_no_score():
   assert int(info["stop_reason"]) == dqr.SETTLED and int(info["steps"]) == 30
   np.testing.assert_array_equal(info["score_t"][:5], [700, 600, 500, 400, -1])
   np.testing.assert_allclose(info["scores"][:4], [0.4, np.nan, 0.4, 0.405], rtol=1e-6)
-  np.testing.assert_allclose(image, np.full((1, 4, 4, 3), 0.405), rtol=1e-6)
+  np.testing.assert_allclose(image, full(0.405), rtol=1e-6)
+
+
+def nan_score(img):
+  return jnp.full(img.shape[:1], jnp.nan)
+
+
+def test_nan_at_every_check_never_settles_and_returns_the_last_x0():
+  for output in ("last", "best"):
+    scorer = dqr.wrap(nan_score)
+    state, image, info = runner(scorer=scorer, config=CONFIG.replace(dqr_output=output))(
+      toy_state(ABOVE_VALUES, 6))
+    assert int(info["stop_reason"]) == dqr.RESTART_CAP and int(info["passes"]) == 3
+    assert int(info["steps"]) == 102 and np.isnan(float(info["best_score"]))
+    np.testing.assert_allclose(image, full(0.1), rtol=1e-6)
+    np.testing.assert_array_equal(image, state.x0)
 
 
 def test_lower_is_better_scorer_and_unit():
   # Raw scores 0.5, 0.3, 0.3005 at t = 700, 600, 500 with unit 0.1 are qualities −5, −3,
   # −3.005: the check at 500 settles (Δ = 0.005 < τ); the best is the lowest raw score.
   scorer = dqr.wrap(mean_score, higher_is_better=False, unit=0.1)
-  _, image, info = runner(scorer=scorer)(toy_state([0.9, 0.9, 0.5, 0.3, 0.3005, 0.9], 4))
+  cfg = CONFIG.replace(dqr_output="best")
+  _, image, info = runner(scorer=scorer, config=cfg)(
+    toy_state([0.9, 0.9, 0.5, 0.3, 0.3005, 0.9], 4))
   assert int(info["stop_reason"]) == dqr.SETTLED and int(info["steps"]) == 25
-  np.testing.assert_allclose(image, np.full((1, 4, 4, 3), 0.3), rtol=1e-6)
+  np.testing.assert_allclose(image, full(0.3), rtol=1e-6)
   np.testing.assert_allclose(info["best_score"], 0.3, rtol=1e-6)
 
 
-def test_batch_matches_single_runs(stop_run, restart_run):
-  both = jax.tree.map(lambda a, b: jnp.stack([a, b]), toy_state(STOP_VALUES, 0),
-                      toy_state(RESTART_VALUES, 1))
-  batched = runner(batched=True)(both)
-  for n, single in enumerate((stop_run, restart_run)):
+def test_batch_matches_single_runs(above_run, below_run, never_run):
+  states = (toy_state(ABOVE_VALUES, 0), toy_state(BELOW_VALUES, 1),
+            toy_state(NEVER_CALLS, 3, per_call=True))
+  batched = runner(batched=True)(jax.tree.map(lambda *a: jnp.stack(a), *states))
+  for n, single in enumerate((above_run, below_run, never_run)):
     got = jax.tree.map(lambda x, n=n: x[n], batched)
-    # The early stopper is frozen after 20 steps: its latent, key, counters equal its own run.
+    # Early stoppers are frozen: their latent, key, counters equal their own runs.
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(single)):
       if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
         a, b = jax.random.key_data(a), jax.random.key_data(b)
@@ -194,7 +250,7 @@ def test_batch_matches_single_runs(stop_run, restart_run):
 
 
 def test_rejects_batched_state_and_non_callable_scorer():
-  s = toy_state(STOP_VALUES, 0)
+  s = toy_state(ABOVE_VALUES, 0)
   s = s.replace(x0=jnp.zeros((2, 4, 4, 3)))
   with pytest.raises(dqr.DQRError, match="vmap"):
     dqr.run(toy_step, mean_score, s, TS, ALPHAS, CONFIG)
@@ -234,12 +290,13 @@ def test_niqe_and_arniqa_scorer_orientation():
 
 
 def affine_mean(params, img):
-  """Scorer `p0·mean(img) + p1`: constant for p0 = 0, never settling for a large p0."""
+  """Scorer `p0·mean(img) + p1`: constant for p0 = 0, never settling for a large p0, NaN for a
+  NaN p0."""
   return params[0] * img.mean(axis=(1, 2, 3)) + params[1]
 
 
 @pytest.mark.slow
-def test_restore_with_tiny_sd_stops_early_and_restarts():
+def test_restore_with_tiny_sd_stops_early_and_reinitiates():
   # The real sampler step on a tiny random SD. 8 steps at t = 876, 751, 626, 501, 376, 251, 126,
   # 1; checks every 2 steps; stage 2 from t < 700, so the first check (t = 751) is skipped.
   key = jax.random.key(0)
@@ -251,17 +308,19 @@ def test_restore_with_tiny_sd_stops_early_and_restarts():
   # Constant score: t = 501 records, t = 251 settles after 6 of the 8 steps. The sampler's own
   # trace shows no step after the stop.
   info = restore_lib.restore(models, y, key, cfg).info
-  assert int(info["stop_reason"]) == dqr.SETTLED and int(info["restarts"]) == 0
+  assert int(info["stop_reason"]) == dqr.SETTLED and int(info["passes"]) == 1
   assert int(info["steps"]) == int(info["unet_evals"]) == 6
   np.testing.assert_array_equal(info["t"][:7], [876, 751, 626, 501, 376, 251, -1])
   np.testing.assert_array_equal(info["score_t"][:3], [501, 251, -1])
-  # Scores 10⁶·mean(x̂0) never settle: restarts re-enter at t = 501 (the grid timestep nearest
-  # t_r = 500) after the checks at 251 and 126; the third pass has no restart left and runs to
-  # t = 1 (6 + 4 + 5 steps, same compiled function: the scorer's params are traced).
-  scorer = models.scorer.replace(params=jnp.array([1e6, 0.0]))
-  info = restore_lib.restore(models.replace(scorer=scorer), y, key, cfg).info
-  assert int(info["stop_reason"]) == dqr.RESTART_CAP and int(info["restarts"]) == 2
-  assert int(info["steps"]) == 15
-  np.testing.assert_array_equal(
-    info["t"][:16], [876, 751, 626, 501, 376, 251, 501, 376, 251, 126, 501, 376, 251, 126, 1, -1])
-  np.testing.assert_array_equal(info["score_t"][:8], [501, 251, 376, 126, 376, 126, 1, -1])
+  # Scores 10⁶·mean(x̂0) never settle, NaN scores never count: each pass runs to t = 1 and is
+  # re-initiated at t = 501 (the grid timestep nearest t_r = 500); the third pass ends the run
+  # (8 + 5 + 5 steps, same compiled function: the scorer's params are traced).
+  for params in ([1e6, 0.0], [np.nan, 0.0]):
+    scorer = models.scorer.replace(params=jnp.array(params))
+    info = restore_lib.restore(models.replace(scorer=scorer), y, key, cfg).info
+    assert int(info["stop_reason"]) == dqr.RESTART_CAP and int(info["passes"]) == 3
+    assert int(info["steps"]) == 18
+    np.testing.assert_array_equal(info["pass_t"], [876, 501, 501])
+    np.testing.assert_array_equal(
+      info["t"][:19], [876, 751, 626, 501, 376, 251, 126, 1] + [501, 376, 251, 126, 1] * 2 + [-1])
+    np.testing.assert_array_equal(info["score_t"][:10], [501, 251, 1] + [376, 126, 1] * 2 + [-1])

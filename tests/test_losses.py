@@ -42,6 +42,19 @@ def test_exposure_matches_torch_avg_pool_on_uneven_sizes():
   assert float(losses.exposure(jnp.asarray(img), 16, 0.6)) == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parity
+def test_exposure_with_a_traced_patch_matches_torch_avg_pool():
+  """The per-image patch (docs/method.md §6: 32 or 64 by task) as a traced value under vmap."""
+  torch = pytest.importorskip("torch")
+  img = np.random.default_rng(2).random((1, 70, 45, 3), np.float32)
+  patches = np.array([16, 32, 64, 100], np.int32)
+  got = jax.jit(jax.vmap(lambda p: losses.exposure(jnp.asarray(img), p, 0.6)))(patches)
+  x = torch.from_numpy(img).permute(0, 3, 1, 2).mean(1, keepdim=True)
+  for p, g in zip(patches, np.asarray(got)):
+    pool = torch.nn.functional.avg_pool2d(x, (min(p, 70), min(p, 45)))
+    assert float(g) == pytest.approx(((pool - 0.6) ** 2).mean().item(), rel=1e-5), p
+
+
 def test_color_gradient_is_finite_on_grey_image():
   grey = jnp.full((1, 8, 8, 3), 0.4)
   g = jax.grad(lambda x: losses.quality(x, 1.0, 1.0, 4, 0.5))(grey)

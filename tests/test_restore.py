@@ -78,7 +78,7 @@ def test_bad_keys_configs_and_missing_scorer_are_reported(models):
     restore.restore(models, y, jax.random.split(jax.random.key(0), 3), cfg)
   with pytest.raises(ValueError, match="3 configs for 2"):
     restore.restore(models, y, jax.random.key(0), [cfg] * 3)
-  with pytest.raises(ValueError, match="differ only in loss weights"):
+  with pytest.raises(ValueError, match="differ only in their per-task settings"):
     restore.restore(models, y, jax.random.key(0), [cfg, cfg.replace(steps=7)])
   with pytest.raises(ValueError, match="scorer"):
     restore.restore(models, y, jax.random.key(0), config.preset("denoise"))

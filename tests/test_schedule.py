@@ -146,6 +146,31 @@ def test_thresholding_matches_numpy_quantile_and_clamps_to_unit_range():
 
 
 @pytest.mark.parity
+def test_divide_thresholding_matches_diffusers_threshold_sample():
+  s = schedule.from_config({**SD_CONFIG, **LDRPS})
+  x0 = _latents(5, 40.0)
+  x0[1] *= 1e-3  # a quiet sample: its threshold is clamped up to 1.
+  ref = _torch_scheduler({**SD_CONFIG, **LDRPS})
+  want = ref._threshold_sample(torch.from_numpy(x0.transpose(0, 3, 1, 2))).numpy()
+  got = schedule.threshold(s, jnp.asarray(x0))
+  np.testing.assert_allclose(got, want.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_clamp_thresholding_clips_without_dividing():
+  """LD-RPS's scheduler: ẑ0 clipped to ±s per sample, s = clip(quantile_0.995(|ẑ0|), 1, 100)."""
+  s = schedule.from_config({**SD_CONFIG, **LDRPS}).replace(threshold_divide=False)
+  x0 = (20.0 * np.random.default_rng(6).standard_normal((2, 32, 32, 4))).astype(np.float32)
+  x0[0, 0, 0, 0] = 1e4  # one outlier: clipped to s (about 56 here), not to 100.
+  x0[1] *= 1e-3
+  r = np.clip(np.quantile(np.abs(x0.reshape(2, -1)), 0.995, axis=1), 1.0, 100.0)
+  want = np.clip(x0, -r[:, None, None, None], r[:, None, None, None])
+  got = schedule.threshold(s, jnp.asarray(x0))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # float32 quantile.
+  assert 1.0 < r[0] < 100.0 and r[1] == 1.0
+  assert np.abs(got[0]).max() == pytest.approx(r[0], rel=1e-5) and np.abs(x0[0]).max() > r[0]
+
+
+@pytest.mark.parity
 def test_add_noise_matches_diffusers_with_per_sample_timesteps():
   s = schedule.from_config(SD_CONFIG)
   ref = _torch_scheduler(SD_CONFIG)

@@ -11,7 +11,7 @@ PCDM and discriminator widths (16, 32, 64) instead of (64, 128, 256) to keep CPU
 - `single_runs`: single calls with the low-light, mixed and denoise presets, same image and key.
 
 Each run is computed once per test session (cached). Two compiled functions in all (the batch
-of five, the single image): presets differ only in their loss weights, which are traced.
+of five, the single image): presets differ only in their per-task settings, which are traced.
 With the strong guidance, batch and single calls drift apart by float rounding (8e-4 after 10
 steps, 2e-2 after 50), so single calls are compared with the default-rule members.
 """

@@ -1,9 +1,9 @@
-"""Restoration settings: every quantity of METHOD.md §3–§8 as one frozen, hashable record.
+"""Restoration settings: every quantity of docs/method.md §3–§8 as one frozen, hashable record.
 
 `RestoreConfig` is passed to `jax.jit` as a static argument, so it holds only Python scalars,
-strings and tuples. `preset(task)` returns the paper's per-task weights (METHOD.md §4 PCDM
-weights, §6 Supp. Tab. 6). Invalid values raise `ConfigError` (a `ValueError`) at construction,
-naming the field.
+strings and tuples. `preset(task)` returns the per-task settings (docs/method.md §4 PCDM weights
+and discriminator learning rates, §6 Supp. Tab. 6, exposure patch and stage-3 boundary).
+Invalid values raise `ConfigError` (a `ValueError`) at construction, naming the field.
 """
 
 import dataclasses
@@ -14,6 +14,8 @@ TASKS = ("lowlight", "dehaze", "denoise", "mixed")
 PCDM_VARIANTS = ("pcdm", "resblocks")
 DEG_LOSSES = ("kl", "l1")
 DTYPES = ("float32", "bfloat16")
+THRESHOLDS = ("clamp", "divide", "off")
+DQR_OUTPUTS = ("last", "best")
 
 # METHOD.md §4 [LD-RPS]: PCDM training weights (w_mse, w_per, w_adv).
 _PCDM_WEIGHTS = {
@@ -27,6 +29,12 @@ _GUIDANCE_WEIGHTS = {
   "dehaze": (1e-3, 1.0, 5e-3, 5e-5, 1e-2, 1e-3),
   "denoise": (1e-3, 1.0, 5e-4, 5e-5, 1e-5, 1e-5),
 }
+# docs/method.md §4, §6 [LD-RPS]: (disc_lr, adv_disc_lr, exp_patch, stage3_t).
+_TASK_SETTINGS = {
+  "lowlight": (1e-3, 4e-5, 32, 100),
+  "dehaze": (2e-5, 2e-5, 64, 150),
+  "denoise": (1e-4, 1e-3, 64, 100),
+}
 
 
 class ConfigError(ValueError):
@@ -35,7 +43,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RestoreConfig:
-  """All settings of one restoration run (METHOD.md §3–§8). Defaults: the low-light row.
+  """All settings of one restoration run (docs/method.md §3–§8). Defaults: the low-light row.
 
   Sampling (§3):
     steps: DDIM steps of the first pass (450 [LD-RPS]).
@@ -43,14 +51,21 @@ class RestoreConfig:
     guidance_scale: s of Eq. 9–10 (4000 [paper], tied to SD latents at 512²).
     guidance_ref_pixels: N_ref of the rule s_eff = s·N/N_ref, N the model-grid pixel count
       (§3 [ours]); 0 disables the rescaling (s_eff = s).
-    stage2_t / stage3_t: stage boundaries (700, 100): guidance from t < stage2_t, Q from
-      t < stage3_t.
+    stage2_t / stage3_t: stage boundaries: guidance from t < stage2_t (700), Q from
+      t < stage3_t (per task [LD-RPS]: 100; dehaze 150).
+    threshold: ẑ0 thresholding right after ẑ0 is formed, with s = clip(quantile(|ẑ0|,
+      `threshold_ratio`), 1, `threshold_max`) per image: "clamp" (ẑ0 ← clip(ẑ0, −s, s), LD-RPS's
+      scheduler, the default for every task), "divide" (clip(ẑ0, −s, s) / s, stock diffusers'
+      `DDIMScheduler`), "off". threshold_ratio / threshold_max: 0.995 and 100 [LD-RPS].
     cfg_scale: classifier-free guidance weight when a prompt is given (8 [LD-RPS]).
     prompt: text prompt; "" means one unconditional UNet pass per step (§3 [ours]). The
       context is built from it outside jit (`models.sd.text_context`) and given to `restore`.
   PCDM (§4):
     pcdm_variant: "pcdm" (GGD-conditioned FiLM convs) or "resblocks" (§8 ablation).
-    pcdm_lr / disc_lr: Adam learning rates (5e-4, 1e-3 [LD-RPS]).
+    pcdm_lr: Adam learning rate of PCDM (5e-4 [LD-RPS]).
+    disc_lr / adv_disc_lr: Adam learning rates of the PCDM discriminator (§4) and of the Adv
+      discriminator (§5), per task [LD-RPS]: low light 1e-3 / 4e-5, dehaze 2e-5 / 2e-5,
+      denoise 1e-4 / 1e-3.
     pcdm_w_mse / pcdm_w_per / pcdm_w_adv: PCDM training weights (Eq. 12, per task).
     perc_damp_threshold / perc_damp_factor: from t < stage2_t the PCDM perceptual term x
       becomes `x if x <= threshold else factor·x` (10, 0.2 [LD-RPS]).
@@ -61,10 +76,13 @@ class RestoreConfig:
   Guidance (§5–§6, Supp. Tab. 6):
     deg_loss: "kl" (GGD KL on latents, Eq. 13) or "l1" (pixel L1, §8 ablation).
     lambda_deg / lambda_mse / lambda_per / lambda_adv: image-distance weights (Eq. 14).
-    w_exp / w_col: quality-term weights (Eq. 15); exp_patch / exp_target: L_exp(32, 0.5).
+    w_exp / w_col: quality-term weights (Eq. 15); exp_patch / exp_target: L_exp(patch, 0.5),
+      patch per task [LD-RPS]: 32 low light, 64 dehaze and denoise.
   DQR (§7):
     dqr: run the dynamic quality refinement driver (paper: on); dqr_every (k), dqr_tau (τ),
-    dqr_t_restart (t_r), dqr_max_restarts, dqr_gamma (γ of Eq. 17).
+    dqr_t_restart (t_r: early stop only at t <= t_r; unsettled passes re-enter there),
+    dqr_max_restarts (re-initiated passes), dqr_gamma (γ of Eq. 17), dqr_output ("last": the
+    x̂0 where the run ended, the paper's rule; "best": the best-scored x̂0 seen).
   Compute:
     dtype: backbone compute dtype, "float32" or "bfloat16".
     remat: recompute the decoder's activations in the backward pass (jax.checkpoint).
@@ -77,12 +95,16 @@ class RestoreConfig:
   guidance_scale: float = 4000.0
   guidance_ref_pixels: int = 512 * 512
   stage2_t: int = 700
-  stage3_t: int = 100
+  stage3_t: int = _TASK_SETTINGS["lowlight"][3]
+  threshold: str = "clamp"
+  threshold_ratio: float = 0.995
+  threshold_max: float = 100.0
   cfg_scale: float = 8.0
   prompt: str = ""
   pcdm_variant: str = "pcdm"
   pcdm_lr: float = 5e-4
-  disc_lr: float = 1e-3
+  disc_lr: float = _TASK_SETTINGS["lowlight"][0]
+  adv_disc_lr: float = _TASK_SETTINGS["lowlight"][1]
   pcdm_w_mse: float = _PCDM_WEIGHTS["lowlight"][0]
   pcdm_w_per: float = _PCDM_WEIGHTS["lowlight"][1]
   pcdm_w_adv: float = _PCDM_WEIGHTS["lowlight"][2]
@@ -98,7 +120,7 @@ class RestoreConfig:
   lambda_adv: float = _GUIDANCE_WEIGHTS["lowlight"][3]
   w_exp: float = _GUIDANCE_WEIGHTS["lowlight"][4]
   w_col: float = _GUIDANCE_WEIGHTS["lowlight"][5]
-  exp_patch: int = 32
+  exp_patch: int = _TASK_SETTINGS["lowlight"][2]
   exp_target: float = 0.5
   dqr: bool = True
   dqr_every: int = 10
@@ -106,6 +128,7 @@ class RestoreConfig:
   dqr_t_restart: int = 500
   dqr_max_restarts: int = 2
   dqr_gamma: float = 1.0
+  dqr_output: str = "last"
   dtype: str = "float32"
   remat: bool = False
 
@@ -114,6 +137,8 @@ class RestoreConfig:
     _check_choice(self, "pcdm_variant", PCDM_VARIANTS)
     _check_choice(self, "deg_loss", DEG_LOSSES)
     _check_choice(self, "dtype", DTYPES)
+    _check_choice(self, "threshold", THRESHOLDS)
+    _check_choice(self, "dqr_output", DQR_OUTPUTS)
     for name in ("steps", "exp_patch", "dqr_every"):
       _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
     for name in ("guidance_ref_pixels", "dqr_max_restarts"):
@@ -121,13 +146,17 @@ class RestoreConfig:
     for name in ("stage2_t", "stage3_t", "dqr_t_restart"):
       _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
     _check(self, "stage3_t", self.stage3_t <= self.stage2_t, f"<= stage2_t ({self.stage2_t})")
-    for name in ("pcdm_lr", "disc_lr", "perc_damp_factor", "dqr_gamma"):
+    for name in ("pcdm_lr", "disc_lr", "adv_disc_lr", "perc_damp_factor", "dqr_gamma"):
       _check(self, name, _is_real(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
     for name in ("guidance_scale", "cfg_scale", "pcdm_w_mse", "pcdm_w_per", "pcdm_w_adv",
                  "perc_damp_threshold", "lambda_deg", "lambda_mse", "lambda_per", "lambda_adv",
                  "w_exp", "w_col", "dqr_tau", "leaky_slope", "eta"):
       _check(self, name, _is_real(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
     _check(self, "eta", self.eta <= 1, "in [0, 1]")
+    _check(self, "threshold_ratio", _is_real(self.threshold_ratio)
+           and 0 < self.threshold_ratio <= 1, "in (0, 1]")
+    _check(self, "threshold_max", _is_real(self.threshold_max) and self.threshold_max >= 1,
+           "a number >= 1")
     _check(self, "exp_target", _is_real(self.exp_target) and 0 <= self.exp_target <= 1,
            "in [0, 1]")
     _check(self, "prompt", isinstance(self.prompt, str), "a string")
@@ -144,7 +173,8 @@ class RestoreConfig:
 
 
 def preset(task: str, **overrides: Any) -> RestoreConfig:
-  """The paper's settings for `task` (METHOD.md §4 PCDM weights, §6 Supp. Tab. 6).
+  """The per-task settings for `task` (docs/method.md §4 PCDM weights and discriminator learning
+  rates, §6 Supp. Tab. 6, exposure patch and stage-3 boundary).
 
   task: "lowlight", "dehaze", "denoise" or "mixed" (mixed uses the low-light row [ours]).
   overrides: further `RestoreConfig` fields, e.g. `steps=50, dqr=False`.
@@ -154,9 +184,11 @@ def preset(task: str, **overrides: Any) -> RestoreConfig:
   row = "lowlight" if task == "mixed" else task
   w_mse, w_per, w_adv = _PCDM_WEIGHTS[row]
   l_deg, l_mse, l_per, l_adv, w_exp, w_col = _GUIDANCE_WEIGHTS[row]
+  disc_lr, adv_disc_lr, exp_patch, stage3_t = _TASK_SETTINGS[row]
   fields = {"task": task, "pcdm_w_mse": w_mse, "pcdm_w_per": w_per, "pcdm_w_adv": w_adv,
             "lambda_deg": l_deg, "lambda_mse": l_mse, "lambda_per": l_per,
-            "lambda_adv": l_adv, "w_exp": w_exp, "w_col": w_col}
+            "lambda_adv": l_adv, "w_exp": w_exp, "w_col": w_col, "disc_lr": disc_lr,
+            "adv_disc_lr": adv_disc_lr, "exp_patch": exp_patch, "stage3_t": stage3_t}
   fields.update(overrides)
   try:
     return RestoreConfig(**fields)

@@ -63,19 +63,37 @@ def deg_loss(z_hat: jax.Array, alpha_y: jax.Array, beta_y: jax.Array) -> jax.Arr
   return jnp.mean(ggd.kl(alpha, beta, alpha_y, beta_y))
 
 
-def exposure(x: jax.Array, patch: int = 32, target: float = 0.5) -> jax.Array:
-  """Exposure loss L_exp(patch, target) of METHOD §6 (Eq. 15, [LD-RPS L_exp]).
+def exposure(x: jax.Array, patch: int | jax.Array = 32, target: float = 0.5) -> jax.Array:
+  """Exposure loss L_exp(patch, target) of docs/method.md §6 (Eq. 15, [LD-RPS L_exp]).
 
   The RGB mean image is average-pooled over non-overlapping `patch`×`patch` windows (trailing
   rows/columns that do not fill a window are dropped, as `nn.AvgPool2d`), and the squared
   distance of the window means to `target` is averaged. Images smaller than one window are
   pooled as one window.
+
+  `patch` may be a traced int32 scalar (it differs per task and is carried per image under
+  `vmap`): the pooling is two matrix products with 0/1 window matrices `[H, H]` and `[W, W]`
+  whose rows past the last full window are empty and masked out of the mean.
   """
   b, h, w, _ = x.shape
-  ph, pw = min(patch, h), min(patch, w)
-  m = jnp.mean(x, axis=-1)[:, :h - h % ph, :w - w % pw]
-  m = m.reshape(b, h // ph, ph, w // pw, pw).mean(axis=(2, 4))
-  return jnp.mean(jnp.square(m - target))
+  patch = jnp.asarray(patch, jnp.int32)
+  rows, n_rows = _windows(h, patch)
+  cols, n_cols = _windows(w, patch)
+  m = jnp.einsum("ki,bij,lj->bkl", rows, jnp.mean(x, axis=-1), cols,
+                 precision=jax.lax.Precision.HIGHEST)
+  valid = (jnp.arange(h)[:, None] < n_rows) & (jnp.arange(w)[None, :] < n_cols)
+  err = jnp.where(valid, jnp.square(m - target), 0.0)
+  return jnp.sum(err) / (b * n_rows * n_cols).astype(x.dtype)
+
+
+def _windows(size: int, patch: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Averaging matrix `[size, size]` of the windows of min(patch, size) along one axis (row k
+  averages window k; rows from the window count on are 0) and the window count."""
+  p = jnp.minimum(patch, size)
+  count = size // p
+  i = jnp.arange(size)
+  member = (i[None, :] // p == jnp.arange(size)[:, None]) & (i[None, :] < count * p)
+  return member.astype(jnp.float32) / p.astype(jnp.float32), count
 
 
 def color(x: jax.Array) -> jax.Array:
@@ -93,6 +111,6 @@ def color(x: jax.Array) -> jax.Array:
 
 
 def quality(x: jax.Array, w_exp: float | jax.Array, w_col: float | jax.Array,
-            patch: int = 32, target: float = 0.5) -> jax.Array:
+            patch: int | jax.Array = 32, target: float = 0.5) -> jax.Array:
   """Quality term Q = w_exp·L_exp + w_col·L_color of the restored image (METHOD §6, Eq. 15)."""
   return w_exp * exposure(x, patch, target) + w_col * color(x)

@@ -8,12 +8,14 @@ per-image states, each image with its own PCDM and key; it equals B single calls
 keys.
 
 Compilation: the function is compiled once per input shape and per *static* configuration;
-the per-task loss weights and the guidance scale are traced values (`sampler.state.LossWeights`),
-so presets that differ only in their weights share one compiled function.
+the per-task settings (loss weights, guidance scale, discriminator learning rates, exposure
+patch, stage-3 boundary) are traced values (`sampler.state.LossWeights`), so the task presets
+share one compiled function.
 
 Choices where docs/method.md is silent [ours]:
 - Output of the fixed pass: the final latent z after the last step, decoded and clipped to
-  [0, 1] (as diffusers pipelines decode their final latents). DQR returns its best-scored x̂0.
+  [0, 1] (as diffusers pipelines decode their final latents). DQR returns the x̂0 where it
+  ended (`dqr_output="last"`) or its best-scored x̂0 (`"best"`), clipped.
 - Backbone precision / remat: `config.dtype` / `config.remat` reach the backbone through its
   `configure` (models/backbone.py); a backbone without such settings returns itself.
 - In the batched fixed pass all images share the step index, so the timestep stays unbatched
@@ -130,7 +132,7 @@ def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int
       raise InputError(f"config must be a RestoreConfig, got {type(config).__name__}")
   static = {state_lib.weightless(c) for c in configs}
   if len(static) > 1:
-    raise InputError("per-image configs may differ only in loss weights and guidance scale "
+    raise InputError("per-image configs may differ only in their per-task settings "
                      f"({', '.join(state_lib.WEIGHT_FIELDS)}); run the others separately")
   config = configs[0]
   if not hasattr(y, "shape") or not hasattr(y, "dtype"):

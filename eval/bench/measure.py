@@ -334,7 +334,8 @@ def parity(setup: Setup, probe: dict[str, Any]) -> dict[str, Any]:
     "z_max_abs": float(np.abs(z_jax).max()),
     "pcdm": _compare_update(before["pcdm"], after["pcdm"], im.pcdm.flax_params(), c.pcdm_lr),
     "disc": _compare_update(before["disc"], after["disc"], im.disc.flax_params(), c.disc_lr),
-    "disc2": _compare_update(before["disc2"], after["disc2"], im.disc2.flax_params(), c.disc_lr),
+    "disc2": _compare_update(before["disc2"], after["disc2"], im.disc2.flax_params(),
+                             c.adv_disc_lr),
   }
 
 

@@ -59,6 +59,8 @@ class DDIMSchedule:
     thresholding: dynamic thresholding of x̂0 (Imagen); takes precedence over `clip_sample`.
     dynamic_thresholding_ratio: quantile of |x̂0| used as the threshold.
     sample_max_value: upper bound of the dynamic threshold.
+    threshold_divide: after clamping to ±r, divide by r (diffusers' `DDIMScheduler`, the
+      default); False clamps only (the DDIM scheduler LD-RPS bundles; docs/method.md §3).
     clip_sample: clip x̂0 to ±`clip_sample_range` (when not thresholding).
     clip_sample_range: the clip bound.
   """
@@ -72,6 +74,7 @@ class DDIMSchedule:
   thresholding: bool = flax.struct.field(pytree_node=False, default=False)
   dynamic_thresholding_ratio: float = flax.struct.field(pytree_node=False, default=0.995)
   sample_max_value: float = flax.struct.field(pytree_node=False, default=1.0)
+  threshold_divide: bool = flax.struct.field(pytree_node=False, default=True)
   clip_sample: bool = flax.struct.field(pytree_node=False, default=False)
   clip_sample_range: float = flax.struct.field(pytree_node=False, default=1.0)
 
@@ -240,8 +243,9 @@ def threshold(s: DDIMSchedule, x0: jax.Array) -> jax.Array:
   """Dynamic thresholding (or plain clipping) of x̂0 as the schedule's settings ask.
 
   Thresholding: per batch element, r = quantile(|x̂0|, `dynamic_thresholding_ratio`) over all
-  its values, clamped to [1, `sample_max_value`]; x̂0 ← clip(x̂0, −r, r) / r (computed in
-  float32). Otherwise with `clip_sample`, x̂0 ← clip(x̂0, ±`clip_sample_range`). Else unchanged.
+  its values, clamped to [1, `sample_max_value`]; x̂0 ← clip(x̂0, −r, r) / r, or without the
+  division when `threshold_divide` is False (computed in float32). Otherwise with
+  `clip_sample`, x̂0 ← clip(x̂0, ±`clip_sample_range`). Else unchanged.
 
   Args:
     s: the schedule.
@@ -254,7 +258,10 @@ def threshold(s: DDIMSchedule, x0: jax.Array) -> jax.Array:
     flat = x0.astype(jnp.float32).reshape(x0.shape[0], -1)
     r = jnp.quantile(jnp.abs(flat), s.dynamic_thresholding_ratio, axis=1, keepdims=True)
     r = jnp.clip(r, 1.0, s.sample_max_value)
-    return (jnp.clip(flat, -r, r) / r).reshape(x0.shape).astype(x0.dtype)
+    out = jnp.clip(flat, -r, r)
+    if s.threshold_divide:
+      out = out / r
+    return out.reshape(x0.shape).astype(x0.dtype)
   if s.clip_sample:
     return jnp.clip(x0, -s.clip_sample_range, s.clip_sample_range)
   return x0

@@ -1,39 +1,57 @@
-"""Dynamic quality refinement (METHOD.md §7, Eq. 16–17): the restore loop with early stop.
+"""Dynamic quality refinement (docs/method.md §7, Eq. 16–17): passes, early stop, re-initiation.
 
 `run` drives a pure sampler step `state -> state` inside one `lax.while_loop`. Every k steps
-(`dqr_every`) it scores the latest decoded x̂0 with a no-reference quality model (`Scorer`) and,
-with `Δ = |S_t − S_{t+k}|` the change since the previous check (Eq. 16):
+(`dqr_every`) from stage 2 on (t < `stage2_t`) it scores the latest decoded x̂0 with a
+no-reference quality model (`Scorer`); Δ = |S_t − S_{t+k}| is the change since the previous
+check of the same pass (Eq. 16):
 
-- `Δ < τ`: quality has settled; stop.
-- `Δ ≥ τ` and `t > t_r`: continue the reverse process.
-- `Δ ≥ τ` and `t ≤ t_r`: re-noise the latest ẑ0 to t_r (Eq. 17),
-  `z_{t_r} = sqrt(ᾱ_{t_r})·ẑ0 + γ·sqrt(1−ᾱ_{t_r})·ε`, ε ~ N(0, I), and continue from there.
+- Δ < τ and t ≤ t_r: quality has settled: stop; the output is this x̂0.
+- Δ < τ and t > t_r: continue (the estimate is still under-guided there).
+- Δ ≥ τ: continue the reverse process.
+- A pass that reaches the last timestep unsettled is re-initiated (Eq. 17): its final ẑ0 is
+  re-noised to t_r, `z_{t_r} = sqrt(ᾱ_{t_r})·ẑ0 + γ·sqrt(1−ᾱ_{t_r})·ε`, ε ~ N(0, I), and
+  sampling runs again from t_r on the same timestep grid, with checks and a fresh score history.
+- At most `dqr_max_restarts` (2) re-initiations; a last pass that ends unsettled ends the run.
 
-The result is the x̂0 with the best score seen, not the last one.
+Output (`dqr_output`): "last" (default, the paper's rule): the x̂0 where the run ended (the
+settled check's, or the last pass's final x̂0); "best": the best-scored x̂0 seen (the last one
+when no check produced a finite score).
 
-Choices where METHOD.md is silent (all documented again in the README):
+What each score history does, on the 450-step SD grid (t = 899, 897, …, 1, k = 10, checks
+scored from t < 700, t_r = 500 → grid timestep 501, passes re-enter at step index 199):
+
+| score history | what happens | steps |
+|---|---|---|
+| settles above t_r (e.g. constant) | the checks above t_r only record and continue; the first check at t ≤ t_r (t = 481) stops | 210 |
+| settles below t_r (Δ ≥ τ down to t = 301) | continues through t_r; stops at the first check with Δ < τ (t = 261) | 320 |
+| never settles | pass 1 runs to t = 1, two re-initiated passes from t = 501 run to t = 1; ends (cap) | 450 + 2·251 = 952 |
+| NaN at every check | as "never settles" (NaN counts as no score) | 952 |
+
+(`tests/test_dqr.py` scripts each history on a small grid and on the tiny random SD; the step
+counts above were measured with the tiny random SD's real step and scripted scores.)
+
+Choices where docs/method.md is silent [ours]:
 
 - t is the timestep of the step that produced the scored x̂0. t_r is snapped to the nearest
   timestep of the sampler's grid (`restart_index`; ties go to the larger timestep) and Eq. 17
   uses ᾱ at that grid timestep, so the re-noised latent matches the step it re-enters.
-- Δ needs two scores on the same trajectory: the first check after stage 1 and the first check
-  after each restart only record their score; they can neither stop nor restart.
+- Δ needs two scores of the same pass: the first scored check of a pass only records.
 - No checks in stage 1 (t ≥ `stage2_t`): there the latent is not guided yet, so x̂0 is a free
-  prior sample and neither its score nor its settling says anything about the restoration.
-  Those checks are skipped (no scorer call) and are not candidates for the output.
-- The check after the last timestep is always scored (even in stage 1), so the final x̂0 is
-  always a candidate. When fewer than k steps remain, that check comes fewer than k steps
-  after the previous one.
-- Restart cap (`dqr_max_restarts`, default 2): once spent, a due restart is refused and the
-  reverse process continues; the run then ends by settling or at the last timestep. Each pass
-  is at most one sweep of the timesteps, so the loop always terminates.
+  prior sample. Those checks are skipped (no scorer call) and are not candidates for "best".
+- The check after the last timestep of a pass is always scored (even in stage 1), so its final
+  x̂0 is a candidate and may settle. When fewer than k steps remain, that check comes fewer
+  than k steps after the previous one; a re-initiated pass counts its checks from its start.
 - Scores are computed on x̂0 clipped to [0, 1]. τ applies to `Scorer.quality`, the score
   divided by the scorer's `unit` (ARNIQA 1, NIQE 10; see `scorers.py`), so one τ serves both.
 - A NaN score (e.g. NIQE of a perfectly flat image) counts as no score: it neither stops nor
-  restarts, never becomes the output, and the next check only records.
+  continues anything by itself, never becomes "best", and clears the pass's history so the next
+  check only records.
 
-Under `vmap` every image stops and restarts on its own. The loop runs until the last image is
-done; a finished image is frozen: its steps, re-noising and bookkeeping are masked by its
+`info` records `passes` (1 + re-initiations) and `pass_t`, the timestep where each pass began
+(−1 for passes not run), besides the step and UNet counts, the stop reason and the score trace.
+
+Under `vmap` every image stops and re-initiates on its own. The loop runs until the last image
+is done; a finished image is frozen: its steps, re-noising and bookkeeping are masked by its
 `done` flag, so its latent, PRNG key and PCDM state stay exactly as they were when it stopped.
 
 Structure: the loop body runs k guarded steps (`lax.fori_loop`) and then one check. Checking
@@ -53,9 +71,9 @@ import jax.numpy as jnp
 
 # info["stop_reason"] codes; STOP_REASONS[code] names them.
 RUNNING = 0  # never returned: the loop ends only with one of the codes below.
-SETTLED = 1  # Δ < τ at a check (Eq. 16).
-END_OF_SCHEDULE = 2  # the timesteps ran out with no restart due.
-RESTART_CAP = 3  # the timesteps ran out after a restart was refused because the cap was spent.
+SETTLED = 1  # Δ < τ at a check with t <= t_r (Eq. 16).
+END_OF_SCHEDULE = 2  # the single pass ended unsettled (re-initiation off: dqr_max_restarts 0).
+RESTART_CAP = 3  # the last allowed re-initiated pass ended unsettled.
 STOP_REASONS = ("running", "settled", "end_of_schedule", "restart_cap")
 
 
@@ -86,7 +104,7 @@ class Scorer:
     params: pytree of arrays given to `apply` (None for parameter-free scorers).
     higher_is_better: orientation of the raw score (ARNIQA True, NIQE False).
     unit: raw-score size of one quality unit; τ is compared with differences of
-      `quality = ±score / unit` (METHOD.md §7 gives τ = 0.01 for ARNIQA's [0, 1] scale).
+      `quality = ±score / unit` (docs/method.md §7 gives τ = 0.01 for ARNIQA's [0, 1] scale).
   """
 
   apply: Callable[[Any, jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
@@ -107,7 +125,7 @@ class Scorer:
 def wrap(
     fn: Callable[[jax.Array], jax.Array], higher_is_better: bool = True, unit: float = 1.0
 ) -> Scorer:
-  """A `Scorer` from any jit-able `fn(img [B, H, W, 3]) -> [B]` (METHOD.md §7, pluggable).
+  """A `Scorer` from any jit-able `fn(img [B, H, W, 3]) -> [B]` (docs/method.md §7, pluggable).
 
   `unit`: raw-score size that τ is measured in (1 for scores on a [0, 1] scale).
   """
@@ -126,12 +144,12 @@ class DQRState:
 
   Attributes:
     steps: int32, sampler steps taken (all passes).
-    restarts: int32, Eq. 17 restarts done.
-    refused: bool, a restart was due but the cap was spent.
+    restarts: int32, Eq. 17 re-initiations done (passes − 1).
+    pass_t: [1 + max_restarts] int32, timestep where each pass began, −1 for passes not run.
     done: bool, the run has finished; the image is frozen.
     reason: int32 stop-reason code (`STOP_REASONS`).
-    prev: float32 quality of the previous check on this trajectory; NaN when there is none.
-    best: float32 best quality seen (−inf before the first scored check).
+    prev: float32 quality of the previous check of this pass; NaN when there is none.
+    best: float32 best quality seen (−inf before the first finite score).
     best_score: float32 raw score of `best_x0`.
     best_x0: [1, H, W, 3] the x̂0 with the best score.
     checks: int32, scored checks so far (the fill level of the trace).
@@ -141,7 +159,7 @@ class DQRState:
 
   steps: jax.Array
   restarts: jax.Array
-  refused: jax.Array
+  pass_t: jax.Array
   done: jax.Array
   reason: jax.Array
   prev: jax.Array
@@ -186,12 +204,13 @@ def renoise(state: Any, timesteps: jax.Array, alphas_cumprod: jax.Array, index: 
   return state.replace(z=z.astype(state.z.dtype), i=index, key=key)
 
 
-def init(state: Any, trace_size: int) -> DQRState:
-  """Fresh bookkeeping for a sampler state whose x̂0 is `state.x0` `[1, H, W, 3]`."""
+def init(state: Any, trace_size: int, first_t: jax.Array, max_restarts: int) -> DQRState:
+  """Fresh bookkeeping for a sampler state whose x̂0 is `state.x0` `[1, H, W, 3]`; the first
+  pass begins at timestep `first_t`."""
   return DQRState(
     steps=jnp.int32(0),
     restarts=jnp.int32(0),
-    refused=jnp.bool_(False),
+    pass_t=jnp.full((1 + max_restarts,), -1, jnp.int32).at[0].set(first_t),
     done=jnp.bool_(False),
     reason=jnp.int32(RUNNING),
     prev=jnp.float32(jnp.nan),
@@ -206,7 +225,7 @@ def init(state: Any, trace_size: int) -> DQRState:
 
 def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
            alphas_cumprod: jax.Array, i_restart: jax.Array, config: Any) -> tuple[Any, DQRState]:
-  """One quality check after a block of steps: score, record, stop / continue / restart."""
+  """One quality check after a block of steps: score, record, stop / continue / re-initiate."""
   n = timesteps.shape[0]
   live = ~d.done
   t = timesteps[jnp.clip(state.i - 1, 0, n - 1)]
@@ -218,22 +237,23 @@ def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
 
   raw = jax.lax.cond(scored, score, lambda: jnp.float32(jnp.nan))
   q = scorer.quality(raw)
-  delta = jnp.abs(q - d.prev)
-  settled = scored & (delta < config.dqr_tau)
-  restart_due = scored & (delta >= config.dqr_tau) & (t <= config.dqr_t_restart)
-  restart = restart_due & (d.restarts < config.dqr_max_restarts)
-  refused = d.refused | (restart_due & ~restart)
-  finished = settled | (live & at_end & ~restart)
-  reason = jnp.where(settled, SETTLED, jnp.where(refused, RESTART_CAP, END_OF_SCHEDULE))
+  finite = scored & jnp.isfinite(q)
+  settled = finite & (jnp.abs(q - d.prev) < config.dqr_tau) & (t <= config.dqr_t_restart)
+  unsettled_end = live & at_end & ~settled
+  reinit = unsettled_end & (d.restarts < config.dqr_max_restarts)
+  finished = settled | (unsettled_end & ~reinit)
+  ended = RESTART_CAP if config.dqr_max_restarts > 0 else END_OF_SCHEDULE
+  reason = jnp.where(settled, SETTLED, ended)
 
-  better = scored & (q > d.best)
+  better = finite & (q > d.best)
   slot = jnp.where(scored, d.checks, d.scores.shape[0])  # out of range: dropped.
+  pass_slot = jnp.where(reinit, d.restarts + 1, d.pass_t.shape[0])
   d = d.replace(
-    restarts=d.restarts + restart.astype(jnp.int32),
-    refused=refused,
+    restarts=d.restarts + reinit.astype(jnp.int32),
+    pass_t=d.pass_t.at[pass_slot].set(timesteps[i_restart], mode="drop"),
     done=d.done | finished,
     reason=jnp.where(finished, reason, d.reason).astype(jnp.int32),
-    prev=jnp.where(restart, jnp.nan, jnp.where(scored, q, d.prev)),
+    prev=jnp.where(reinit, jnp.nan, jnp.where(scored, q, d.prev)),
     best=jnp.where(better, q, d.best),
     best_score=jnp.where(better, raw, d.best_score),
     best_x0=jnp.where(better, state.x0, d.best_x0),
@@ -242,7 +262,7 @@ def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
     score_t=d.score_t.at[slot].set(t, mode="drop"),
   )
   state = jax.lax.cond(
-    restart,
+    reinit,
     lambda s: renoise(s, timesteps, alphas_cumprod, i_restart, config.dqr_gamma),
     lambda s: s,
     state,
@@ -260,7 +280,7 @@ def run(
     *,
     unet_per_step: int = 1,
 ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
-  """The restore loop with dynamic quality refinement (METHOD.md §7, Eq. 16–17).
+  """The restore loop with dynamic quality refinement (docs/method.md §7, Eq. 16–17).
 
   Args:
     step_fn: pure `state -> state`, one reverse step at `timesteps[state.i]`, which sets
@@ -271,14 +291,17 @@ def run(
     timesteps: int32 `[N]`, descending, the timestep of each step.
     alphas_cumprod: `[T]` ᾱ table of the forward process (Eq. 17).
     config: a `RestoreConfig` (static); reads `dqr_every`, `dqr_tau`, `dqr_t_restart`,
-      `dqr_max_restarts`, `dqr_gamma` and `stage2_t`.
+    `dqr_max_restarts`, `dqr_gamma`, `dqr_output` and `stage2_t`.
     unet_per_step: UNet evaluations one step costs (2 with classifier-free guidance).
 
   Returns:
-    `(state, image, info)`: the final sampler state, the best-scored x̂0 `[1, H, W, 3]` (the
-    last x̂0 when no check produced a finite score), and `info` with int32 `steps`,
-    `unet_evals`, `restarts`, `stop_reason` (`STOP_REASONS[code]`), `checks`, the timestep
-    `stop_t` of the last step taken, `best_score` (raw units), and the trace: `scores` `[C]`
+    `(state, image, info)`: the final sampler state, the output x̂0 `[1, H, W, 3]` per
+    `config.dqr_output` ("last": `state.x0` where the run ended; "best": the best-scored x̂0,
+    or the last when no check produced a finite score), and `info` with int32 `steps`,
+    `unet_evals`, `restarts` (re-initiations), `passes` (1 + restarts), `pass_t`
+    `[1 + dqr_max_restarts]` (timestep where each pass began, −1 for passes not run),
+    `stop_reason` (`STOP_REASONS[code]`), `checks`, the timestep `stop_t` of the last step
+    taken, `best_score` (raw units), and the trace: `scores` `[C]`
     float32 (raw scores of the scored checks in order, NaN-padded) and `score_t` `[C]` int32
     (their timesteps, −1-padded), C = `trace_len(N, dqr_every, dqr_max_restarts)`.
   """
@@ -302,13 +325,18 @@ def run(
     s, d = jax.lax.fori_loop(0, every, guarded_step, carry)
     return _check(s, d, scorer, timesteps, alphas_cumprod, i_restart, config)
 
-  d = init(state, trace_len(n, every, config.dqr_max_restarts))
+  d = init(state, trace_len(n, every, config.dqr_max_restarts), timesteps[state.i],
+           config.dqr_max_restarts)
   state, d = jax.lax.while_loop(lambda c: ~c[1].done, body, (state, d))
-  image = jnp.where(jnp.isfinite(d.best), d.best_x0, state.x0)
+  image = state.x0
+  if config.dqr_output == "best":
+    image = jnp.where(jnp.isfinite(d.best), d.best_x0, state.x0)
   info = {
     "steps": d.steps,
     "unet_evals": d.steps * unet_per_step,
     "restarts": d.restarts,
+    "passes": d.restarts + 1,
+    "pass_t": d.pass_t,
     "stop_reason": d.reason,
     "stop_t": timesteps[jnp.clip(state.i - 1, 0, n - 1)],
     "checks": d.checks,

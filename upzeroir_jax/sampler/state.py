@@ -1,4 +1,4 @@
-"""The sampler's state pytree and its initialisation (METHOD.md §3–§5).
+"""The sampler's state pytree and its initialisation (docs/method.md §3–§5).
 
 Everything one image's restoration carries from step to step is one `SamplerState`: the
 latent, the latest ẑ0 / x̂0, the PRNG key, PCDM and both discriminators with their Adam states,
@@ -6,9 +6,11 @@ the quantities of y computed once (E(y), its GGD fit, the GGD statistics and VGG
 the loss weights, and the per-step trace. `step.step` maps a state to the next one. A batch of
 images is a `jax.vmap` over states (each image has its own PCDM).
 
-The loss weights live in the state as float32 scalars (`LossWeights`) rather than being read
-from the static config inside the step, so presets that differ only in their weights (and
-guidance-scale sweeps) share one compiled function.
+Everything that differs between the task presets lives in the state as traced scalars
+(`LossWeights`: the loss weights, the effective guidance scale, both discriminator learning
+rates, the exposure patch and the stage-3 boundary) rather than being read from the static
+config inside the step, so presets (and guidance-scale sweeps) share one compiled function and
+a batch may mix tasks.
 
 Trace [ours]: `trace` is a dict of arrays `[trace_len]` (`TRACE_KEYS`); step number n (counting
 every step taken, restarts included) writes row n, rows past the end are dropped. Unwritten rows
@@ -41,7 +43,9 @@ TRACE_KEYS = (
 
 @flax.struct.dataclass
 class LossWeights:
-  """The per-task loss weights and the effective guidance scale, as traced float32 scalars."""
+  """The per-task settings as traced scalars (docs/method.md §4–§6): loss weights, the effective
+  guidance scale, the discriminators' Adam learning rates (float32), the exposure patch and the
+  stage-3 boundary (int32)."""
 
   pcdm_w_mse: jax.Array
   pcdm_w_per: jax.Array
@@ -53,13 +57,19 @@ class LossWeights:
   w_exp: jax.Array
   w_col: jax.Array
   guidance_scale: jax.Array
+  disc_lr: jax.Array
+  adv_disc_lr: jax.Array
+  exp_patch: jax.Array
+  stage3_t: jax.Array
 
 
 WEIGHT_FIELDS = tuple(f.name for f in dataclasses.fields(LossWeights))
+_INT_FIELDS = ("exp_patch", "stage3_t")
 
 
 def loss_weights(config: config_lib.RestoreConfig, num_pixels: int) -> LossWeights:
-  """The weights of `config`, with s scaled to the model grid (METHOD §3, s·N/N_ref [ours]).
+  """The per-task settings of `config`, with s scaled to the model grid (docs/method.md §3,
+  s·N/N_ref [ours]).
 
   num_pixels: N = H·W of the model-grid image. With `config.guidance_ref_pixels` = 0 the scale
   is used as given.
@@ -67,7 +77,8 @@ def loss_weights(config: config_lib.RestoreConfig, num_pixels: int) -> LossWeigh
   values = {name: getattr(config, name) for name in WEIGHT_FIELDS}
   if config.guidance_ref_pixels:
     values["guidance_scale"] *= num_pixels / config.guidance_ref_pixels
-  return LossWeights(**{k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+  return LossWeights(**{k: jnp.asarray(v, jnp.int32 if k in _INT_FIELDS else jnp.float32)
+                        for k, v in values.items()})
 
 
 def weightless(config: config_lib.RestoreConfig) -> config_lib.RestoreConfig:
@@ -123,10 +134,13 @@ class SamplerState:
   trace: dict[str, jax.Array]
 
 
-def optimizers(config: config_lib.RestoreConfig
-               ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Adam for PCDM (lr `pcdm_lr`) and for both discriminators (lr `disc_lr`) (METHOD §4)."""
-  return optax.adam(config.pcdm_lr), optax.adam(config.disc_lr)
+def optimizers(config: config_lib.RestoreConfig, weights: LossWeights
+               ) -> tuple[optax.GradientTransformation, ...]:
+  """Adam for PCDM (lr `config.pcdm_lr`), the PCDM discriminator (`weights.disc_lr`) and the Adv
+  discriminator (`weights.adv_disc_lr`) (docs/method.md §4–§5). The discriminators' rates are
+  traced scalars; Adam's state does not depend on the rate."""
+  return (optax.adam(config.pcdm_lr), optax.adam(weights.disc_lr),
+          optax.adam(weights.adv_disc_lr))
 
 
 def degradation_net(config: config_lib.RestoreConfig):
@@ -156,7 +170,7 @@ def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
   zy = backbone.encode(y).astype(jnp.float32)
   zy_alpha, zy_beta = ggd.fit(zy, axis=(1, 2))
   net, disc = degradation_net(config), discriminator(config)
-  pcdm_tx, disc_tx = optimizers(config)
+  pcdm_tx, disc_tx, disc2_tx = optimizers(config, weights)
   net_params = pcdm.init(net, k_net)
   d_params, d2_params = pcdm.init(disc, k_d), pcdm.init(disc, k_d2)
   z = jax.random.normal(k_z, zy.shape, jnp.float32)
@@ -172,7 +186,7 @@ def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
     disc=d_params,
     disc_opt=disc_tx.init(d_params),
     disc2=d2_params,
-    disc2_opt=disc_tx.init(d2_params),
+    disc2_opt=disc2_tx.init(d2_params),
     zy=zy,
     zy_alpha=zy_alpha,
     zy_beta=zy_beta,
@@ -185,7 +199,7 @@ def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
 
 def init(models: Any, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
          trace_len: int | None = None) -> SamplerState:
-  """The state before the first reverse step (METHOD §3): z_T ~ N(0, I), fresh PCDM and
+  """The state before the first reverse step (docs/method.md §3): z_T ~ N(0, I), fresh PCDM and
   discriminators (Kaiming init, re-initialised per image [LD-RPS]), E(y) computed once.
 
   Args:

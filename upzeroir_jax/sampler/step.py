@@ -1,10 +1,12 @@
-"""One guided reverse step of the UP-ZeroIR sampler (METHOD.md §3–§6), `state -> state`.
+"""One guided reverse step of the UP-ZeroIR sampler (docs/method.md §3–§6), `state -> state`.
 
-For the step's timestep t (stage s(t) of the METHOD §3 table):
+For the step's timestep t (stage s(t) of the docs/method.md §3 table):
 
 1. model output at z_t (classifier-free guidance when a context is given) -> DDIM:
-   z_{t−1} and ẑ0 (from z_t, as DPS; thresholded as the schedule asks);
-2. x̂0 = D(ẑ0), decoded once; its VJP later carries the guidance gradient to ẑ0;
+   ẑ0 from z_t (as DPS), thresholded per `config.threshold` (LD-RPS: clamped per image to ±s,
+   s = clip(quantile(|ẑ0|, 0.995), 1, 100), no division), then
+   z_{t−1} = sqrt(ᾱ_{t−1})·ẑ0 + sqrt(1−ᾱ_{t−1})·ε with ε as predicted;
+2. x̂0 = D(ẑ0) of the thresholded ẑ0, decoded once; its VJP later carries the guidance gradient to ẑ0;
 3. the PCDM discriminator takes one Adam step on (y real, ŷ fake), then PCDM one Adam step on
    L_PCDM (Eq. 12) with x̂0, y held fixed — the discriminator first, as LD-RPS's GANLoss;
 4. stages 2–3 (t < stage2_t), in one `lax.cond`: ŷ = PCDM(x̂0) with the updated PCDM, the
@@ -13,15 +15,20 @@ For the step's timestep t (stage s(t) of the METHOD §3 table):
    included), the encoder E(ŷ) of DegLoss, and the decoder VJP;
 5. z_{t−1} ← z_{t−1} − s·∇ẑ0 L (Eq. 9–10).
 
-Choices where METHOD.md is silent [ours]:
+The per-task settings are read from the state's traced `LossWeights` (loss weights, s, the
+discriminators' learning rates, the exposure patch, the stage-3 boundary), so one compiled step
+serves every task preset and a batch may mix them; the stage-2 boundary (700 for every task)
+and the thresholding mode stay static.
+
+Choices where docs/method.md is silent [ours]:
 - y meets x̂0 and ŷ in pixel space on the model grid (it is never resized inside the sampler);
   E(y) and its GGD fit, the GGD statistics of y and its VGG features are computed once at init.
 - The second discriminator (Adv of Eq. 14) trains only while the guidance runs (t < stage2_t),
   as LD-RPS calls it only there; its generator loss is evaluated on x̂0 − y with "real" labels,
   and its gradient reaches x̂0 only through that input (its "real" side x̂0 − ŷ is detached).
-- Perceptual damping (METHOD §4): applied to the weighted PCDM perceptual term
+- Perceptual damping (docs/method.md §4): applied to the weighted PCDM perceptual term
   w_per·Perc(ŷ, x̂0), from t < stage2_t, as LD-RPS's `dynamic_clip`.
-- With `deg_loss="l1"` (METHOD §8) the λ_deg term is the pixel L1 between ŷ and y; no E(ŷ).
+- With `deg_loss="l1"` (docs/method.md §8) the λ_deg term is the pixel L1 between ŷ and y; no E(ŷ).
 - In stage 1 the trace's distance terms are 0 (they are not computed).
 """
 
@@ -53,7 +60,7 @@ def _adam(tx: optax.GradientTransformation, grads, opt, params):
 def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.SamplerState,
                 x0: jax.Array, theta: jax.Array, y: jax.Array, t: jax.Array
                 ) -> tuple[state_lib.SamplerState, dict[str, jax.Array]]:
-  """One discriminator and one PCDM Adam step on fixed x̂0, y (METHOD §4, Eq. 12).
+  """One discriminator and one PCDM Adam step on fixed x̂0, y (docs/method.md §4, Eq. 12).
 
   Args:
     models: `restore.Models`.
@@ -71,7 +78,7 @@ def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sam
   x0, theta = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(theta)
   w = st.weights
   net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
-  pcdm_tx, disc_tx = state_lib.optimizers(config)
+  pcdm_tx, disc_tx, _ = state_lib.optimizers(config, w)
   y_hat, net_vjp = jax.vjp(lambda p: net.apply({"params": p}, x0, theta), st.pcdm)
   d_loss, d_grads = jax.value_and_grad(
     lambda p: _bce_disc(disc.apply, p, y, jax.lax.stop_gradient(y_hat)))(st.disc)
@@ -100,11 +107,11 @@ def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sampl
   """∇ẑ0 of D(PCDM(x̂0), y) + [t < stage3_t]·Q(x̂0) and the Adv discriminator step (§5–§6)."""
   w = st.weights
   net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
-  _, disc_tx = state_lib.optimizers(config)
+  _, _, disc2_tx = state_lib.optimizers(config, w)
   y_hat, net_vjp = jax.vjp(lambda x, th: net.apply({"params": st.pcdm}, x, th), x0, theta)
   d2_grads = jax.grad(lambda p: _bce_disc(disc.apply, p, jax.lax.stop_gradient(x0 - y_hat),
                                           jax.lax.stop_gradient(x0 - y)))(st.disc2)
-  d2_params, d2_opt = _adam(disc_tx, d2_grads, st.disc2_opt, st.disc2)
+  d2_params, d2_opt = _adam(disc2_tx, d2_grads, st.disc2_opt, st.disc2)
 
   def objective(x, yh):
     if config.deg_loss == "kl":
@@ -120,8 +127,8 @@ def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sampl
         disc.apply({"params": d2_params}, x - y), True),
     }
     terms["distance"] = terms["deg"] + terms["mse"] + terms["per"] + terms["adv"]
-    q = losses.quality(x, w.w_exp, w.w_col, config.exp_patch, config.exp_target)
-    terms["quality"] = jnp.where(t < config.stage3_t, q, 0.0)
+    q = losses.quality(x, w.w_exp, w.w_col, w.exp_patch, config.exp_target)
+    terms["quality"] = jnp.where(t < w.stage3_t, q, 0.0)
     return terms["distance"] + terms["quality"], terms
 
   (_, terms), (g_x, g_yh) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(x0, y_hat)
@@ -131,12 +138,24 @@ def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sampl
   return g_z0, st.replace(disc2=d2_params, disc2_opt=d2_opt), terms
 
 
+def thresholded_schedule(sched: schedule_lib.DDIMSchedule, config: config_lib.RestoreConfig
+                         ) -> schedule_lib.DDIMSchedule:
+  """`sched` with the ẑ0 thresholding of `config.threshold` (docs/method.md §3): "clamp" clips
+  ẑ0 to ±s (LD-RPS), "divide" also divides by s (stock diffusers), "off" leaves ẑ0 as predicted
+  (the checkpoint's `clip_sample` still applies)."""
+  if config.threshold == "off":
+    return sched.replace(thresholding=False)
+  return sched.replace(thresholding=True, dynamic_thresholding_ratio=config.threshold_ratio,
+                       sample_max_value=config.threshold_max,
+                       threshold_divide=config.threshold == "divide")
+
+
 def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, t: jax.Array,
             st: state_lib.SamplerState) -> state_lib.SamplerState:
   """`step` at an explicitly given timestep t (a scalar; unbatched under `vmap` it keeps the
   stage `lax.cond` a real branch)."""
   backbone = models.backbone
-  sched = backbone.schedule
+  sched = thresholded_schedule(backbone.schedule, config)
   t = jnp.asarray(t, jnp.int32)
   prev_t = schedule_lib.prev_timestep(sched, t, config.steps)
   key, k_eta = jax.random.split(st.key)
@@ -157,7 +176,7 @@ def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfi
 
   g_z0, st, terms = jax.lax.cond(t < config.stage2_t, guided, unguided, st)
   z_next = z_prev - st.weights.guidance_scale * g_z0
-  stage = 1 + (t < config.stage2_t).astype(jnp.int32) + (t < config.stage3_t).astype(jnp.int32)
+  stage = 1 + (t < config.stage2_t).astype(jnp.int32) + (t < st.weights.stage3_t).astype(jnp.int32)
   row = {"t": t, "stage": stage, "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g_z0))),
          **pcdm_terms, **terms}
   trace = {k: v.at[st.n].set(jnp.asarray(row[k], v.dtype)) for k, v in st.trace.items()}
@@ -166,7 +185,8 @@ def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfi
 
 def step(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, ts: jax.Array,
          st: state_lib.SamplerState) -> state_lib.SamplerState:
-  """One guided reverse step at t = ts[st.i] (METHOD §3–§6; the module docstring lists the parts).
+  """One guided reverse step at t = ts[st.i] (docs/method.md §3–§6; the module docstring lists
+  the parts).
 
   Pure; jit-able with `config` static.
 
