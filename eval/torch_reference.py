@@ -275,7 +275,7 @@ def _load_conv(conv: nn.Conv2d, p: dict) -> None:
 
 @dataclasses.dataclass
 class TorchSD:
-  """diffusers' PyTorch UNet and VAE with the SD conventions of METHOD.md (NCHW here).
+  """diffusers' PyTorch UNet and VAE with the SD conventions of docs/method.md (NCHW here).
 
   Attributes:
     unet: `diffusers.UNet2DConditionModel`.

@@ -1,11 +1,12 @@
-"""The sampler on an exact Gaussian prior (METHOD §10): posterior sampling on real images.
+"""The sampler on an exact Gaussian prior (docs/method.md §10): posterior sampling on real images.
 
 `models.analytic` gives the exact MMSE noise predictor of a stationary Gaussian image model
 whose spectrum is estimated from the noisy image itself; its MMSE estimate is the Wiener
 filter. A correct posterior sampler should land a single sample well above the noisy input and
 the mean of several samples close to the Wiener filter.
 
-Setting: Kodak centre crops 128×128, σ = 50/255, the `denoise` preset's losses (METHOD §4–§6)
+Setting: Kodak centre crops 128×128, σ = 50/255, the `denoise` preset's losses (docs/method.md
+§4–§6)
 with random VGG16 weights for the perceptual terms, PCDM / discriminator widths (16, 32, 64),
 30 DDIM steps, s applied as given (`guidance_ref_pixels=0`).
 
@@ -26,7 +27,7 @@ kodim19; PSNR in dB of noisy input / single sample / mean of 8 / Wiener = 14.78 
 
 Too small an s leaves prior samples (below the noisy input); too large an s collapses onto the
 noisy input. The PCDM width barely matters here. The test uses 30 steps with s = 6400 on one
-crop, kodim05 (the harder of the two the METHOD §10 prototype used), to fit the CPU budget:
+crop, kodim05 (the harder of the two the docs/method.md §10 prototype used), to fit the CPU budget:
 one batch of 8 at 128² costs ~2.5 min of this suite's time (compilation included). On CPU this setting gave kodim05
 15.25 / 17.12 / 18.78 / 19.63 dB and kodim23 14.68 / 18.18 / 20.23 / 21.02 dB.
 """

@@ -41,7 +41,8 @@ def _hand(x, cond):
 
 
 def _scipy_fit(z):
-  """METHOD §2 moment matching by brentq; β at 10 where (E|z|)²/E[z²] ≥ ρ(10) (near-constant)."""
+  """docs/method.md §2 moment matching by brentq; β at 10 where (E|z|)²/E[z²] ≥ ρ(10)
+  (near-constant)."""
   m1, m2 = np.mean(np.abs(z)), np.mean(z**2)
 
   def log_rho(b):

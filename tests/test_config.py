@@ -1,4 +1,4 @@
-"""RestoreConfig: defaults from METHOD.md, presets from Supp. Tab. 6, validation."""
+"""RestoreConfig: defaults from docs/method.md, presets from Supp. Tab. 6, validation."""
 
 import jax
 import pytest

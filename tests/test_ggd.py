@@ -15,7 +15,7 @@ BETAS = (0.5, 1.0, 2.0, 4.0)
 
 
 def _scipy_moment_fit(x: np.ndarray) -> tuple[float, float]:
-  """The METHOD §2 moment-matching estimator, solved in float64 with scipy's brentq."""
+  """The docs/method.md §2 moment-matching estimator, solved in float64 with scipy's brentq."""
   x = x.astype(np.float64)
   m1, m2 = np.mean(np.abs(x)), np.mean(x**2)
   r = m1**2 / m2

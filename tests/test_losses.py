@@ -1,4 +1,4 @@
-"""Loss terms of METHOD §4–§6 against hand computations, scipy and PyTorch."""
+"""Loss terms of docs/method.md §4–§6 against hand computations, scipy and PyTorch."""
 
 import itertools
 
@@ -98,7 +98,7 @@ def test_perceptual_is_feature_mse_of_both_images():
 
 
 def _scipy_fit(x: np.ndarray) -> tuple[float, float]:
-  """METHOD §2 moment matching, solved with brentq in float64."""
+  """docs/method.md §2 moment matching, solved with brentq in float64."""
   m1, m2 = np.mean(np.abs(x)), np.mean(x**2)
 
   def log_rho(b):

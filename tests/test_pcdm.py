@@ -1,4 +1,4 @@
-"""PCDM, its ResBlocks ablation and the discriminators (METHOD §4, §8) against PyTorch."""
+"""PCDM, its ResBlocks ablation and the discriminators (docs/method.md §4, §8) against PyTorch."""
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,8 @@ def test_parameter_count_is_about_one_million(nets):
   n_disc = pcdm.param_count(nets["disc"][1])
   total = n_pcdm + 2 * n_disc
   print(f"PCDM {n_pcdm:,} + 2 x discriminator {n_disc:,} = {total:,} parameters")
-  # Conv widths 64-128-256 [METHOD §4], counted by hand: 3·3·(3·64 + 64·128 + 128·256) kernels.
+  # Conv widths 64-128-256 [docs/method.md §4], counted by hand: 3·3·(3·64 + 64·128 + 128·256)
+  # kernels.
   convs = 9 * (3 * 64 + 64 * 128 + 128 * 256) + 64 + 128 + 256
   assert n_disc == convs + 256 + 1
   assert n_pcdm == convs + (256 * 3 + 3) + 3 + (12 * 64 + 64) + (64 + 1) * 2 * (64 + 128 + 256)

@@ -1,4 +1,4 @@
-"""The guided sampler (METHOD §3–§6) with the tiny random Stable Diffusion on a real image.
+"""The guided sampler (docs/method.md §3–§6) with the tiny random Stable Diffusion on a real image.
 
 Runs come from `tiny_runs` (kodim23 at 64×64, darkened, 50 steps): one batched call with the
 low-light, dehaze and denoise presets, low light with strong guidance and without guidance.
@@ -31,7 +31,7 @@ def _row(result, b):
 
 @pytest.mark.slow
 def test_pcdm_loss_falls_on_fixed_inputs(kodak_dir):
-  """30 Adam steps of METHOD §4 Eq. 12 on a fixed (x̂0, y) pair, default PCDM widths."""
+  """30 Adam steps of docs/method.md §4 Eq. 12 on a fixed (x̂0, y) pair, default PCDM widths."""
   models = tiny_runs.models()
   x, y = (jnp.asarray(a)[None] for a in tiny_runs.pair(kodak_dir))
   cfg = config.preset("lowlight", dqr=False)
@@ -84,7 +84,7 @@ def test_fifty_steps_stay_finite_for_every_preset(batch, b):
 
 
 def test_mixed_preset_has_the_low_light_weights():
-  """METHOD §6: mixed degradations use the low-light row (so they share a compiled run)."""
+  """docs/method.md §6: mixed degradations use the low-light row (so they share a compiled run)."""
   low, mixed = config.preset("lowlight"), config.preset("mixed")
   assert state_lib.loss_weights(low, 64) == state_lib.loss_weights(mixed, 64)
   assert state_lib.weightless(low) == state_lib.weightless(mixed)

@@ -17,13 +17,13 @@ DTYPES = ("float32", "bfloat16")
 THRESHOLDS = ("clamp", "divide", "off")
 DQR_OUTPUTS = ("last", "best")
 
-# METHOD.md §4 [LD-RPS]: PCDM training weights (w_mse, w_per, w_adv).
+# docs/method.md §4 [LD-RPS]: PCDM training weights (w_mse, w_per, w_adv).
 _PCDM_WEIGHTS = {
   "lowlight": (0.02, 0.3, 0.8),
   "dehaze": (0.2, 0.5, 0.2),
   "denoise": (3.0, 0.002, 0.001),
 }
-# METHOD.md §6, Supp. Tab. 6 [paper]: (λ_deg, λ_mse, λ_per, λ_adv, w_exp, w_col).
+# docs/method.md §6, Supp. Tab. 6 [paper]: (λ_deg, λ_mse, λ_per, λ_adv, w_exp, w_col).
 _GUIDANCE_WEIGHTS = {
   "lowlight": (1e-5, 1.0, 2e-3, 5e-5, 1e-2, 1e-2),
   "dehaze": (1e-3, 1.0, 5e-3, 5e-5, 1e-2, 1e-3),
@@ -72,7 +72,7 @@ class RestoreConfig:
     leaky_slope: negative slope of the LeakyReLUs of PCDM and discriminators (0.01, torch's
       `nn.LeakyReLU()` default used by LD-RPS).
     pcdm_features / disc_features: conv widths of PCDM and of both discriminators
-      ((64, 128, 256) [METHOD §4]; narrower nets for cheap tests and small backbones).
+      ((64, 128, 256) [docs/method.md §4]; narrower nets for cheap tests and small backbones).
   Guidance (§5–§6, Supp. Tab. 6):
     deg_loss: "kl" (GGD KL on latents, Eq. 13) or "l1" (pixel L1, §8 ablation).
     lambda_deg / lambda_mse / lambda_per / lambda_adv: image-distance weights (Eq. 14).

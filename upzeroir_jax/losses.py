@@ -1,4 +1,4 @@
-"""The loss terms of UP-ZeroIR as pure functions (METHOD.md §4–§6).
+"""The loss terms of UP-ZeroIR as pure functions (docs/method.md §4–§6).
 
 Images are `[B, H, W, 3]` floats in [0, 1]; every loss is a scalar mean over all its elements
 (batch included), as LD-RPS takes means over pixels.
@@ -12,17 +12,18 @@ from upzeroir_jax.physics import ggd
 
 
 def mse(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Mean squared error over all elements (METHOD §4 Eq. 12, §5 Eq. 14)."""
+  """Mean squared error over all elements (docs/method.md §4 Eq. 12, §5 Eq. 14)."""
   return jnp.mean(jnp.square(a - b))
 
 
 def l1(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Mean absolute error: the "w/o DegLoss" ablation's pixel L1 between ŷ and y (METHOD §8)."""
+  """Mean absolute error: the "w/o DegLoss" ablation's pixel L1 between ŷ and y (docs/method.md
+  §8)."""
   return jnp.mean(jnp.abs(a - b))
 
 
 def perceptual(vgg_params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
-  """MSE between VGG16 relu2_2 features of two images (METHOD §4, Perc [LD-RPS VGGLoss]).
+  """MSE between VGG16 relu2_2 features of two images (docs/method.md §4, Perc [LD-RPS VGGLoss]).
 
   a, b: `[B, H, W, 3]` in [0, 1]. The two images go through VGG in separate calls, so a
   gradient with respect to one of them costs one backward pass, not one over both.
@@ -31,26 +32,27 @@ def perceptual(vgg_params: dict, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def perceptual_to(vgg_params: dict, a: jax.Array, b_feats: jax.Array) -> jax.Array:
-  """`perceptual` against precomputed relu2_2 features of the second image (METHOD §5)."""
+  """`perceptual` against precomputed relu2_2 features of the second image (docs/method.md §5)."""
   return mse(vgg.perceptual_features(vgg_params, a), b_feats)
 
 
 def bce_with_logits(logits: jax.Array, real: bool) -> jax.Array:
   """Binary cross-entropy of sigmoid(logits) against all-real (1) or all-fake (0) labels.
 
-  METHOD §4 (LD-RPS GANLoss with `nn.BCELoss` after a sigmoid), in the stable logit form:
+  docs/method.md §4 (LD-RPS GANLoss with `nn.BCELoss` after a sigmoid), in the stable logit form:
   real: mean(softplus(−l)) = −mean(log σ(l)); fake: mean(softplus(l)) = −mean(log(1 − σ(l))).
   """
   return jnp.mean(jax.nn.softplus(-logits if real else logits))
 
 
 def damp(x: jax.Array, threshold: float | jax.Array, factor: float | jax.Array) -> jax.Array:
-  """Perceptual damping of METHOD §4 [LD-RPS dynamic_clip]: `x if x <= threshold else factor·x`."""
+  """Perceptual damping of docs/method.md §4 [LD-RPS dynamic_clip]: `x if x <= threshold else
+  factor·x`."""
   return jnp.where(x <= threshold, x, factor * x)
 
 
 def deg_loss(z_hat: jax.Array, alpha_y: jax.Array, beta_y: jax.Array) -> jax.Array:
-  """Degradation alignment loss DegLoss (METHOD §5, Eq. 13).
+  """Degradation alignment loss DegLoss (docs/method.md §5, Eq. 13).
 
   Per latent channel GGD fit of z_ŷ = E(ŷ) against the fixed fit (α_y, β_y) of z_y = E(y);
   the mean over channels (and batch) of KL(GGD(z_ŷ) ‖ GGD(z_y)).
@@ -97,7 +99,7 @@ def _windows(size: int, patch: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def color(x: jax.Array) -> jax.Array:
-  """Colour-constancy loss L_color of METHOD §6 (Eq. 15, [LD-RPS L_color]).
+  """Colour-constancy loss L_color of docs/method.md §6 (Eq. 15, [LD-RPS L_color]).
 
   With channel means μ_r, μ_g, μ_b and D_pq = (μ_p − μ_q)²: sqrt(D_rg² + D_rb² + D_gb²),
   averaged over the batch. The square root has gradient 0 where its argument is 0 (grey
@@ -112,5 +114,6 @@ def color(x: jax.Array) -> jax.Array:
 
 def quality(x: jax.Array, w_exp: float | jax.Array, w_col: float | jax.Array,
             patch: int | jax.Array = 32, target: float = 0.5) -> jax.Array:
-  """Quality term Q = w_exp·L_exp + w_col·L_color of the restored image (METHOD §6, Eq. 15)."""
+  """Quality term Q = w_exp·L_exp + w_col·L_color of the restored image (docs/method.md §6, Eq.
+  15)."""
   return w_exp * exposure(x, patch, target) + w_col * color(x)

@@ -1,4 +1,4 @@
-"""Image quality metrics in JAX, defined as pyiqa's defaults (the evaluation of METHOD.md §9).
+"""Image quality metrics in JAX, defined as pyiqa's defaults (the evaluation of docs/method.md §9).
 
 All take float NHWC images in [0, 1] (`[B, H, W, 3]`; `[H, W, 3]` gives a scalar where noted)
 and are jit-able and batched:
@@ -23,7 +23,7 @@ from upzeroir_jax.models import arniqa
 
 
 def arniqa_score(model: arniqa.ARNIQAModel, img: jax.Array) -> jax.Array:
-  """ARNIQA quality of each image (METHOD.md §7), `models.arniqa.score`: `[B]` in [0, 1].
+  """ARNIQA quality of each image (docs/method.md §7), `models.arniqa.score`: `[B]` in [0, 1].
 
   Higher is better. `img` is `[B, H, W, 3]` in [0, 1] (an `[H, W, 3]` image gives a scalar);
   `model` comes from `models.arniqa.load(...)`. Jit-able.

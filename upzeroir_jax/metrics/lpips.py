@@ -1,6 +1,6 @@
 """LPIPS v0.1 (Zhang et al., CVPR 2018), VGG16 and AlexNet variants, as the `lpips` package.
 
-For images `a`, `b` in [0, 1] (the reported LPIPS of METHOD §9), following `lpips.LPIPS`
+For images `a`, `b` in [0, 1] (the reported LPIPS of docs/method.md §9), following `lpips.LPIPS`
 (version 0.1, `normalize=True`):
 1. map to [-1, 1] (`2x - 1`), then the scaling layer `(x - shift) / scale` with
    shift (-0.030, -0.088, -0.188), scale (0.458, 0.448, 0.450);

@@ -10,7 +10,7 @@ _EPS = 1e-8
 
 
 def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
-  """PSNR in dB between two images, pyiqa's `create_metric("psnr")` (METHOD.md §9 tables).
+  """PSNR in dB between two images, pyiqa's `create_metric("psnr")` (docs/method.md §9 tables).
 
   `10 · log10(1 / (MSE + 1e-8))` with the MSE taken over all pixels and the three RGB
   channels of each image: data range 1, RGB (pyiqa's `test_y_channel=False` default), no

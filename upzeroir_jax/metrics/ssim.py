@@ -29,7 +29,7 @@ def _filter_valid(maps: jax.Array) -> jax.Array:
 
 
 def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
-  """SSIM between two images, pyiqa's `create_metric("ssim")` (METHOD.md §9 tables).
+  """SSIM between two images, pyiqa's `create_metric("ssim")` (docs/method.md §9 tables).
 
   Exactly pyiqa's defaults (`SSIM(downsample=False, test_y_channel=True, color_space="yiq",
   crop_border=0)`):

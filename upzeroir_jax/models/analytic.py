@@ -1,4 +1,4 @@
-"""An exact Gaussian prior as a diffusion backbone, for verifying the sampler (METHOD.md §10).
+"""An exact Gaussian prior as a diffusion backbone, for verifying the sampler (docs/method.md §10).
 
 The "autoencoder" is the identity map z = 2·img − 1 (one latent pixel per image pixel, three
 latent channels). The prior is a stationary Gaussian image model: per 2-D Fourier frequency f
@@ -34,7 +34,7 @@ def _ifft(z: jax.Array) -> jax.Array:
 
 @flax.struct.dataclass
 class AnalyticBackbone:
-  """A Backbone (models/backbone.py) with a closed-form ε for a Gaussian prior (METHOD §10).
+  """A Backbone (models/backbone.py) with a closed-form ε for a Gaussian prior (docs/method.md §10).
 
   Attributes:
     schedule: DDIM schedule (default: Stable Diffusion's).
@@ -78,7 +78,7 @@ class AnalyticBackbone:
   def model_output(
     self, z: jax.Array, t: jax.Array, ctx: Any = None, cfg_scale: float = 1.0
   ) -> jax.Array:
-    """E[ε | z_t] for the Gaussian prior (METHOD §10); z `[B, H, W, 3]`, ctx ignored."""
+    """E[ε | z_t] for the Gaussian prior (docs/method.md §10); z `[B, H, W, 3]`, ctx ignored."""
     del ctx, cfg_scale
     a = schedule_lib.alpha_at(self.schedule, t)
     zf = _fft(z) - jnp.sqrt(a) * self._mean_spectrum(z.shape)
@@ -86,7 +86,7 @@ class AnalyticBackbone:
 
 
 def estimate(y: jax.Array, sigma: float, floor: float = POWER_FLOOR) -> tuple[jax.Array, jax.Array]:
-  """Mean colour `[3]` and power spectrum `[H, W, 3]` of z0 from a noisy image (METHOD §10).
+  """Mean colour `[3]` and power spectrum `[H, W, 3]` of z0 from a noisy image (docs/method.md §10).
 
   y: `[H, W, 3]` in [0, 1], the clean image plus N(0, σ²) noise. In z = 2·y − 1 the noise has
   σ_z = 2σ; P = max(|Y − M|² − σ_z², floor), so P(0) = floor (the mean is known).
@@ -107,7 +107,7 @@ def from_noisy(
 
 
 def wiener(y: jax.Array, sigma: float) -> jax.Array:
-  """The Wiener filter M + P/(P + σ_z²)·(Y − M) with P from `estimate` (METHOD §10), as an
+  """The Wiener filter M + P/(P + σ_z²)·(Y − M) with P from `estimate` (docs/method.md §10), as an
   image `[H, W, 3]` (not clipped); the MMSE estimate under the prior of `from_noisy`."""
   mean, power = estimate(y, sigma)
   z = 2.0 * y - 1.0

@@ -1,4 +1,5 @@
-"""ARNIQA no-reference image quality (Agnolucci et al., WACV 2024), the DQR scorer of METHOD §7.
+"""ARNIQA no-reference image quality (Agnolucci et al., WACV 2024), the DQR scorer of
+docs/method.md §7.
 
 As published in github.com/miccunifi/ARNIQA (`hubconf.py`, README inference example):
 1. the half-scale image is a bilinear, antialiased resize to `(H // 2, W // 2)` (torchvision's
@@ -177,7 +178,7 @@ def raw_score(model: ARNIQAModel, img: jax.Array) -> jax.Array:
 
 
 def score(model: ARNIQAModel, img: jax.Array) -> jax.Array:
-  """ARNIQA quality of each image, `[B]`, scaled to [0, 1], higher is better (METHOD §7).
+  """ARNIQA quality of each image, `[B]`, scaled to [0, 1], higher is better (docs/method.md §7).
 
   `(s - lo) / (hi - lo)` with the regressor dataset's range, `1 - that` for DMOS datasets
   (LIVE, CSIQ), i.e. `(s - bounds[0]) / (bounds[1] - bounds[0])`. Predictions outside the range

@@ -1,14 +1,14 @@
-"""PCDM, its plain-ResBlocks ablation, and the two discriminators (METHOD.md §4, §5, §8).
+"""PCDM, its plain-ResBlocks ablation, and the two discriminators (docs/method.md §4, §5, §8).
 
 PCDM maps the decoded estimate x̂0 `[B, H, W, 3]` to a synthetic degraded image ŷ that should
 look like the input y. It is a small conv net whose layers are modulated (FiLM) by the
-generalized-Gaussian statistics of x̂0 and y (METHOD §4, Eq. 11):
+generalized-Gaussian statistics of x̂0 and y (docs/method.md §4, Eq. 11):
 
   θ   = [log α, log β of GGD(x̂0) per RGB channel, the same of GGD(y)]        (12 numbers)
   h_k = LeakyReLU(FiLM_k(Conv_k(h_{k−1}), θ)),   FiLM_k(h) = h·(1 + γ_k(θ)) + δ_k(θ)
   ŷ   = Conv1x1(h_3) + x̂0 · w_skip
 
-Choices where METHOD.md is silent [ours]:
+Choices where docs/method.md is silent [ours]:
 - θ holds log α and log β (scale-free, O(1) numbers) rather than α, β themselves.
 - "linear layers": Dense(12 → `film_hidden`) – LeakyReLU – Dense(→ Σ 2·width), one shared
   embedding producing every layer's (γ_k, δ_k). The last Dense is zero-initialised, so a fresh
@@ -16,10 +16,10 @@ Choices where METHOD.md is silent [ours]:
 - Convs (`models.conv.Conv`, whose gradients run fast in the sampler's loop on XLA:CPU) use
   Kaiming-normal (fan-in, gain √2) kernels and zero biases as LD-RPS; the LeakyReLU
   slope is torch's default 0.01 (`nn.LeakyReLU()` in LD-RPS).
-- The discriminators return logits; the sigmoid of METHOD §4 is folded into the BCE
+- The discriminators return logits; the sigmoid of docs/method.md §4 is folded into the BCE
   (`losses.bce_with_logits`), the numerically stable form of the same loss.
 
-`ResBlocksNet` is the "w/o PCDM" ablation (METHOD §8): a stem conv, plain residual blocks of
+`ResBlocksNet` is the "w/o PCDM" ablation (docs/method.md §8): a stem conv, plain residual blocks of
 width `features[0]`, no GGD conditioning, the same `Conv1x1 + x̂0·w_skip` output; the number of
 blocks is chosen so its parameter count is closest to PCDM's (`resblocks_count`).
 """
@@ -44,7 +44,7 @@ def _conv(width: int, kernel: int, stride: int = 1, name: str | None = None) -> 
 
 
 def image_stats(img: jax.Array) -> jax.Array:
-  """log α and log β of the per-channel GGD fit of an image (METHOD §2), `[B, 6]`.
+  """log α and log β of the per-channel GGD fit of an image (docs/method.md §2), `[B, 6]`.
 
   img: `[B, H, W, 3]`. The fit is differentiable, so gradients reach img.
   """
@@ -53,10 +53,10 @@ def image_stats(img: jax.Array) -> jax.Array:
 
 
 class PCDM(nn.Module):
-  """GGD-conditioned FiLM conv net: (x̂0, θ) -> ŷ (METHOD §4, Eq. 11).
+  """GGD-conditioned FiLM conv net: (x̂0, θ) -> ŷ (docs/method.md §4, Eq. 11).
 
   Attributes:
-    features: conv widths (64, 128, 256 [METHOD §4]).
+    features: conv widths (64, 128, 256 [docs/method.md §4]).
     film_hidden: width of the conditioning embedding.
     slope: LeakyReLU negative slope.
 
@@ -83,12 +83,13 @@ class PCDM(nn.Module):
 
 
 def condition(x0: jax.Array, y_stats: jax.Array) -> jax.Array:
-  """θ = [stats(x̂0), stats(y)] `[B, 12]` (METHOD §4); y_stats `[B, 6]` from `image_stats`."""
+  """θ = [stats(x̂0), stats(y)] `[B, 12]` (docs/method.md §4); y_stats `[B, 6]` from
+  `image_stats`."""
   return jnp.concatenate([image_stats(x0), y_stats], axis=-1)
 
 
 class ResBlocksNet(nn.Module):
-  """The "w/o PCDM" ablation (METHOD §8): plain residual conv blocks, no conditioning.
+  """The "w/o PCDM" ablation (docs/method.md §8): plain residual conv blocks, no conditioning.
 
   `__call__(x [B, H, W, 3], theta) -> ŷ`; theta is accepted for a common signature and ignored.
   Block: `h + Conv3x3(LReLU(Conv3x3(LReLU(h))))` at width `width`.
@@ -112,7 +113,7 @@ class ResBlocksNet(nn.Module):
 class Discriminator(nn.Module):
   """Conv(3→64,s2)–LReLU–Conv(64→128,s2)–LReLU–Conv(128→256,s2)–LReLU–Conv1x1(256→1).
 
-  METHOD §4 [LD-RPS GANLoss]: 3×3 kernels, stride 2, padding 1. Returns patch logits
+  docs/method.md §4 [LD-RPS GANLoss]: 3×3 kernels, stride 2, padding 1. Returns patch logits
   `[B, ⌈H/8⌉, ⌈W/8⌉, 1]` (the sigmoid lives in the loss).
   """
 
@@ -147,7 +148,8 @@ def resblocks_count(features: tuple[int, ...], film_hidden: int = 64) -> int:
 def make(
   variant: str, features: tuple[int, ...] = (64, 128, 256), slope: float = LEAKY_SLOPE
 ) -> nn.Module:
-  """The degradation model of `variant`: "pcdm" (METHOD §4) or "resblocks" (METHOD §8)."""
+  """The degradation model of `variant`: "pcdm" (docs/method.md §4) or "resblocks" (docs/method.md
+  §8)."""
   if variant == "pcdm":
     return PCDM(features=features, slope=slope)
   if variant == "resblocks":

@@ -1,4 +1,4 @@
-"""DDIM on a diffusion model's training schedule, in pure JAX (METHOD.md §3).
+"""DDIM on a diffusion model's training schedule, in pure JAX (docs/method.md §3).
 
 A `DDIMSchedule` is the ᾱ table plus the settings of a diffusers `scheduler_config.json`; every
 function here mirrors the matching part of diffusers' PyTorch `DDIMScheduler` (`set_timesteps`,
@@ -124,7 +124,7 @@ def from_config(cfg: dict[str, Any]) -> DDIMSchedule:
     cfg: the scheduler config as a dict.
 
   Returns:
-    The DDIM schedule (METHOD.md §3: T = 1000 training steps for SD).
+    The DDIM schedule (docs/method.md §3: T = 1000 training steps for SD).
   """
   merged = {**_DEFAULTS, **{k: v for k, v in cfg.items() if k in _DEFAULTS}}
   if merged["timestep_spacing"] not in _SPACINGS:
@@ -216,7 +216,7 @@ def alpha_at(s: DDIMSchedule, t: jax.Array) -> jax.Array:
 def predict(
   s: DDIMSchedule, sample: jax.Array, model_output: jax.Array, t: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-  """x̂0 and ε̂ from the network output at timestep t (METHOD.md §3, the ẑ0 formula).
+  """x̂0 and ε̂ from the network output at timestep t (docs/method.md §3, the ẑ0 formula).
 
   epsilon: x̂0 = (x_t − sqrt(1−ᾱ_t)·ε) / sqrt(ᾱ_t); v_prediction: x̂0 = sqrt(ᾱ_t)·x_t −
   sqrt(1−ᾱ_t)·v, ε̂ = sqrt(ᾱ_t)·v + sqrt(1−ᾱ_t)·x_t; sample: x̂0 is the output.
@@ -278,7 +278,7 @@ def step(
   *,
   noise: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """One DDIM reverse step x_t → x_{prev_t} (diffusers' `DDIMScheduler.step`; METHOD.md §3).
+  """One DDIM reverse step x_t → x_{prev_t} (diffusers' `DDIMScheduler.step`; docs/method.md §3).
 
   x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 − ᾱ_prev − σ²)·ε̂ + σ·n, with
   σ = η·sqrt((1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)) and n = `noise` or `jax.random.normal(key, x.shape)`;

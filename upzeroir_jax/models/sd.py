@@ -1,4 +1,4 @@
-"""Stable Diffusion as the diffusion prior: VAE, UNet and CLIP text encoder (METHOD.md §3).
+"""Stable Diffusion as the diffusion prior: VAE, UNet and CLIP text encoder (docs/method.md §3).
 
 `SDModel` implements `models.backbone.Backbone`. It is a pytree: parameters are leaves, the
 architecture (configs, tokenizer) and settings are static, so a model passes into `jax.jit` as
@@ -117,7 +117,7 @@ def _check_latent(model: SDModel, z: jax.Array, multiple: int) -> None:
 
 
 def encode(model: SDModel, img: jax.Array) -> jax.Array:
-  """z = scaling_factor · mean of the VAE posterior q(z | img) (METHOD.md notation, E).
+  """z = scaling_factor · mean of the VAE posterior q(z | img) (docs/method.md notation, E).
 
   Args:
     model: the SD model.
@@ -135,11 +135,13 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
 
 
 def decode(model: SDModel, z: jax.Array) -> jax.Array:
-  """x = D(z / scaling_factor) mapped from [−1, 1] to [0, 1], not clipped (METHOD.md, D).
+  """x = D(z / scaling_factor) mapped from [−1, 1] to [0, 1], not clipped (D of
+  docs/method.md).
 
   With `model.remat_decode`, the decoder runs as a chain of stages (input block, each resnet,
   each upsampler, output head) whose backward pass recomputes each stage from its input: the
-  gradient through `decode` (the guidance gradient, METHOD.md Eq. 9–10) then keeps only stage
+  gradient through `decode` (the guidance gradient, docs/method.md §3, Eq. 9–10) then keeps only
+  stage
   inputs plus one stage's activations. Same values; reverse mode only (no `jax.jvp`).
 
   Args:
@@ -205,7 +207,7 @@ def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Arr
 def model_output(
   model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array | None, cfg_scale: Any = 1.0
 ) -> jax.Array:
-  """The UNet's raw prediction (ε or v per `schedule.prediction_type`), METHOD.md §3.
+  """The UNet's raw prediction (ε or v per `schedule.prediction_type`), docs/method.md §3.
 
   Without a context, one pass on the empty-prompt embedding. With one, classifier-free
   guidance in one batched pass: out = u + cfg_scale · (c − u) with u the unconditional and c
@@ -241,7 +243,7 @@ def eps(
   model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array | None, cfg_scale: Any = 1.0
 ) -> jax.Array:
   """ε̂(z_t, t, c): `model_output` (with its guidance), converted from v or x0 where the
-  checkpoint predicts those (`schedule.predict`; METHOD.md §3). Shapes as `model_output`."""
+  checkpoint predicts those (`schedule.predict`; docs/method.md §3). Shapes as `model_output`."""
   out = model_output(model, z, t, ctx, cfg_scale)
   if model.schedule.prediction_type == "epsilon":
     return out
@@ -272,7 +274,7 @@ def text_context(model: SDModel, prompts: str | Sequence[str] | None) -> jax.Arr
   """CLIP text embeddings of the prompts (the last hidden state, as SD pipelines use it).
 
   Host side, outside jit. Returns None when there is no non-empty prompt (the sampler then
-  runs one unconditional UNet pass; METHOD.md §3).
+  runs one unconditional UNet pass; docs/method.md §3).
 
   Args:
     model: the SD model.

@@ -2,7 +2,7 @@
 
 `VGG16Features` reproduces the 31 layers of torchvision's `features` Sequential, each output
 named in `LAYERS` order (`LAYERS[i]` is `features[i]`): `conv1_1, relu1_1, conv1_2, relu1_2,
-pool1, conv2_1, ..., relu5_3, pool5`. The perceptual loss of METHOD §4 uses relu2_2, i.e.
+pool1, conv2_1, ..., relu5_3, pool5`. The perceptual loss of docs/method.md §4 uses relu2_2, i.e.
 `features[:9]`, of ImageNet-normalised images.
 
 Params are a dict `{conv1_1: {kernel [3, 3, Cin, Cout], bias [Cout]}, ..., conv5_3: ...}`,
@@ -114,7 +114,7 @@ def imagenet_normalize(img: jax.Array) -> jax.Array:
 
 
 def perceptual_features(params: dict, img: jax.Array) -> jax.Array:
-  """relu2_2 (`features[:9]`) of the ImageNet-normalised image (METHOD §4, perceptual loss).
+  """relu2_2 (`features[:9]`) of the ImageNet-normalised image (docs/method.md §4, perceptual loss).
 
   Args:
     params: VGG16 params (`init_random` or `load`).

@@ -1,7 +1,7 @@
-"""Synthetic degradations: noise, haze, low light and their compositions (METHOD.md §1).
+"""Synthetic degradations: noise, haze, low light and their compositions (docs/method.md §1).
 
 Images are float32 in [0, 1], NHWC `[B, H, W, 3]` or a single `[H, W, 3]`; every operation
-clips its result to [0, 1] (METHOD §1: "clip after each"). All functions are jit-able; the
+clips its result to [0, 1] (docs/method.md §1: "clip after each"). All functions are jit-able; the
 random one (`noise`) is deterministic for a PRNG key.
 
 A spec string composes degradations left to right, e.g. `"lowlight:0.3+haze:0.05+noise:0.0588"`.
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 AIRLIGHT = 0.5
 HAZE_SLOPE = 0.04
 
-# Named intensities of METHOD.md §1 (light, heavy) for each kind.
+# Named intensities of docs/method.md §1 (light, heavy) for each kind.
 LEVELS = types.MappingProxyType(
   {
     "noise": types.MappingProxyType({"light": 15 / 255, "heavy": 50 / 255}),
@@ -28,7 +28,7 @@ LEVELS = types.MappingProxyType(
   }
 )
 
-# Benchmark sets of METHOD.md §1 / Sec. 5.3 as specs. The mixed sets are applied to LOLv1 low
+# Benchmark sets of docs/method.md §1 / Sec. 5.3 as specs. The mixed sets are applied to LOLv1 low
 # inputs, which are already low-light: haze first, then noise.
 PRESETS = types.MappingProxyType(
   {
@@ -59,7 +59,7 @@ def _as_image(img: jax.Array) -> jax.Array:
 
 
 def noise(img: jax.Array, sigma: float | jax.Array, key: jax.Array) -> jax.Array:
-  """Additive white Gaussian noise, `y = clip(x + σ·N(0, 1))` (METHOD.md §1, Eq. 18).
+  """Additive white Gaussian noise, `y = clip(x + σ·N(0, 1))` (docs/method.md §1, Eq. 18).
 
   Args:
     img: `[B, H, W, 3]` or `[H, W, 3]` in [0, 1].
@@ -74,7 +74,8 @@ def noise(img: jax.Array, sigma: float | jax.Array, key: jax.Array) -> jax.Array
 
 
 def depth_map(rows: int, cols: int) -> jax.Array:
-  """Synthetic depth `d(i, j) = −0.04·‖(i, j) − c‖₂ + s` (METHOD.md §1, Eq. 20), `[rows, cols]`.
+  """Synthetic depth `d(i, j) = −0.04·‖(i, j) − c‖₂ + s` (docs/method.md §1, Eq. 20),
+  `[rows, cols]`.
 
   `(i, j)` are integer pixel indices from 0, `c = (rows/2, cols/2)` (true division) and
   `s = sqrt(max(rows, cols))`. Largest at the centre; for images above roughly 3000 pixels a
@@ -86,7 +87,7 @@ def depth_map(rows: int, cols: int) -> jax.Array:
 
 
 def haze(img: jax.Array, beta: float | jax.Array, airlight: float = AIRLIGHT) -> jax.Array:
-  """Atmospheric scattering haze (METHOD.md §1, Eq. 19–20).
+  """Atmospheric scattering haze (docs/method.md §1, Eq. 19–20).
 
   `t = exp(−β·d)` with `d = depth_map(H, W)`, `y = clip(x·t + A·(1 − t))`, A the global airlight.
 
@@ -104,7 +105,7 @@ def haze(img: jax.Array, beta: float | jax.Array, airlight: float = AIRLIGHT) ->
 
 
 def low_light(img: jax.Array, alpha: float | jax.Array) -> jax.Array:
-  """Low light by scaling the HSV value channel, `V ← α·V` (METHOD.md §1, Eq. 21).
+  """Low light by scaling the HSV value channel, `V ← α·V` (docs/method.md §1, Eq. 21).
 
   With V = max(R, G, B), hue and saturation are ratios that a common factor leaves unchanged,
   so the HSV round trip equals `clip(α·x)` exactly; that is what is computed.
@@ -120,7 +121,7 @@ def low_light(img: jax.Array, alpha: float | jax.Array) -> jax.Array:
 
 
 def intensity(kind: str, level: str) -> float:
-  """The named intensity `level` ("light" or "heavy") of `kind` (METHOD.md §1 table)."""
+  """The named intensity `level` ("light" or "heavy") of `kind` (docs/method.md §1 table)."""
   if kind not in LEVELS:
     raise SpecError(f"unknown degradation {kind!r}; use one of {', '.join(LEVELS)}")
   if level not in LEVELS[kind]:
@@ -168,7 +169,7 @@ def parse(spec: str) -> tuple[Step, ...]:
 
 
 def apply(img: jax.Array, spec: str, key: jax.Array | None = None) -> jax.Array:
-  """Applies the degradations of `spec` left to right (METHOD.md §1).
+  """Applies the degradations of `spec` left to right (docs/method.md §1).
 
   The k-th step uses `jax.random.fold_in(key, k)`, so a step's noise does not depend on the
   steps before it. Jit with `spec` static (`jax.jit(apply, static_argnames="spec")`).

@@ -1,4 +1,5 @@
-"""Generalized Gaussian statistics: density, differentiable fit, closed-form KL (METHOD.md §2, §5).
+"""Generalized Gaussian statistics: density, differentiable fit, closed-form KL (docs/method.md §2,
+§5).
 
 The zero-mean generalized Gaussian distribution (GGD, Eq. 3–5) with scale α and shape β has the
 density `f(x; α, β) = β / (2 α Γ(1/β)) · exp(−(|x|/α)^β)`: β = 2 is a Gaussian, β = 1 a
@@ -33,7 +34,7 @@ _NEWTON_STEPS = 10
 
 
 def logpdf(x: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array:
-  """Log density of GGD(α, β) at x (METHOD.md §2, Eq. 3).
+  """Log density of GGD(α, β) at x (docs/method.md §2, Eq. 3).
 
   Args:
     x: values, any shape.
@@ -51,7 +52,7 @@ def logpdf(x: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array:
 
 
 def _log_rho(beta: jax.Array) -> jax.Array:
-  """log ρ(β) = log[Γ(2/β)² / (Γ(1/β) Γ(3/β))], increasing in β (METHOD.md §2)."""
+  """log ρ(β) = log[Γ(2/β)² / (Γ(1/β) Γ(3/β))], increasing in β (docs/method.md §2)."""
   return 2.0 * gammaln(2.0 / beta) - gammaln(1.0 / beta) - gammaln(3.0 / beta)
 
 
@@ -81,7 +82,7 @@ def _solve_log_beta(log_r: jax.Array) -> jax.Array:
 
 
 def fit(x: jax.Array, axis: int | tuple[int, ...] = -1) -> tuple[jax.Array, jax.Array]:
-  """Moment-matching GGD fit (METHOD.md §2, Eq. 4–5), differentiable in x.
+  """Moment-matching GGD fit (docs/method.md §2, Eq. 4–5), differentiable in x.
 
   With `r = (E|x|)² / E[x²]` over `axis` (values as they are, not mean-centred), β solves
   `ρ(β) = Γ(2/β)² / (Γ(1/β) Γ(3/β)) = r` on `[BETA_MIN, BETA_MAX]`, and
@@ -112,7 +113,7 @@ def fit(x: jax.Array, axis: int | tuple[int, ...] = -1) -> tuple[jax.Array, jax.
 
 
 def kl(a1: jax.Array, b1: jax.Array, a2: jax.Array, b2: jax.Array) -> jax.Array:
-  """KL(GGD(α₁, β₁) ‖ GGD(α₂, β₂)) in closed form (METHOD.md §5, Eq. 13).
+  """KL(GGD(α₁, β₁) ‖ GGD(α₂, β₂)) in closed form (docs/method.md §5, Eq. 13).
 
   `KL = ln(β₁ / (2α₁Γ(1/β₁))) − ln(β₂ / (2α₂Γ(1/β₂))) + (α₁/α₂)^β₂ Γ((β₂+1)/β₁) / Γ(1/β₁) − 1/β₁`.
   Parameters are clamped to the range `fit` returns (α ≥ ALPHA_MIN, β in [BETA_MIN, BETA_MAX]),

@@ -1,4 +1,4 @@
-"""Quality scorers for dynamic quality refinement (METHOD.md §7).
+"""Quality scorers for dynamic quality refinement (docs/method.md §7).
 
 Each constructor returns a `dqr.Scorer`: a pytree whose arrays (model weights) pass through
 `jax.jit` as arguments, with the score orientation and the unit that τ is measured in.
@@ -20,7 +20,7 @@ NIQE_UNIT = 10.0
 
 
 def arniqa(model: arniqa_lib.ARNIQAModel) -> dqr.Scorer:
-  """The ARNIQA scorer (METHOD.md §7 [paper]): `arniqa.score`, [0, 1], higher is better.
+  """The ARNIQA scorer (docs/method.md §7 [paper]): `arniqa.score`, [0, 1], higher is better.
 
   model: an `ARNIQAModel`, e.g. `arniqa.load(encoder_ckpt, regressor_ckpt)` (KADID-10k).
   """
@@ -28,7 +28,7 @@ def arniqa(model: arniqa_lib.ARNIQAModel) -> dqr.Scorer:
 
 
 def niqe(unit: float = NIQE_UNIT) -> dqr.Scorer:
-  """The NIQE scorer (METHOD.md §7 with a weight-free metric): lower is better.
+  """The NIQE scorer (docs/method.md §7 with a weight-free metric): lower is better.
 
   unit: NIQE difference that counts as one quality unit for τ (default 10; see module doc).
   """

@@ -31,7 +31,7 @@ from upzeroir_jax.physics import ggd
 
 TRACE_KEYS = (
   "t",           # timestep of the step.
-  "stage",       # 1, 2 or 3 (METHOD §3 table).
+  "stage",       # 1, 2 or 3 (docs/method.md §3 table).
   "pcdm_loss",   # L_PCDM (Eq. 12), before the PCDM update, with the damped perceptual term.
   "pcdm_mse", "pcdm_per", "pcdm_adv",  # its weighted terms.
   "disc_loss",   # BCE of the PCDM discriminator (real y, fake ŷ), before its update.
@@ -94,7 +94,7 @@ def weightless(config: config_lib.RestoreConfig) -> config_lib.RestoreConfig:
 
 @flax.struct.dataclass
 class SamplerState:
-  """One image's restoration state (METHOD §3–§5). Shapes for a model grid of H×W pixels.
+  """One image's restoration state (docs/method.md §3–§5). Shapes for a model grid of H×W pixels.
 
   Attributes:
     z: z_t for the next step, `[1, h, w, C]` (h = H / latent_factor).
@@ -103,7 +103,7 @@ class SamplerState:
     z0: latest ẑ0 `[1, h, w, C]`.
     x0: latest decoded x̂0 `[1, H, W, 3]` (not clipped).
     key: PRNG key.
-    pcdm, pcdm_opt: degradation-model params and Adam state (METHOD §4).
+    pcdm, pcdm_opt: degradation-model params and Adam state (docs/method.md §4).
     disc, disc_opt: discriminator telling y (real) from ŷ (fake) and its Adam state (§4).
     disc2, disc2_opt: discriminator telling x̂0 − ŷ (real) from x̂0 − y (fake) (§5, Adv).
     zy: E(y) `[1, h, w, C]`; zy_alpha, zy_beta: its per-channel GGD fit `[1, C]` (§5).
@@ -144,12 +144,12 @@ def optimizers(config: config_lib.RestoreConfig, weights: LossWeights
 
 
 def degradation_net(config: config_lib.RestoreConfig):
-  """The PCDM module (or its ResBlocks ablation) that `config` selects (METHOD §4, §8)."""
+  """The PCDM module (or its ResBlocks ablation) that `config` selects (docs/method.md §4, §8)."""
   return pcdm.make(config.pcdm_variant, config.pcdm_features, config.leaky_slope)
 
 
 def discriminator(config: config_lib.RestoreConfig) -> pcdm.Discriminator:
-  """The discriminator module of `config` (METHOD §4); both discriminators share it."""
+  """The discriminator module of `config` (docs/method.md §4); both discriminators share it."""
   return pcdm.Discriminator(features=config.disc_features, slope=config.leaky_slope)
 
 
