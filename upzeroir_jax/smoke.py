@@ -1,10 +1,9 @@
 """`--model=tiny`: a smoke test of the whole pipeline on random weights, with small defaults.
 
 The tiny random Stable Diffusion (`models.sd.tiny`) runs every part of a restoration — reading,
-the model grid, PCDM fitting, guidance, writing outputs and sidecars — in `COST` on a 2-core
-CPU (measured on one image: 91 s of CPU time the first run, 31 s once JAX's compilation cache
-holds the compiled program), because `--model=tiny` brings its own defaults for the flags
-that set the cost: `DEFAULTS` (grid side, steps, scorer) and `OVERRIDES` (narrow PCDM and
+the model grid, PCDM fitting, guidance, writing outputs and sidecars — in about a minute or two
+of CPU time (docs/usage.md has the measured cost), because `--model=tiny` brings its own
+defaults for the flags that set the cost: `DEFAULTS` (grid side, steps, scorer) and `OVERRIDES` (narrow PCDM and
 discriminators). Each applies only where the user did not set it, so any of them can still be changed
 (`--model=tiny --steps=50`, `--override=pcdm_features=64,128,256`). The outputs are not
 restorations.

@@ -3,16 +3,14 @@
 The sampler's step runs inside `lax.cond` and `while_loop` bodies. There, on XLA:CPU, the
 gradients XLA derives for `lax.conv_general_dilated` miss the CPU's fast convolution library:
 - the input gradient is a convolution with a reversed kernel in O-I order, which the library
-  fusion does not take inside such bodies (measured, 2-core x86-64, 1 thread: three 64→64 3×3
-  layers at 64², input gradient in a `lax.cond`, 58.7 ms; as below, 29.3 ms);
-- the kernel gradient runs about 20× slower than outside a loop body.
+  fusion does not take inside such bodies;
+- the kernel gradient runs much slower than outside a loop body.
+(Timings in docs/performance.md.)
 
 `conv` computes the same convolution with its own VJP: the input gradient is a forward
 convolution of the cotangent with the spatially flipped, in/out-swapped kernel (stride 1), or
 the transpose of the patch matmul (strided); the kernel gradient is patchesᵀ · cotangent, one
-matmul. A PCDM-sized update loop (3→16→32→64 at 64², weight and input gradients, in a
-`fori_loop`) took 149 ms per iteration with XLA's gradients, 14.4 ms as a patch matmul and
-10.1 ms with `conv`. On other backends `conv` is `lax.conv_general_dilated` with XLA's input
+matmul. On other backends `conv` is `lax.conv_general_dilated` with XLA's input
 gradient (the patch matrix would cost memory and bandwidth there) and the kernel gradient as one
 matmul per kernel tap. The sampler `vmap`s per-image PCDM and discriminator kernels: XLA's
 kernel gradient then becomes a grouped convolution whose window is the whole image, the tap
