@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_vgg import TorchVGG16
 
-from upzeroir_jax.models import vgg
+from upzeroir_jax.models import arniqa, vgg
 from weights import convert_arniqa, convert_lpips, convert_sd, convert_vgg
 
 
@@ -92,3 +92,9 @@ def test_vgg_conversion_through_main_is_what_vgg_load_reads(tmp_path, capsys):
     weight = net.features[layer].weight.detach().numpy()
     np.testing.assert_array_equal(params[name]["kernel"], weight.transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(params[name]["bias"], net.features[layer].bias.detach().numpy())
+
+
+def test_arniqa_converter_writes_the_files_the_loaders_read(tmp_path):
+  encoder, regressor = arniqa.checkpoint_files(tmp_path, "live")
+  assert convert_arniqa.encoder_path(tmp_path) == str(encoder)
+  assert convert_arniqa.regressor_path(tmp_path, "live") == str(regressor)
