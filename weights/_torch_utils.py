@@ -5,14 +5,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from absl import app
 
 
-def require_files(*paths: str | None) -> None:
-  """Command-line check: a one-line usage error for the first given path that is absent."""
-  for path in paths:
+def require_files(**paths: str | None) -> None:
+  """Command-line check of input files given as `flag=path` (None: flag not given).
+
+  Raises:
+    FileNotFoundError: one line `--<flag>=<path>: no such file` for the first absent one.
+  """
+  for flag, path in paths.items():
     if path and not os.path.isfile(path):
-      raise app.UsageError(f"input file {path!r} not found")
+      raise FileNotFoundError(f"--{flag}={path}: no such file")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -3,8 +3,9 @@ r"""Converts the official ARNIQA weights to our checkpoints.
   python -m weights.convert_arniqa --encoder=ARNIQA.pth --regressor=regressor_kadid10k.pth \
       --output_dir=checkpoints/arniqa
 
-writes `arniqa_encoder.safetensors` and `arniqa_regressor_<dataset>.safetensors`. The files are
-the release assets of github.com/miccunifi/ARNIQA
+writes `arniqa_encoder.safetensors` and `arniqa_regressor_<dataset>.safetensors` (the names
+`upzeroir_jax.models.arniqa.checkpoint_files` reads). The inputs are the release assets of
+github.com/miccunifi/ARNIQA
 (https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth and
 `.../regressor_<dataset>.pth`, dataset one of live, csiq, tid2013, kadid10k, flive, spaq, clive,
 koniq10k). `ARNIQA.pth` is a state dict of the encoder: torchvision's resnet50 children without
@@ -17,13 +18,18 @@ input may be given alone.
 
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from upzeroir_jax import cli
 from upzeroir_jax.models import arniqa, flat_checkpoint, resnet, weights_check
 from weights import _torch_utils, _torchscript
+
+PROG = "weights.convert_arniqa"
+USAGE = __doc__
 
 # torchvision resnet50 children order, as indexed by ARNIQA's `nn.Sequential` wrapper.
 _SEQUENTIAL_NAMES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
@@ -95,23 +101,25 @@ def regressor_from_state(state: Mapping[str, np.ndarray], source: str) -> dict[s
 def _dataset_from_name(path: str) -> str:
   match = re.fullmatch(r"regressor_(\w+)\.pth", os.path.basename(path))
   if not match or match.group(1) not in arniqa.DATASETS:
-    raise app.UsageError(f"cannot tell the dataset of {path!r}; pass --dataset")
+    raise ValueError(f"cannot tell the dataset of {path!r} from its name; pass --dataset")
   return match.group(1)
 
 
 def encoder_path(output_dir: str | os.PathLike) -> str:
   """Where `convert` writes the encoder checkpoint."""
-  return os.path.join(os.fspath(output_dir), "arniqa_encoder.safetensors")
+  return os.path.join(os.fspath(output_dir), arniqa.ENCODER_FILE)
 
 
 def regressor_path(output_dir: str | os.PathLike, dataset: str) -> str:
   """Where `convert` writes the regressor checkpoint of `dataset`."""
-  return os.path.join(os.fspath(output_dir), f"arniqa_regressor_{dataset}.safetensors")
+  return os.path.join(os.fspath(output_dir), arniqa.regressor_file(dataset))
 
 
 def convert(output_dir: str | os.PathLike, encoder: str | None = None,
             regressor: str | None = None, dataset: str | None = None) -> None:
   """Converts the given official files into `output_dir` (see the module docstring)."""
+  if regressor:
+    dataset = dataset or _dataset_from_name(regressor)
   os.makedirs(output_dir, exist_ok=True)
   if encoder:
     variables = convert_resnet50(_torch_utils.read_state_dict(encoder))
@@ -119,29 +127,40 @@ def convert(output_dir: str | os.PathLike, encoder: str | None = None,
                          {"model": "arniqa_encoder", "source": os.path.basename(encoder)})
     logging.info("wrote the ARNIQA encoder to %s", encoder_path(output_dir))
   if regressor:
-    dataset = dataset or _dataset_from_name(regressor)
     flat_checkpoint.save(regressor_path(output_dir, dataset), read_regressor(regressor),
                          {"model": "arniqa_regressor", "dataset": dataset,
                           "source": os.path.basename(regressor)})
     logging.info("wrote the %s regressor to %s", dataset, regressor_path(output_dir, dataset))
 
 
-def main(argv: list[str]) -> None:
-  """Converts the files named by the flags."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = flags.FLAGS
-  if not (cfg.encoder or cfg.regressor):
-    raise app.UsageError("pass --encoder=ARNIQA.pth and/or --regressor=regressor_<dataset>.pth")
-  _torch_utils.require_files(cfg.encoder, cfg.regressor)
-  convert(cfg.output_dir, cfg.encoder, cfg.regressor, cfg.dataset)
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of weights.convert_arniqa on `fv`."""
+  flags.DEFINE_string("encoder", None, "ARNIQA.pth (encoder state dict).", flag_values=fv)
+  flags.DEFINE_string("regressor", None, "regressor_<dataset>.pth (TorchScript).",
+                      flag_values=fv)
+  flags.DEFINE_enum("dataset", None, list(arniqa.DATASETS),
+                    "Regressor dataset; default: parsed from the regressor file name.",
+                    flag_values=fv)
+  flags.DEFINE_string("output_dir", ".", "Folder for the converted checkpoints.",
+                      flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  if not (fv.encoder or fv.regressor):
+    raise ValueError("pass --encoder=ARNIQA.pth and/or --regressor=regressor_<dataset>.pth")
+  _torch_utils.require_files(encoder=fv.encoder, regressor=fv.regressor)
+  convert(fv.output_dir, fv.encoder, fv.regressor, fv.dataset)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs weights.convert_arniqa with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  # Flags are defined here, not at import, so converters can import each other's functions.
-  flags.DEFINE_string("encoder", None, "ARNIQA.pth (encoder state dict).")
-  flags.DEFINE_string("regressor", None, "regressor_<dataset>.pth (TorchScript).")
-  flags.DEFINE_enum("dataset", None, list(arniqa.DATASETS),
-                    "Regressor dataset; default: parsed from the regressor file name.")
-  flags.DEFINE_string("output_dir", ".", "Folder for the converted checkpoints.")
-  app.run(main)
+  sys.exit(main())

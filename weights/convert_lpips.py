@@ -16,14 +16,19 @@ it imports torchvision).
 
 import importlib.util
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from upzeroir_jax import cli
 from upzeroir_jax.metrics import lpips
 from upzeroir_jax.models import alexnet, flat_checkpoint
 from weights import _torch_utils, convert_vgg
+
+PROG = "weights.convert_lpips"
+USAGE = __doc__
 
 
 def package_linear_weights(net: str) -> str:
@@ -65,21 +70,32 @@ def convert(net: str, backbone: str, output: str, linear: str | None = None) -> 
   logging.info("wrote LPIPS-%s (%s + %s) to %s", net, backbone, linear, output)
 
 
-def main(argv: list[str]) -> None:
-  """Converts the files named by the flags."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = flags.FLAGS
-  _torch_utils.require_files(cfg.backbone, cfg.linear)
-  convert(cfg.net, cfg.backbone, cfg.output or f"lpips_{cfg.net}.safetensors", cfg.linear)
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of weights.convert_lpips on `fv`."""
+  flags.DEFINE_enum("net", "vgg", list(lpips.NETS), "LPIPS trunk.", flag_values=fv)
+  flags.DEFINE_string("backbone", None, "torchvision vgg16 / alexnet state dict (.pth).",
+                      flag_values=fv, required=True)
+  flags.DEFINE_string("linear", None,
+                      "LPIPS linear weights (.pth); default: the lpips package's v0.1.",
+                      flag_values=fv)
+  flags.DEFINE_string("output", None, "Checkpoint to write; default lpips_<net>.safetensors.",
+                      flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  _torch_utils.require_files(backbone=fv.backbone, linear=fv.linear)
+  convert(fv.net, fv.backbone, fv.output or f"lpips_{fv.net}.safetensors", fv.linear)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs weights.convert_lpips with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  # Flags are defined here, not at import, so converters can import each other's functions.
-  flags.DEFINE_enum("net", "vgg", list(lpips.NETS), "LPIPS trunk.")
-  flags.DEFINE_string("backbone", None, "torchvision vgg16 / alexnet state dict (.pth).",
-                      required=True)
-  flags.DEFINE_string("linear", None,
-                      "LPIPS linear weights (.pth); default: the lpips package's v0.1.")
-  flags.DEFINE_string("output", None, "Checkpoint to write; default lpips_<net>.safetensors.")
-  app.run(main)
+  sys.exit(main())

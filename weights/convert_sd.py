@@ -10,11 +10,20 @@ needs neither torch nor the network. SD 1.x and 2.x, ε and v prediction.
 """
 
 import pathlib
+import re
+import sys
+from collections.abc import Sequence
 
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags, logging
 
+from upzeroir_jax import cli
 from upzeroir_jax.models import sd, sd_convert
+
+PROG = "weights.convert_sd"
+USAGE = __doc__
+# A hub id is `namespace/name`; any other source must be a local folder (as in `sd.load`).
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> None:
@@ -26,9 +35,13 @@ def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> 
     dtype: "float32", or "bfloat16" to store the parameters at half the size.
 
   Raises:
-    sd.WeightsError: `source` cannot be read (one line says what to pass instead).
+    sd.WeightsError: `source` is neither a folder nor a hub id, or cannot be read (one line
+      says what to pass instead).
   """
   path = pathlib.Path(source).expanduser()
+  if not path.is_dir() and (path.exists() or not _HUB_ID.fullmatch(source)):
+    raise sd.WeightsError(f"{source} is not a folder (nor a hub id): pass a diffusers folder or "
+                          "a hub id such as stabilityai/stable-diffusion-2-1-base")
   folder = path if path.is_dir() else sd_convert.download(source)
   config, params, tokenizer = sd_convert.read_diffusers(folder)
   if dtype != "float32":
@@ -36,19 +49,30 @@ def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> 
   sd_convert.write_checkpoint(output, config, params, tokenizer)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    convert(flags.FLAGS.source, flags.FLAGS.output, flags.FLAGS.dtype)
-  except sd.WeightsError as e:
-    raise app.UsageError(str(e)) from None
-  print(f"wrote {flags.FLAGS.output}")
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of weights.convert_sd on `fv`."""
+  flags.DEFINE_string("source", None, "diffusers folder or hub id.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("output", None, "Folder for the converted checkpoint.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.",
+                    flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  convert(fv.source, fv.output, fv.dtype)
+  logging.info("wrote %s", fv.output)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs weights.convert_sd with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  # Flags are defined here, not at import, so converters can import each other's functions.
-  flags.DEFINE_string("source", None, "diffusers folder or hub id.", required=True)
-  flags.DEFINE_string("output", None, "Folder for the converted checkpoint.", required=True)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
-  app.run(main)
+  sys.exit(main())

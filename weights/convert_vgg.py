@@ -8,13 +8,18 @@ r"""Converts torchvision's VGG16 state dict to our VGG16 features checkpoint.
 """
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from upzeroir_jax import cli
 from upzeroir_jax.models import flat_checkpoint, vgg
 from weights import _torch_utils
+
+PROG = "weights.convert_vgg"
+USAGE = __doc__
 
 
 def convert_features(state: Mapping[str, np.ndarray], prefix: str = "features.") -> dict:
@@ -31,16 +36,27 @@ def convert(input_path: str | os.PathLike, output_path: str | os.PathLike) -> No
   logging.info("wrote VGG16 features from %s to %s", input_path, output_path)
 
 
-def main(argv: list[str]) -> None:
-  """Converts the files named by the flags."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  _torch_utils.require_files(flags.FLAGS.input)
-  convert(flags.FLAGS.input, flags.FLAGS.output)
+def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
+  """The flags of weights.convert_vgg on `fv`."""
+  flags.DEFINE_string("input", None, "torchvision vgg16 state dict (.pth).", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("output", "vgg16.safetensors", "Checkpoint to write.", flag_values=fv)
+  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
+  return fv
+
+
+def _main(fv: flags.FlagValues, rest: list[str]) -> int:
+  if rest[1:]:
+    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+  _torch_utils.require_files(input=fv.input)
+  convert(fv.input, fv.output)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs weights.convert_vgg with `argv` (default `sys.argv`); returns the exit code."""
+  return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 
 if __name__ == "__main__":
-  # Flags are defined here, not at import, so converters can import each other's functions.
-  flags.DEFINE_string("input", None, "torchvision vgg16 state dict (.pth).", required=True)
-  flags.DEFINE_string("output", "vgg16.safetensors", "Checkpoint to write.")
-  app.run(main)
+  sys.exit(main())
