@@ -21,11 +21,13 @@ large, non-finite, or non-image file) raises `ImageError`, a `ValueError` whose 
 names the file and the problem. Every image returned is finite and in [0, 1].
 """
 
+import contextlib
 import io
 import os
 import pathlib
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -86,6 +88,23 @@ def _open(path: PathLike) -> tuple[bytes | pathlib.Path, png.Header | None]:
   return data, png.check(data, path)
 
 
+@contextlib.contextmanager
+def _decoding(path: PathLike) -> Iterator[None]:
+  """Turns every failure of the block inside (OS, Pillow, decoder) into an `ImageError`."""
+  try:
+    yield
+  except ImageError:
+    raise
+  except Image.UnidentifiedImageError:
+    raise fail(path, _NOT_AN_IMAGE) from None
+  except OSError as e:
+    if e.errno is not None:
+      raise fail(path, _os_problem(e)) from None
+    raise fail(path, f"truncated or corrupt image ({e})") from None
+  except _PIL_ERRORS as e:
+    raise fail(path, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
+
+
 def read_image(path: PathLike) -> np.ndarray:
   """Reads an image file as upright RGB.
 
@@ -101,25 +120,14 @@ def read_image(path: PathLike) -> np.ndarray:
       large, holds non-finite samples, or is not an image.
   """
   source, header = _open(path)
-  try:
-    with Image.open(io.BytesIO(source) if header else source) as im:
-      orientation = _orientation(im)
-      if header is not None and header.depth == 16:
-        x = png.decode16(source, header, path)
-      else:
-        im.seek(0)
-        im.load()
-        x = pixels.to_float(im, path)
-  except ImageError:
-    raise
-  except Image.UnidentifiedImageError:
-    raise fail(path, _NOT_AN_IMAGE) from None
-  except OSError as e:
-    if e.errno is not None:
-      raise fail(path, _os_problem(e)) from None
-    raise fail(path, f"truncated or corrupt image ({e})") from None
-  except _PIL_ERRORS as e:
-    raise fail(path, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
+  with _decoding(path), Image.open(io.BytesIO(source) if header else source) as im:
+    orientation = _orientation(im)
+    if header is not None and header.depth == 16:
+      x = png.decode16(source, header, path)
+    else:
+      im.seek(0)
+      im.load()
+      x = pixels.to_float(im, path)
   return pixels.to_rgb(pixels.orient(x, orientation))
 
 
@@ -130,7 +138,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
     ImageError: as `read_image`, for files whose header cannot be read.
   """
   p = pathlib.Path(path)
-  try:
+  with _decoding(path):
     if p.is_dir():
       raise fail(path, "is a directory, not an image file")
     if p.stat().st_size == 0:
@@ -138,16 +146,6 @@ def image_size(path: PathLike) -> tuple[int, int]:
     with Image.open(p) as im:
       width, height = im.size
       swap = _orientation(im) in (5, 6, 7, 8)
-  except ImageError:
-    raise
-  except Image.UnidentifiedImageError:
-    raise fail(path, _NOT_AN_IMAGE) from None
-  except OSError as e:
-    if e.errno is not None:
-      raise fail(path, _os_problem(e)) from None
-    raise fail(path, f"truncated or corrupt image ({e})") from None
-  except _PIL_ERRORS as e:
-    raise fail(path, f"truncated or corrupt image ({type(e).__name__}: {e})") from None
   return (width, height) if swap else (height, width)
 
 
