@@ -36,8 +36,6 @@ import math
 
 import numpy as np
 
-from upzeroir_jax import config as config_lib
-
 BLOCK = 8  # HH coefficients per block side (16×16 pixels) of the noise estimator.
 SIGMA_QUANTILE = 0.1  # quantile over blocks of the noise estimator.
 SMOOTH = 8  # pixels per side of the averaging blocks of illumination and haze density.
@@ -45,9 +43,6 @@ DARK_RADIUS = 2  # half-width, in blocks, of the dark channel's minimum window.
 DARK_QUANTILE = 5.0  # percentile of the dark channel that measures haze.
 LUMA = (0.299, 0.587, 0.114)
 KINDS = ("lowlight", "haze", "noise")
-# The task preset of a clean photo: the denoise row has the smallest quality terms (w_exp,
-# w_col 1e-5) and the largest PCDM fidelity weight, so it changes a clean photo least.
-CLEAN_TASK = "denoise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,23 +83,12 @@ class Identification:
     found = [k for k in KINDS if getattr(self, k)]
     return "+".join(found) or "clean"
 
-  @property
-  def task(self) -> str:
-    """The preset for this image: two or more degradations "mixed" (the low-light row,
-    docs/method.md §6), one its own task, none `CLEAN_TASK`."""
-    found = [k for k in KINDS if getattr(self, k)]
-    if len(found) > 1:
-      return "mixed"
-    if not found:
-      return CLEAN_TASK
-    return {"lowlight": "lowlight", "haze": "dehaze", "noise": "denoise"}[found[0]]
-
   def report(self) -> dict:
-    """A JSON-ready record: composition, flags, the estimates (σ also in 8-bit units), task."""
+    """A JSON-ready record: composition, flags and the estimates (σ also in 8-bit units)."""
     return {"detected": self.composition, "lowlight": self.lowlight, "haze": self.haze,
             "noise": self.noise, "illumination": round(self.illumination, 4),
             "haze_density": round(self.haze_density, 4), "sigma": round(self.sigma, 5),
-            "sigma_255": round(self.sigma * 255, 2), "task": self.task}
+            "sigma_255": round(self.sigma * 255, 2)}
 
 
 def _as_image(img: np.ndarray) -> np.ndarray:
@@ -194,22 +178,3 @@ def identify(img: np.ndarray, thresholds: Thresholds = Thresholds()) -> Identifi
                         haze=dense > thresholds.haze_density,
                         noise=sigma > thresholds.noise_sigma,
                         illumination=light, haze_density=dense, sigma=sigma)
-
-
-def choose_task(img: np.ndarray, thresholds: Thresholds = Thresholds()) -> tuple[str, dict]:
-  """The task preset for `img` `[H, W, 3]` and the identification record (`report`)."""
-  found = identify(img, thresholds)
-  return found.task, found.report()
-
-
-def auto_configs(images: np.ndarray, **overrides) -> tuple[list[config_lib.RestoreConfig],
-                                                           list[dict]]:
-  """One `config.preset(task, **overrides)` per image of `images` `[B, H, W, 3]`, the task
-  chosen by `choose_task`, and the identification records. Presets differ only in their loss
-  weights, so the configs can go to one `restore` call (one per image)."""
-  configs, reports = [], []
-  for img in images:
-    task, record = choose_task(img)
-    configs.append(config_lib.preset(task, **overrides))
-    reports.append(record)
-  return configs, reports
