@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io, pipeline
+from upzeroir_jax import auto, cli, io, pipeline
 from upzeroir_jax import config as config_lib
 
 PROG = "eval/run.py"
@@ -65,7 +65,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images (matched by stem).",
                       flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Run folder.", flag_values=fv, required=True)
-  flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Restoration task (preset).",
+  flags.DEFINE_enum("task", None, [auto.AUTO, *config_lib.TASKS], "Restoration task (preset); "
+                    f"'{auto.AUTO}' identifies each image's degradations and picks its preset.",
                     flag_values=fv, required=True)
   flags.DEFINE_string("benchmark", None, "Benchmark name for eval/tables.py (LOLv1, LOLv2, "
                       "HSTS, Kodak24, LOL+noise, LOL+haze+noise); default: the folder name.",
@@ -213,7 +214,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
   if fv.steps:
     overrides["steps"] = fv.steps
   overrides.setdefault("dqr", fv.scorer != "none")
-  config = config_lib.preset(fv.task, **overrides)
+  configs = {task: config_lib.preset(task, **overrides) for task in config_lib.TASKS}
   loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
                                 scorer=fv.scorer)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
@@ -222,7 +223,8 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     "dataset_dir": fv.dataset_dir, "input_dir": str(inputs),
     "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
     "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
-    "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+    "config": ({t: dataclasses.asdict(c) for t, c in configs.items()} if fv.task == auto.AUTO
+               else dataclasses.asdict(configs[fv.task])), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
   }
   settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
   run_file = out / RUN_FILE
@@ -235,9 +237,9 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     gt = ground_truth(gt_dir, f)
     jobs.append(pipeline.Job(name=f.name, source=f, output=out / RESTORED / f"{f.stem}.png",
                              extra={"gt": str(gt) if gt else None}))
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, overwrite=fv.overwrite,
-                         record={"benchmark": benchmark, "variant": fv.variant})
+  summary = cli.run_by_task(jobs, fv.task, loaded, configs, seed=fv.seed, grid=fv.grid,
+                            size=fv.size, batch=fv.batch, overwrite=fv.overwrite,
+                            record={"benchmark": benchmark, "variant": fv.variant})
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")
   if loaded.smoke_test:

@@ -6,9 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import tiny_runs
 from PIL import Image
 
-from upzeroir_jax import cli, io, pipeline
+from upzeroir_jax import cli, config, io, pipeline
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -99,7 +100,7 @@ def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
     (["restore", "--input=/nonexistent/x.png", "--output=o", "--task=lowlight"],
      "--input=/nonexistent/x.png: no such file or folder"),
     (["restore", "--input=.", "--output=o", "--task=sharpen"], "value should be one of"),
-    (["restore", "--input=README.md", "--output=o"], "--task"),
+    (["restore", "--input=README.md"], "--output"),
     (["repair", "--input=.", "--output=o", "--task=lowlight"], "unknown command 'repair'"),
     (["restore", "--input=x.png", "--output=./x.png", "--task=lowlight"], "is the input itself"),
     (["restore", "--input=.", "--output=o", "--task=lowlight", "--override=nope=1"],
@@ -128,7 +129,7 @@ def test_help_and_no_arguments(capsys):
   assert cli.main(["upzeroir", "--help"]) == 0
   assert "usage: upzeroir restore --input=FILE|DIR" in capsys.readouterr().out
   assert cli.main(["upzeroir"]) == 2
-  assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
+  assert "--task: <auto|lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -139,3 +140,24 @@ def test_console_script_prints_no_traceback(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip() == (
       f"upzeroir: error: --input={tmp_path / 'no.png'}: no such file or folder")
+
+
+@pytest.mark.slow
+def test_auto_task_picks_a_preset_per_image_and_records_it(tmp_path, use_tiny, kodak_dir):
+  """Default --task=auto: a dark and a noisy kodim23 (64×64) get the low-light and denoise
+  presets in one command; the sidecars record the identification and the preset used."""
+  x, dark = tiny_runs.pair(kodak_dir)
+  noisy = np.clip(x + 40 / 255 * np.random.default_rng(0).standard_normal(x.shape), 0, 1)
+  (tmp_path / "in").mkdir()
+  io.write_image(tmp_path / "in" / "dark.png", dark)
+  io.write_image(tmp_path / "in" / "noisy.png", noisy)
+  out = tmp_path / "out"
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   *args]) == 0
+  for name, task, detected in (("dark", "lowlight", "lowlight"), ("noisy", "denoise", "noise")):
+    meta = json.loads((out / f"{name}.json").read_text())
+    assert meta["task"] == task and meta["auto"]["task"] == task
+    assert meta["auto"]["detected"] == detected
+    assert meta["config"]["lambda_deg"] == config.preset(task).lambda_deg
+    assert set(meta["auto"]) >= {"illumination", "haze_density", "sigma"}

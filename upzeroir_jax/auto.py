@@ -13,6 +13,7 @@ keeps the same path, size and sidecar as every other image. The sidecar and a lo
 the image looked clean.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from upzeroir_jax import config as config_lib
+from upzeroir_jax import io
 from upzeroir_jax.physics import identify
 
 AUTO = "auto"
@@ -57,3 +59,20 @@ def configs_for(images: Sequence[np.ndarray], **overrides: Any
     configs.append(config_lib.preset(task, **overrides))
     records.append(record)
   return configs, records
+
+
+def group_jobs(jobs: Sequence[Any]) -> dict[str, list[Any]]:
+  """`pipeline.Job`s grouped by the task `choose_task` picks for each input image, each job's
+  sidecar entries (`extra`) extended with {"auto": record}. An input that cannot be read or
+  identified joins the `CLEAN_TASK` group unchanged (the pipeline reports an unreadable one)."""
+  groups: dict[str, list[Any]] = {}
+  for job in jobs:
+    try:
+      task, record = choose_task(io.read_image(job.source), job.name)
+    except ValueError:  # unreadable, or too small to identify
+      groups.setdefault(CLEAN_TASK, []).append(job)
+      continue
+    logging.info("%s: found %s -> task %s", job.name, record["detected"], task)
+    groups.setdefault(task, []).append(
+      dataclasses.replace(job, extra={**job.extra, "auto": record}))
+  return groups

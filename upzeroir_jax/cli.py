@@ -1,7 +1,11 @@
 """`upzeroir`: restore photos with UP-ZeroIR from the command line (METHOD.md §3–§7).
 
-  upzeroir restore --input=photo.jpg --output=restored.png --task=lowlight
+  upzeroir restore --input=photo.jpg --output=restored.png
   upzeroir restore --input=photos/ --output=restored/ --task=dehaze --batch=4
+
+`--task=auto` (the default) identifies each image's degradations (`upzeroir_jax.auto`) and
+restores it with the matching preset; the sidecar's "auto" entry records what was found and the
+estimates, its "task" the preset used. An explicit `--task` applies one preset to every image.
 
 Any size and any format `io.read_image` reads; each output has its input's exact size and a
 JSON sidecar (same name, `.json`) with the settings, seed, model, timings and DQR record.
@@ -24,19 +28,20 @@ from collections.abc import Callable, Sequence
 
 from absl import flags, logging
 
+from upzeroir_jax import auto, io, pipeline
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import io, pipeline
 
 PROG = "upzeroir"
 COMMANDS = ("restore",)
 USAGE = f"""\
-usage: {PROG} restore --input=FILE|DIR --output=FILE|DIR --task=TASK [flags]
+usage: {PROG} restore --input=FILE|DIR --output=FILE|DIR [--task=TASK] [flags]
 
 Zero-shot restoration (low light, haze, noise and their mixtures) of any photo with a
-pre-trained Stable Diffusion prior (UP-ZeroIR). TASK is one of {", ".join(config_lib.TASKS)}.
+pre-trained Stable Diffusion prior (UP-ZeroIR). TASK is {auto.AUTO} (default: identified per
+image) or one of {", ".join(config_lib.TASKS)}.
 
 examples:
-  {PROG} restore --input=dark.jpg --output=bright.png --task=lowlight
+  {PROG} restore --input=dark.jpg --output=bright.png
   {PROG} restore --input=photos/ --output=restored/ --task=mixed --batch=4
   {PROG} restore --input=dark.jpg --output=out/ --task=lowlight --model=tiny   # smoke test
 """
@@ -49,9 +54,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("output", None, "Output image file (format from its suffix) or folder "
                       "(created; PNG files named after the inputs).", flag_values=fv,
                       required=True)
-  flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Degradation to remove; selects the "
-                    "paper's loss weights (mixed: the low-light row).", flag_values=fv,
-                    required=True)
+  flags.DEFINE_enum("task", auto.AUTO, [auto.AUTO, *config_lib.TASKS], "Degradation to "
+                    "remove; selects the paper's loss weights (mixed: the low-light row). "
+                    f"'{auto.AUTO}': identified per image from the image itself.",
+                    flag_values=fv)
   flags.DEFINE_string("model", pipeline.SD_DEFAULT, "Diffusion prior: hub id (downloaded on "
                       "first use), diffusers folder, our checkpoint, or 'tiny' (random "
                       "weights: a smoke test of the pipeline, not a restoration).",
@@ -155,6 +161,21 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
                        prompt=_prompt_for(src, prompt, prompt_dir))]
 
 
+def run_by_task(jobs: list[pipeline.Job], task: str, loaded: pipeline.Loaded,
+                configs: dict[str, config_lib.RestoreConfig], **kwargs) -> pipeline.Summary:
+  """`pipeline.run` of `jobs` with `configs[task]`; for task "auto" the jobs are grouped by
+  `auto.group_jobs` (each sidecar then records what was identified, under "auto") and each
+  group runs with its task's config. `kwargs` go to every `pipeline.run`."""
+  groups = auto.group_jobs(jobs) if task == auto.AUTO else {task: list(jobs)}
+  summary = pipeline.Summary()
+  for name, group in groups.items():
+    part = pipeline.run(group, loaded, configs[name], **kwargs)
+    summary.done += part.done
+    summary.skipped += part.skipped
+    summary.failed += part.failed
+  return summary
+
+
 def _error(prog: str, message: str) -> int:
   print(f"{prog}: error: {message}", file=sys.stderr)
   return 2
@@ -166,12 +187,12 @@ def _restore(fv: flags.FlagValues) -> int:
   overrides.setdefault("dqr", fv.scorer != "none")
   if fv.steps:
     overrides["steps"] = fv.steps
-  config = config_lib.preset(fv.task, **overrides)
+  configs = {task: config_lib.preset(task, **overrides) for task in config_lib.TASKS}
   loaded = pipeline.load_models(fv.model, vgg_path=fv.vgg, arniqa_dir=fv.arniqa,
                                 scorer=fv.scorer)
-  summary = pipeline.run(jobs, loaded, config, seed=fv.seed, grid=fv.grid, size=fv.size,
-                         batch=fv.batch, bits=int(fv.bits), overwrite=fv.overwrite,
-                         record={"command": "upzeroir restore"})
+  summary = run_by_task(jobs, fv.task, loaded, configs, seed=fv.seed, grid=fv.grid,
+                        size=fv.size, batch=fv.batch, bits=int(fv.bits),
+                        overwrite=fv.overwrite, record={"command": "upzeroir restore"})
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
