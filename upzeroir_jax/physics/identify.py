@@ -124,12 +124,11 @@ def noise_sigma(img: np.ndarray) -> float:
   img = _as_image(img)
   side = 2 * BLOCK
   h, w = img.shape[0] // side * side, img.shape[1] // side * side
-  px = img[:h, :w].reshape(h // 2, 2, w // 2, 2, 3)
+  crop = img[:h, :w]
+  px = crop.reshape(h // 2, 2, w // 2, 2, 3)
   hh = (px[:, 0, :, 0] - px[:, 0, :, 1] - px[:, 1, :, 0] + px[:, 1, :, 1]) / 2.0
-  hb = hh.reshape(h // side, BLOCK, w // side, BLOCK, 3)
-  rms = np.sqrt(np.mean(hb * hb, axis=(1, 3))).reshape(-1)
-  pb = img[:h, :w].reshape(h // side, side, w // side, side, 3)
-  clipped = np.mean((pb <= 0.0) | (pb >= 1.0), axis=(1, 3)).reshape(-1)
+  rms = np.sqrt(_block_mean(hh * hh, BLOCK)).reshape(-1)
+  clipped = _block_mean(((crop <= 0.0) | (crop >= 1.0)).astype(np.float32), side).reshape(-1)
   keep = clipped == 0.0
   if keep.mean() < 0.1:
     keep = clipped <= np.quantile(clipped, 0.1)
@@ -138,8 +137,10 @@ def noise_sigma(img: np.ndarray) -> float:
 
 
 def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
+  """Means over k×k blocks `[H // k, W // k, C]` (a ragged border is dropped)."""
   h, w = max(img.shape[0] // k, 1) * k, max(img.shape[1] // k, 1) * k
-  return img[:h, :w].reshape(h // k, k, w // k, k, -1).mean(axis=(1, 3))
+  rows = img[:h, :w].reshape(h // k, k, w, -1).sum(axis=1)
+  return rows.reshape(h // k, w // k, k, -1).sum(axis=2) / (k * k)
 
 
 def _min_filter(a: np.ndarray, r: int) -> np.ndarray:
@@ -149,19 +150,25 @@ def _min_filter(a: np.ndarray, r: int) -> np.ndarray:
   return np.min([rows[:, j:j + a.shape[1]] for j in range(2 * r + 1)], axis=0)
 
 
+def _white_level(blocks: np.ndarray) -> float:
+  return float(np.percentile(blocks @ np.asarray(LUMA, np.float32), 99))
+
+
+def _haze_density(blocks: np.ndarray, sigma: float) -> float:
+  dark = _min_filter(blocks.min(axis=-1), DARK_RADIUS)
+  level = np.percentile(dark, DARK_QUANTILE) - sigma / math.sqrt(2.0 * math.pi)
+  return float(level / max(_white_level(blocks), 1.0 / 255))
+
+
 def illumination(img: np.ndarray) -> float:
   """Luminance white level of `img` `[H, W, 3]`: the 99th percentile over 8×8-block means."""
-  s = _block_mean(_as_image(img), SMOOTH)
-  return float(np.percentile(s @ np.asarray(LUMA, np.float32), 99))
+  return _white_level(_block_mean(_as_image(img), SMOOTH))
 
 
 def haze_density(img: np.ndarray, sigma: float) -> float:
   """He et al.'s `1 − t = dark(I) / A` of `img` `[H, W, 3]`: the dark channel's 5th percentile
   less the clipping bias `σ/√(2π)` of noise σ, over the white level `illumination(img)`."""
-  s = _block_mean(_as_image(img), SMOOTH)
-  dark = _min_filter(s.min(axis=-1), DARK_RADIUS)
-  level = np.percentile(dark, DARK_QUANTILE) - sigma / math.sqrt(2.0 * math.pi)
-  return float(level / max(illumination(img), 1.0 / 255))
+  return _haze_density(_block_mean(_as_image(img), SMOOTH), sigma)
 
 
 def identify(img: np.ndarray, thresholds: Thresholds = Thresholds()) -> Identification:
@@ -172,8 +179,9 @@ def identify(img: np.ndarray, thresholds: Thresholds = Thresholds()) -> Identifi
   """
   img = _as_image(img)
   sigma = noise_sigma(img)
-  light = illumination(img)
-  dense = haze_density(img, sigma)
+  blocks = _block_mean(img, SMOOTH)
+  light = _white_level(blocks)
+  dense = _haze_density(blocks, sigma)
   return Identification(lowlight=light < thresholds.illumination,
                         haze=dense > thresholds.haze_density,
                         noise=sigma > thresholds.noise_sigma,
