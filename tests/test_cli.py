@@ -142,22 +142,52 @@ def test_console_script_prints_no_traceback(tmp_path):
       f"upzeroir: error: --input={tmp_path / 'no.png'}: no such file or folder")
 
 
-@pytest.mark.slow
-def test_auto_task_picks_a_preset_per_image_and_records_it(tmp_path, use_tiny, kodak_dir):
-  """Default --task=auto: a dark and a noisy kodim23 (64×64) get the low-light and denoise
-  presets in one command; the sidecars record the identification and the preset used."""
+def auto_inputs(folder, kodak_dir):
+  """A dark and a noisy kodim23 (64×64) in `folder`."""
   x, dark = tiny_runs.pair(kodak_dir)
   noisy = np.clip(x + 40 / 255 * np.random.default_rng(0).standard_normal(x.shape), 0, 1)
-  (tmp_path / "in").mkdir()
-  io.write_image(tmp_path / "in" / "dark.png", dark)
-  io.write_image(tmp_path / "in" / "noisy.png", noisy)
-  out = tmp_path / "out"
+  folder.mkdir()
+  io.write_image(folder / "dark.png", dark)
+  io.write_image(folder / "noisy.png", noisy)
+
+
+def record_runs(monkeypatch):
+  """Replaces `pipeline.run` by a recorder of (job names, config, sidecar extras) per call,
+  and the models by an empty record; the restoration itself is pipeline's and restore's
+  business (their own tests)."""
+  calls = []
+  monkeypatch.setattr(pipeline, "load_models", lambda source, **kw: pipeline.Loaded(
+      models=None, source=source, smoke_test=True, scorer="none",
+      text_context=lambda p: None, multiple=64, notes={}))
+
+  def run(jobs, loaded, config, **kwargs):
+    del loaded, kwargs
+    calls.append(([j.name for j in jobs], config, [j.extra for j in jobs]))
+    return pipeline.Summary(done=[j.name for j in jobs])
+
+  monkeypatch.setattr(pipeline, "run", run)
+  return calls
+
+
+def test_auto_task_runs_each_image_with_its_preset_and_records_it(tmp_path, monkeypatch,
+                                                                   kodak_dir):
+  """Default --task=auto: the dark and the noisy image go to the low-light and denoise
+  presets; each job's sidecar extras hold the identification; --task=dehaze overrides."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  calls = record_runs(monkeypatch)
   args = [a for a in TINY if not a.startswith("--task")]
-  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
-                   *args]) == 0
-  for name, task, detected in (("dark", "lowlight", "lowlight"), ("noisy", "denoise", "noise")):
-    meta = json.loads((out / f"{name}.json").read_text())
-    assert meta["task"] == task and meta["auto"]["task"] == task
-    assert meta["auto"]["detected"] == detected
-    assert meta["config"]["lambda_deg"] == config.preset(task).lambda_deg
-    assert set(meta["auto"]) >= {"illumination", "haze_density", "sigma"}
+  argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'o'}"]
+  assert cli.main([*argv, *args]) == 0
+  overrides = {"steps": 4, "dqr": False, "pcdm_features": (8, 8, 8), "disc_features": (8, 8, 8)}
+  by_task = {cfg.task: (names, cfg, extras) for names, cfg, extras in calls}
+  assert set(by_task) == {"lowlight", "denoise"}
+  for task, name, detected in (("lowlight", "dark.png", "lowlight"),
+                               ("denoise", "noisy.png", "noise")):
+    names, cfg, extras = by_task[task]
+    assert names == [name] and cfg == config.preset(task, **overrides)
+    assert extras[0]["auto"]["detected"] == detected and extras[0]["auto"]["task"] == task
+    assert extras[0]["auto"]["sigma"] > 0 and "haze_density" in extras[0]["auto"]
+  calls.clear()
+  assert cli.main([*argv, *args, "--task=dehaze"]) == 0
+  assert [(names, cfg.task, extras) for names, cfg, extras in calls] == [
+    (["dark.png", "noisy.png"], "dehaze", [{}, {}])]
