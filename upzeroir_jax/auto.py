@@ -43,8 +43,8 @@ def choose_task(img: np.ndarray, name: str = "") -> tuple[str, dict[str, Any]]:
   found = identify.identify(img)
   task = task_for(found)
   if found.composition == "clean":
-    logging.info("%s: no low light, haze or noise found; restoring with the least invasive "
-                 "preset (%s)", name or "image", task)
+    logging.warning("%s: no low light, haze or noise found; restoring with the least "
+                    "invasive preset (%s)", name or "image", task)
   return task, {**found.report(), "task": task}
 
 
