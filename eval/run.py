@@ -224,7 +224,8 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
     "gt_dir": str(gt_dir) if gt_dir else None, "model": fv.model,
     "smoke_test": loaded.smoke_test, "scorer": fv.scorer, "overrides": fv.override,
     "config": ({t: dataclasses.asdict(c) for t, c in configs.items()} if fv.task == auto.AUTO
-               else dataclasses.asdict(configs[fv.task])), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+               else dataclasses.asdict(configs[fv.task])),
+    "seed": fv.seed, "grid": fv.grid, "size": fv.size,
   }
   settings = json.loads(json.dumps(settings))  # the form run.json holds (tuples as lists)
   run_file = out / RUN_FILE
