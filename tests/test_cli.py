@@ -1,15 +1,18 @@
 """The `upzeroir` console script end to end on the tiny random SD, and its error handling."""
 
+import dataclasses
 import json
 import logging
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tiny_runs
 from PIL import Image
 
-from upzeroir_jax import cli, io, loading
+from upzeroir_jax import auto, cli, config, io, loading, pipeline
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -110,7 +113,7 @@ def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
     (["restore", "--input=/nonexistent/x.png", "--output=o", "--task=lowlight"],
      "--input=/nonexistent/x.png: no such file or folder"),
     (["restore", "--input=.", "--output=o", "--task=sharpen"], "value should be one of"),
-    (["restore", "--input=README.md", "--output=o"], "--task"),
+    (["restore", "--input=README.md"], "--output"),
     (["repair", "--input=.", "--output=o", "--task=lowlight"], "unknown command 'repair'"),
     (["restore", "--input=x.png", "--output=./x.png", "--task=lowlight"], "is the input itself"),
     (["restore", "--input=.", "--output=o", "--task=lowlight", "--override=nope=1"],
@@ -139,7 +142,7 @@ def test_help_and_no_arguments(capsys):
   assert "usage: upzeroir restore --input=FILE|DIR" in out
   assert "--model:" in out and "--input:" in out and "upzeroir_jax.flags:" not in out
   assert cli.main(["upzeroir"]) == 2
-  assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
+  assert "--task: <auto|lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -150,3 +153,105 @@ def test_console_script_prints_no_traceback(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip() == (
       f"upzeroir: error: --input={tmp_path / 'no.png'}: no such file or folder")
+
+
+def auto_inputs(folder, kodak_dir):
+  """A dark and a noisy kodim23 (64×64) in `folder`."""
+  x, dark = tiny_runs.pair(kodak_dir)
+  noisy = np.clip(x + 40 / 255 * np.random.default_rng(0).standard_normal(x.shape), 0, 1)
+  folder.mkdir()
+  io.write_image(folder / "dark.png", dark)
+  io.write_image(folder / "noisy.png", noisy)
+
+
+def record_runs(monkeypatch):
+  """Runs the real pipeline (pre-flight, resume, grouping, sidecars) with models that are never
+  used and a stand-in for the compiled restoration that returns its input: the restoration
+  itself is restore's business (its own tests). Returns the configs compiled, in order."""
+  compiled = []
+  monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
+      models=None, source=source, smoke_test=True, scorer="none",
+      text_context=lambda p: None, multiple=64, notes={}))
+
+  def compile_(ctx, full_shape, text, config):
+    del ctx, full_shape, text
+    compiled.append(config)
+    return lambda models, ys, keys, ctx: (ys, {})
+
+  monkeypatch.setattr(pipeline, "_compile", compile_)
+  return compiled
+
+
+TINY_OVERRIDES = {"steps": 4, "dqr": False, "pcdm_features": (8, 8, 8),
+                  "disc_features": (8, 8, 8)}
+
+
+def test_auto_task_restores_each_image_with_its_preset_and_records_it(
+    tmp_path, monkeypatch, kodak_dir, capsys):
+  """Default --task=auto: the dark and the noisy image get the low-light and denoise presets
+  (one compile each) and their sidecars record what was identified, the estimates and the
+  preset used; each input is identified once and read twice (check, restore)."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled = record_runs(monkeypatch)
+  identified, reads = [], []
+  choose, read = auto.choose_task, io.read_image
+  monkeypatch.setattr(auto, "choose_task", lambda img, name="": (
+      identified.append(name), choose(img, name))[1])
+  monkeypatch.setattr(io, "read_image", lambda path, *a, **k: (
+      reads.append(pathlib.Path(path).name), read(path, *a, **k))[1])
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   *args]) == 0
+  assert "restored 2, skipped 0" in capsys.readouterr().out
+  assert sorted(identified) == ["dark.png", "noisy.png"]
+  assert sorted(reads) == ["dark.png", "dark.png", "noisy.png", "noisy.png"]
+  assert sorted(c.task for c in compiled) == ["denoise", "lowlight"]
+  for stem, task, detected in (("dark", "lowlight", "lowlight"), ("noisy", "denoise", "noise")):
+    preset = config.preset(task, **TINY_OVERRIDES)
+    assert preset in compiled
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["task"] == task and meta["config"] == json.loads(
+        json.dumps(dataclasses.asdict(preset)))
+    assert meta["settings"]["config"]["task"] == task
+    assert meta["auto"]["detected"] == detected and meta["auto"]["task"] == task
+    assert meta["auto"]["sigma"] > 0 and "haze_density" in meta["auto"]
+
+
+def test_explicit_task_overrides_auto(tmp_path, monkeypatch, kodak_dir):
+  """--task=dehaze: one preset for both images, one compile, nothing identified."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled = record_runs(monkeypatch)
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   *args, "--task=dehaze"]) == 0
+  assert compiled == [config.preset("dehaze", **TINY_OVERRIDES)]
+  for stem in ("dark", "noisy"):
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["task"] == "dehaze" and "auto" not in meta
+
+
+def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kodak_dir, capsys):
+  """A finished --task=auto run is skipped on a re-run; --task=dehaze, or an input whose
+  identified task changed, is refused rather than kept."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled = record_runs(monkeypatch)
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *args]
+  assert cli.main(argv) == 0
+  compiled.clear()
+  capsys.readouterr()
+  assert cli.main(argv) == 0
+  assert "restored 0, skipped 2" in capsys.readouterr().out and compiled == []
+  assert cli.main([*argv, "--task=dehaze"]) == 2
+  err = capsys.readouterr().err
+  assert "dark.png was restored with other settings" in err
+  assert "config.task: 'lowlight' there, 'dehaze' now" in err
+  io.write_image(tmp_path / "in" / "noisy.png", io.read_image(tmp_path / "in" / "dark.png"))
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "noisy.png was restored with other settings" in err
+  assert "config.task: 'denoise' there, 'lowlight' now" in err
+  assert compiled == []

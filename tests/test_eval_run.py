@@ -152,3 +152,22 @@ def test_sidecar_dqr_record_from_the_loop_info():
       "enabled": True, "steps": 37, "unet_evals": 37, "restarts": 1, "stop_reason": "settled",
       "stop_t": 81, "best_score": 0.625, "scores": [0.5, 0.625], "score_t": [481, 81]}
   assert pipeline.dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
+
+
+def test_auto_task_groups_images_by_identified_preset(tmp_path, monkeypatch, kodak_dir):
+  """--task=auto: each image restored with its identified preset (one compile per preset);
+  run.json keeps every preset."""
+  from test_cli import auto_inputs, record_runs
+
+  auto_inputs(tmp_path / "in", kodak_dir)
+  calls = record_runs(monkeypatch)
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert run.main([run.PROG, f"--dataset_dir={tmp_path / 'in'}",
+                   f"--output_dir={tmp_path / 'out'}", "--task=auto", *args]) == 0
+  assert sorted(c.task for c in calls) == ["denoise", "lowlight"]
+  for stem, task in (("dark", "lowlight"), ("noisy", "denoise")):
+    meta = json.loads((tmp_path / "out" / run.RESTORED / f"{stem}.json").read_text())
+    assert meta["task"] == task and meta["auto"]["task"] == task
+  settings = json.loads((tmp_path / "out" / run.RUN_FILE).read_text())
+  assert settings["task"] == "auto"
+  assert settings["config"]["denoise"]["lambda_per"] == 5e-4
