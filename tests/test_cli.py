@@ -7,12 +7,14 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tiny_runs
 from PIL import Image
 
 from upzeroir_jax import auto, cli, config, io, loading, pipeline
+from upzeroir_jax.sampler import state
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -167,8 +169,9 @@ def auto_inputs(folder, kodak_dir):
 def record_runs(monkeypatch):
   """Runs the real pipeline (pre-flight, resume, grouping, sidecars) with models that are never
   used and a stand-in for the compiled restoration that returns its input: the restoration
-  itself is restore's business (its own tests). Returns the configs compiled, in order."""
-  compiled = []
+  itself is restore's business (its own tests). Returns the (static) configs compiled and the
+  per-image settings (`LossWeights`, one value per row) of each batch, in order."""
+  compiled, batches = [], []
   monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
       models=None, source=source, smoke_test=True, scorer="none",
       text_context=lambda p: None, multiple=64, notes={}))
@@ -176,10 +179,23 @@ def record_runs(monkeypatch):
   def compile_(ctx, full_shape, text, config):
     del ctx, full_shape, text
     compiled.append(config)
-    return lambda models, ys, keys, ctx: (ys, {})
+
+    def restored(models, ys, keys, weights, ctx):
+      del models, keys, ctx
+      batches.append(jax.tree.map(np.asarray, weights))
+      return ys, {}
+
+    return restored
 
   monkeypatch.setattr(pipeline, "_compile", compile_)
-  return compiled
+  return compiled, batches
+
+
+def preset_rows(tasks):
+  """The `LossWeights` of a batch of the tiny presets of `tasks` on a 64×64 grid, computed
+  image by image as a single `restore` call would."""
+  rows = [state.loss_weights(config.preset(t, **TINY_OVERRIDES), 64 * 64) for t in tasks]
+  return jax.tree.map(lambda *v: np.stack([np.asarray(x) for x in v]), *rows)
 
 
 TINY_OVERRIDES = {"steps": 4, "dqr": False, "pcdm_features": (8, 8, 8),
@@ -188,11 +204,12 @@ TINY_OVERRIDES = {"steps": 4, "dqr": False, "pcdm_features": (8, 8, 8),
 
 def test_auto_task_restores_each_image_with_its_preset_and_records_it(
     tmp_path, monkeypatch, kodak_dir, capsys):
-  """Default --task=auto: the dark and the noisy image get the low-light and denoise presets
-  (one compile each) and their sidecars record what was identified, the estimates and the
-  preset used; each input is identified once and read twice (check, restore)."""
+  """Default --task=auto: the dark and the noisy image get the low-light and denoise presets,
+  in one batch of one compiled program, and their sidecars record what was identified, the
+  estimates and the preset used; each input is identified once and read twice (check,
+  restore)."""
   auto_inputs(tmp_path / "in", kodak_dir)
-  compiled = record_runs(monkeypatch)
+  compiled, batches = record_runs(monkeypatch)
   identified, reads = [], []
   choose, read = auto.choose_task, io.read_image
   monkeypatch.setattr(auto, "choose_task", lambda img, name="": (
@@ -206,10 +223,14 @@ def test_auto_task_restores_each_image_with_its_preset_and_records_it(
   assert "restored 2, skipped 0" in capsys.readouterr().out
   assert sorted(identified) == ["dark.png", "noisy.png"]
   assert sorted(reads) == ["dark.png", "dark.png", "noisy.png", "noisy.png"]
-  assert sorted(c.task for c in compiled) == ["denoise", "lowlight"]
+  assert compiled == [state.weightless(config.preset("lowlight", **TINY_OVERRIDES))]
+  assert len(batches) == 1
+  want = preset_rows(["lowlight", "denoise"])  # dark.png, noisy.png: rows 0 and 1
+  assert want.w_exp[0] != want.w_exp[1]
+  for name in state.WEIGHT_FIELDS:
+    np.testing.assert_array_equal(getattr(batches[0], name), getattr(want, name), err_msg=name)
   for stem, task, detected in (("dark", "lowlight", "lowlight"), ("noisy", "denoise", "noise")):
     preset = config.preset(task, **TINY_OVERRIDES)
-    assert preset in compiled
     meta = json.loads((out / f"{stem}.json").read_text())
     assert meta["task"] == task and meta["config"] == json.loads(
         json.dumps(dataclasses.asdict(preset)))
@@ -219,14 +240,17 @@ def test_auto_task_restores_each_image_with_its_preset_and_records_it(
 
 
 def test_explicit_task_overrides_auto(tmp_path, monkeypatch, kodak_dir):
-  """--task=dehaze: one preset for both images, one compile, nothing identified."""
+  """--task=dehaze: one preset for both images, nothing identified."""
   auto_inputs(tmp_path / "in", kodak_dir)
-  compiled = record_runs(monkeypatch)
+  compiled, batches = record_runs(monkeypatch)
   out = tmp_path / "o"
   args = [a for a in TINY if not a.startswith("--task")]
   assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
                    *args, "--task=dehaze"]) == 0
-  assert compiled == [config.preset("dehaze", **TINY_OVERRIDES)]
+  assert compiled == [state.weightless(config.preset("dehaze", **TINY_OVERRIDES))]
+  want = preset_rows(["dehaze", "dehaze"])
+  for name in state.WEIGHT_FIELDS:
+    np.testing.assert_array_equal(getattr(batches[0], name), getattr(want, name), err_msg=name)
   for stem in ("dark", "noisy"):
     meta = json.loads((out / f"{stem}.json").read_text())
     assert meta["task"] == "dehaze" and "auto" not in meta
@@ -236,7 +260,7 @@ def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kod
   """A finished --task=auto run is skipped on a re-run; --task=dehaze, or an input whose
   identified task changed, is refused rather than kept."""
   auto_inputs(tmp_path / "in", kodak_dir)
-  compiled = record_runs(monkeypatch)
+  compiled, _ = record_runs(monkeypatch)
   out = tmp_path / "o"
   args = [a for a in TINY if not a.startswith("--task")]
   argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *args]

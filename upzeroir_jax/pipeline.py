@@ -6,10 +6,12 @@ degradations, `auto.per_image`). A job whose output image and JSON sidecar both 
 finished and skipped, so an interrupted run resumes where it stopped (both files are written
 atomically, the sidecar last); a finished output made with other settings (`resume_key`: the
 job's configuration, seed, grid, bits, model, scorer, code version) is refused rather than
-kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by
-configuration, model-grid shape and prompt and restored `settings.batch` images at a time
-(docs/method.md §3–§7 via `restore.restore`), the batch sharded over the devices
-(`sharding`); each group compiles once.
+kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by the
+static part of their configuration (`sampler.state.weightless`: task presets differ only in
+their per-task settings, which are traced), model-grid shape and prompt and restored
+`settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
+via `restore.restore_weighted`), the batch sharded over the devices (`sharding`); each group
+compiles once, so a folder of mixed tasks shares one compiled program.
 
 Each image's PRNG key is `fold_in(PRNGKey(seed), crc32(job.name))`: an image's result does not
 depend on its batch, its position, the device count, or which other images are restored.
@@ -51,6 +53,7 @@ from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
 from upzeroir_jax.loading import Loaded
+from upzeroir_jax.sampler import state as state_lib
 
 GRIDS = ("resize", "pad")
 ConfigOf = config_lib.RestoreConfig | Callable[[Job], config_lib.RestoreConfig]
@@ -97,6 +100,7 @@ class _Run:
   settings: Settings
   rows: NamedSharding
   common: dict  # sidecar entries of every image
+  configs: Callable[[Job], config_lib.RestoreConfig]  # each job's configuration
   key_of: Callable[[Job], dict]  # `resume_key` of a job
   summary: Summary
   progress: progress_lib.Progress
@@ -111,7 +115,6 @@ class _Batch:
   real: int
   shape: tuple[int, int]
   ctx: Any
-  config: config_lib.RestoreConfig
   compiled: Any  # `sharding.restore_sharded` compiled for this batch's shapes
   compile_s: float  # seconds compiling took, on the group's first batch; else 0
 
@@ -221,7 +224,7 @@ def _check(settings: Settings, multiple: int) -> None:
 def _groups(jobs: Sequence[Job], configs: Callable[[Job], config_lib.RestoreConfig],
             settings: Settings, multiple: int, summary: Summary
             ) -> dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]]:
-  """Readable jobs by (configuration, model-grid shape, prompt); unreadable ones go to
+  """Readable jobs by (static configuration, model-grid shape, prompt); unreadable ones go to
   `summary.failed`."""
   out: dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]] = {}
   for job in jobs:
@@ -232,7 +235,7 @@ def _groups(jobs: Sequence[Job], configs: Callable[[Job], config_lib.RestoreConf
       summary.failed.append((job.name, failure(job.source, e)))
       continue
     shape = io.grid_shape(h, w, settings.size, settings.grid, multiple)
-    out.setdefault((configs(job), shape, job.prompt), []).append(job)
+    out.setdefault((state_lib.weightless(configs(job)), shape, job.prompt), []).append(job)
   return out
 
 
@@ -296,22 +299,22 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
     progress = progress_lib.Progress(0, enabled=progress and jax.process_index() == 0)
   progress.total = sum(len(g) for g in groups.values())
   ctx = _Run(loaded=loaded, models=sharding.replicate(loaded.models, mesh),
-             settings=settings, rows=sharding.rows(mesh), common=common, key_of=key_of,
+             settings=settings, rows=sharding.rows(mesh), common=common, configs=configs,
+             key_of=key_of,
              summary=summary,
              progress=progress, on_step=progress.on_step if report_steps else None)
   try:
-    for (group_config, shape, prompt), group in groups.items():
+    for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
       with progress.phase(progress_lib.COMPILING):
         t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, group_config)
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
         compile_s = time.perf_counter() - t0
       progress.start_images()
       for start in range(0, len(group), global_batch):
         chunk = group[start:start + global_batch]
         _run_batch(ctx, _Batch(jobs=chunk + [chunk[-1]] * (global_batch - len(chunk)),
-                               real=len(chunk), shape=shape, ctx=text, config=group_config,
-                               compiled=compiled,
+                               real=len(chunk), shape=shape, ctx=text, compiled=compiled,
                                compile_s=compile_s if start == 0 else 0.0))
   finally:
     progress.close()
@@ -320,11 +323,14 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
 def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
              config: config_lib.RestoreConfig) -> Any:
-  """`sharding.restore_sharded` compiled for a batch of `full_shape` (loaded from JAX's
-  persistent cache when an earlier run compiled it)."""
+  """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
+  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
-  return sharding.restore_sharded.lower(ctx.models, ys, keys, text, config=config,
+  weights = jax.tree.map(
+      lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
+      state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
+  return sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
                                         mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
 
 
@@ -363,9 +369,10 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
   ys = sharding.from_rows(full_shape, ctx.rows, grids)
   keys = sharding.from_rows((g, 2), ctx.rows, {
       r: image_key(ctx.settings.seed, batch.jobs[r].name) for r in grids})
+  weights = _weights(ctx, batch, list(grids))
   t1 = time.perf_counter()
   images, info = interrupt.call(
-      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, batch.ctx)))
+      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, weights, batch.ctx)))
   batch_s = time.perf_counter() - t1
   image_rows = sharding.rows_of(images)
   info_rows = {name: sharding.rows_of(v) for name, v in info.items()}
@@ -381,19 +388,32 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
                                                   if j.name not in set(done)])
 
 
+def _weights(ctx: _Run, batch: _Batch, rows: list[int]) -> state_lib.LossWeights:
+  """The batch's per-task settings `[G]` (`state.loss_weights` of each row's job), from this
+  process's `rows`."""
+  g = len(batch.jobs)
+  per_row = {r: state_lib.loss_weights(ctx.configs(batch.jobs[r]),
+                                       batch.shape[0] * batch.shape[1]) for r in rows}
+  return state_lib.LossWeights(**{
+      name: sharding.from_rows((g,), ctx.rows, {r: np.asarray(getattr(w, name))
+                                                for r, w in per_row.items()})
+      for name in state_lib.WEIGHT_FIELDS})
+
+
 def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info: dict,
            r: int, timings: dict) -> None:
   """Writes one restored image and then its sidecar; a failure is recorded, not raised."""
   job = batch.jobs[r]
+  config = ctx.configs(job)
   sidecar = {
-    **ctx.common, "task": batch.config.task, "config": dataclasses.asdict(batch.config),
+    **ctx.common, "task": config.task, "config": dataclasses.asdict(config),
     "settings": ctx.key_of(job), "name": job.name, "input": str(job.source),
     "output": str(job.output),
     "prompt": job.prompt, **job.extra,
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
              "input_shape": [meta.height, meta.width]},
     "timings": timings,
-    "sampling": dqr_summary(info, batch.config),
+    "sampling": dqr_summary(info, config),
   }
   try:
     io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
