@@ -258,7 +258,7 @@ def test_explicit_task_overrides_auto(tmp_path, monkeypatch, kodak_dir):
 
 def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kodak_dir, capsys):
   """A finished --task=auto run is skipped on a re-run; --task=dehaze, or an input whose
-  identified task changed, is refused rather than kept."""
+  identified task changed, is refused rather than kept, before any model loads."""
   auto_inputs(tmp_path / "in", kodak_dir)
   compiled, _ = record_runs(monkeypatch)
   out = tmp_path / "o"
@@ -267,6 +267,11 @@ def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kod
   assert cli.main(argv) == 0
   compiled.clear()
   capsys.readouterr()
+
+  def no_models(source, **kw):
+    raise RuntimeError("models loaded")  # the resume checks come before any model
+
+  monkeypatch.setattr(loading, "load_models", no_models)
   assert cli.main(argv) == 0
   assert "restored 0, skipped 2" in capsys.readouterr().out and compiled == []
   assert cli.main([*argv, "--task=dehaze"]) == 2
