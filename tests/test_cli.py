@@ -284,3 +284,16 @@ def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kod
   assert "noisy.png was restored with other settings" in err
   assert "config.task: 'denoise' there, 'lowlight' now" in err
   assert compiled == []
+
+
+def test_auto_logs_one_line_for_a_clean_looking_image(tmp_path, kodak_dir, caplog):
+  """A clean kodim23 gets one warning line and the least invasive preset; a dark one none."""
+  x, dark = tiny_runs.pair(kodak_dir)
+  job = pipeline.Job(name="x.png", source=tmp_path / "x.png", output=tmp_path / "o" / "x.png")
+  with caplog.at_level(logging.INFO):
+    clean = auto.inspect(job, x)
+    auto.inspect(job, dark)
+  warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert warned == [("x.png: no low light, haze or noise found; restoring with the least "
+                     f"invasive preset ({auto.CLEAN_TASK})")]
+  assert clean.extra["auto"]["detected"] == "clean" and auto.task_of(clean) == auto.CLEAN_TASK

@@ -11,6 +11,12 @@ row has the smallest quality terms (w_exp = w_col = 1e-5, so no exposure or colo
 pushed onto a well-exposed photo) and the strongest PCDM fidelity (w_mse = 3), and the output
 keeps the same path, size and sidecar as every other image. The sidecar and a log line say that
 the image looked clean.
+
+In a run (`upzeroir restore`, `eval.run`), `inspect` identifies each input once, on the host,
+while the pre-flight check has it decoded (`preflight.check(..., inspect=inspect)`), before
+any model loads, and records the result in the job's sidecar entries under "auto";
+`per_image` then gives `pipeline.run` each job's preset. Presets differ only in their traced
+per-task settings, so images of different tasks share batches and one compiled program.
 """
 
 import dataclasses
