@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io, loading, smoke
+from upzeroir_jax import auto, cli, io, loading, smoke
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -69,8 +69,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("gt_dir", None, "Folder of ground-truth images (matched by stem).",
                       flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Run folder.", flag_values=fv, required=True)
-  flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Restoration task (preset).",
-                    flag_values=fv, required=True)
+  flags.DEFINE_enum("task", None, [auto.AUTO, *config_lib.TASKS], "Restoration task "
+                    f"(preset); '{auto.AUTO}' identifies each image's degradations and picks its "
+                    "preset.", flag_values=fv, required=True)
   flags.DEFINE_string("benchmark", None, "Benchmark name for eval.tables (LOLv1, LOLv2, "
                       "HSTS, Kodak24, LOL+noise, LOL+haze+noise); default: the folder name.",
                       flag_values=fv)
@@ -218,7 +219,7 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
                              extra={"gt": str(gt) if gt else None}))
   jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
                                           if j.extra["gt"]])
-  config = flags_lib.config_from_flags(fv, fv.task)
+  presets = flags_lib.task_configs(fv, fv.task)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
   with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0
         else contextlib.nullcontext()):
@@ -229,9 +230,12 @@ def _main(fv: flags.FlagValues, rest: list[str]) -> int:
       "gt_dir": str(gt_dir) if gt_dir else None, "dataset_images": len(every),
       "model": fv.model,
       "smoke_test": smoke_test, "scorer": fv.scorer, "overrides": fv.override,
-      "config": dataclasses.asdict(config), "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+      "config": ({t: dataclasses.asdict(c) for t, c in presets.items()} if fv.task == auto.AUTO
+                 else dataclasses.asdict(presets[fv.task])),
+      "seed": fv.seed, "grid": fv.grid, "size": fv.size,
     }, fv.overwrite)
-    summary = cli.restore_checked(PROG, fv, jobs, config, flags_lib.settings_from_flags(fv),
+    summary = cli.restore_checked(PROG, fv, jobs, fv.task,
+                                  flags_lib.settings_from_flags(fv),
                                   record={"benchmark": benchmark, "variant": fv.variant})
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")

@@ -1,15 +1,20 @@
 """The `upzeroir` console script end to end on the tiny random SD, and its error handling."""
 
+import dataclasses
 import json
 import logging
+import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+import tiny_runs
 from PIL import Image
 
-from upzeroir_jax import cli, io, loading
+from upzeroir_jax import auto, cli, config, io, loading, pipeline
+from upzeroir_jax.sampler import state
 
 # One configuration for every restoring test here and in test_eval_run.py: one compilation.
 TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
@@ -110,7 +115,7 @@ def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
     (["restore", "--input=/nonexistent/x.png", "--output=o", "--task=lowlight"],
      "--input=/nonexistent/x.png: no such file or folder"),
     (["restore", "--input=.", "--output=o", "--task=sharpen"], "value should be one of"),
-    (["restore", "--input=README.md", "--output=o"], "--task"),
+    (["restore", "--input=README.md"], "--output"),
     (["repair", "--input=.", "--output=o", "--task=lowlight"], "unknown command 'repair'"),
     (["restore", "--input=x.png", "--output=./x.png", "--task=lowlight"], "is the input itself"),
     (["restore", "--input=.", "--output=o", "--task=lowlight", "--override=nope=1"],
@@ -139,7 +144,7 @@ def test_help_and_no_arguments(capsys):
   assert "usage: upzeroir restore --input=FILE|DIR" in out
   assert "--model:" in out and "--input:" in out and "upzeroir_jax.flags:" not in out
   assert cli.main(["upzeroir"]) == 2
-  assert "--task: <lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
+  assert "--task: <auto|lowlight|dehaze|denoise|mixed>" in capsys.readouterr().out
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -150,3 +155,145 @@ def test_console_script_prints_no_traceback(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip() == (
       f"upzeroir: error: --input={tmp_path / 'no.png'}: no such file or folder")
+
+
+def auto_inputs(folder, kodak_dir):
+  """A dark and a noisy kodim23 (64×64) in `folder`."""
+  x, dark = tiny_runs.pair(kodak_dir)
+  noisy = np.clip(x + 40 / 255 * np.random.default_rng(0).standard_normal(x.shape), 0, 1)
+  folder.mkdir()
+  io.write_image(folder / "dark.png", dark)
+  io.write_image(folder / "noisy.png", noisy)
+
+
+def record_runs(monkeypatch):
+  """Runs the real pipeline (pre-flight, resume, grouping, sidecars) with models that are never
+  used and a stand-in for the compiled restoration that returns its input: the restoration
+  itself is restore's business (its own tests). Returns the (static) configs compiled and the
+  per-image settings (`LossWeights`, one value per row) of each batch, in order."""
+  compiled, batches = [], []
+  monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
+      models=None, source=source, smoke_test=True, scorer="none",
+      text_context=lambda p: None, multiple=64, notes={}))
+
+  def compile_(ctx, full_shape, text, config):
+    del ctx, full_shape, text
+    compiled.append(config)
+
+    def restored(models, ys, keys, weights, ctx):
+      del models, keys, ctx
+      batches.append(jax.tree.map(np.asarray, weights))
+      return ys, {}
+
+    return restored
+
+  monkeypatch.setattr(pipeline, "_compile", compile_)
+  return compiled, batches
+
+
+def preset_rows(tasks):
+  """The `LossWeights` of a batch of the tiny presets of `tasks` on a 64×64 grid, computed
+  image by image as a single `restore` call would."""
+  rows = [state.loss_weights(config.preset(t, **TINY_OVERRIDES), 64 * 64) for t in tasks]
+  return jax.tree.map(lambda *v: np.stack([np.asarray(x) for x in v]), *rows)
+
+
+TINY_OVERRIDES = {"steps": 4, "dqr": False, "pcdm_features": (8, 8, 8),
+                  "disc_features": (8, 8, 8)}
+
+
+def test_auto_task_restores_each_image_with_its_preset_and_records_it(
+    tmp_path, monkeypatch, kodak_dir, capsys):
+  """Default --task=auto: the dark and the noisy image get the low-light and denoise presets,
+  in one batch of one compiled program, and their sidecars record what was identified, the
+  estimates and the preset used; each input is identified once and read twice (check,
+  restore)."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled, batches = record_runs(monkeypatch)
+  identified, reads = [], []
+  choose, read = auto.choose_task, io.read_image
+  monkeypatch.setattr(auto, "choose_task", lambda img, name="": (
+      identified.append(name), choose(img, name))[1])
+  monkeypatch.setattr(io, "read_image", lambda path, *a, **k: (
+      reads.append(pathlib.Path(path).name), read(path, *a, **k))[1])
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   *args]) == 0
+  assert "restored 2, skipped 0" in capsys.readouterr().out
+  assert sorted(identified) == ["dark.png", "noisy.png"]
+  assert sorted(reads) == ["dark.png", "dark.png", "noisy.png", "noisy.png"]
+  assert compiled == [state.weightless(config.preset("lowlight", **TINY_OVERRIDES))]
+  assert len(batches) == 1
+  want = preset_rows(["lowlight", "denoise"])  # dark.png, noisy.png: rows 0 and 1
+  assert want.w_exp[0] != want.w_exp[1]
+  for name in state.WEIGHT_FIELDS:
+    np.testing.assert_array_equal(getattr(batches[0], name), getattr(want, name), err_msg=name)
+  for stem, task, detected in (("dark", "lowlight", "lowlight"), ("noisy", "denoise", "noise")):
+    preset = config.preset(task, **TINY_OVERRIDES)
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["task"] == task and meta["config"] == json.loads(
+        json.dumps(dataclasses.asdict(preset)))
+    assert meta["settings"]["config"]["task"] == task
+    assert meta["auto"]["detected"] == detected and meta["auto"]["task"] == task
+    assert meta["auto"]["sigma"] > 0 and "haze_density" in meta["auto"]
+
+
+def test_explicit_task_overrides_auto(tmp_path, monkeypatch, kodak_dir):
+  """--task=dehaze: one preset for both images, nothing identified."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled, batches = record_runs(monkeypatch)
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   *args, "--task=dehaze"]) == 0
+  assert compiled == [state.weightless(config.preset("dehaze", **TINY_OVERRIDES))]
+  want = preset_rows(["dehaze", "dehaze"])
+  for name in state.WEIGHT_FIELDS:
+    np.testing.assert_array_equal(getattr(batches[0], name), getattr(want, name), err_msg=name)
+  for stem in ("dark", "noisy"):
+    meta = json.loads((out / f"{stem}.json").read_text())
+    assert meta["task"] == "dehaze" and "auto" not in meta
+
+
+def test_auto_task_resumes_and_notices_a_changed_task(tmp_path, monkeypatch, kodak_dir, capsys):
+  """A finished --task=auto run is skipped on a re-run; --task=dehaze, or an input whose
+  identified task changed, is refused rather than kept, before any model loads."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled, _ = record_runs(monkeypatch)
+  out = tmp_path / "o"
+  args = [a for a in TINY if not a.startswith("--task")]
+  argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *args]
+  assert cli.main(argv) == 0
+  compiled.clear()
+  capsys.readouterr()
+
+  def no_models(source, **kw):
+    raise RuntimeError("models loaded")  # the resume checks come before any model
+
+  monkeypatch.setattr(loading, "load_models", no_models)
+  assert cli.main(argv) == 0
+  assert "restored 0, skipped 2" in capsys.readouterr().out and compiled == []
+  assert cli.main([*argv, "--task=dehaze"]) == 2
+  err = capsys.readouterr().err
+  assert "dark.png was restored with other settings" in err
+  assert "config.task: 'lowlight' there, 'dehaze' now" in err
+  io.write_image(tmp_path / "in" / "noisy.png", io.read_image(tmp_path / "in" / "dark.png"))
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "noisy.png was restored with other settings" in err
+  assert "config.task: 'denoise' there, 'lowlight' now" in err
+  assert compiled == []
+
+
+def test_auto_logs_one_line_for_a_clean_looking_image(tmp_path, kodak_dir, caplog):
+  """A clean kodim23 gets one warning line and the least invasive preset; a dark one none."""
+  x, dark = tiny_runs.pair(kodak_dir)
+  job = pipeline.Job(name="x.png", source=tmp_path / "x.png", output=tmp_path / "o" / "x.png")
+  with caplog.at_level(logging.INFO):
+    clean = auto.inspect(job, x)
+    auto.inspect(job, dark)
+  warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert warned == [("x.png: no low light, haze or noise found; restoring with the least "
+                     f"invasive preset ({auto.CLEAN_TASK})")]
+  assert clean.extra["auto"]["detected"] == "clean" and auto.task_of(clean) == auto.CLEAN_TASK

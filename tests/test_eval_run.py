@@ -152,3 +152,23 @@ def test_sidecar_dqr_record_from_the_loop_info():
       "enabled": True, "steps": 37, "unet_evals": 37, "restarts": 1, "stop_reason": "settled",
       "stop_t": 81, "best_score": 0.625, "scores": [0.5, 0.625], "score_t": [481, 81]}
   assert pipeline.dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
+
+
+def test_auto_task_groups_images_by_identified_preset(tmp_path, monkeypatch, kodak_dir):
+  """--task=auto: each image restored with its identified preset, both in one batch;
+  run.json keeps every preset."""
+  from test_cli import auto_inputs, record_runs
+
+  auto_inputs(tmp_path / "in", kodak_dir)
+  compiled, batches = record_runs(monkeypatch)
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert run.main([run.PROG, f"--dataset_dir={tmp_path / 'in'}",
+                   f"--output_dir={tmp_path / 'out'}", "--task=auto", *args]) == 0
+  assert len(compiled) == 1 and len(batches) == 1
+  assert list(batches[0].w_exp) == [config_lib.preset(t).w_exp for t in ("lowlight", "denoise")]
+  for stem, task in (("dark", "lowlight"), ("noisy", "denoise")):
+    meta = json.loads((tmp_path / "out" / run.RESTORED / f"{stem}.json").read_text())
+    assert meta["task"] == task and meta["auto"]["task"] == task
+  settings = json.loads((tmp_path / "out" / run.RUN_FILE).read_text())
+  assert settings["task"] == "auto"
+  assert settings["config"]["denoise"]["lambda_per"] == 5e-4

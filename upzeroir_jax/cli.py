@@ -1,15 +1,21 @@
 """`upzeroir`: restore photos with UP-ZeroIR from the command line (docs/method.md §3–§7).
 
-  upzeroir restore --input=photo.jpg --output=restored.png --task=lowlight
+  upzeroir restore --input=photo.jpg --output=restored.png
   upzeroir restore --input=photos/ --output=restored/ --task=dehaze --batch=4
+
+`--task=auto` (the default) identifies each image's degradations (`upzeroir_jax.auto`, from
+the image itself, on the host, once per image while the inputs are checked) and restores it
+with the matching preset; the sidecar's "auto" entry records what was found and the
+estimates, its "task" the preset used, and a clean-looking image gets one log line. An
+explicit `--task` applies one preset to every image.
 
 Any size and any format `io.read_image` reads; each output has its input's exact size and a
 JSON sidecar (same name, `.json`) with the settings, seed, model, timings and DQR record.
 Every input is opened and checked, and every output place, before a model is loaded: a run
 whose inputs are all unusable fails in seconds, and unusable inputs are named up front while
 the others are restored. Finished outputs are skipped on a re-run when they were made with the
-same settings (task, steps, overrides, seed, grid, bits, model, scorer, version), refused
-when made with others; `--overwrite` redoes them. No output ever replaces
+same settings (each image's task, steps, overrides, seed, grid, bits, model, scorer,
+version), refused when made with others; `--overwrite` redoes them. No output ever replaces
 an input, outputs named after their inputs never go into a folder holding inputs, and one run
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
@@ -42,9 +48,9 @@ from collections.abc import Callable, Sequence
 from absl import flags, logging
 
 import upzeroir_jax
+from upzeroir_jax import auto, interrupt, io, loading, pipeline, preflight, smoke, startup
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
-from upzeroir_jax import interrupt, io, loading, pipeline, preflight, smoke, startup
 from upzeroir_jax import jobs as jobs_lib
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
@@ -52,13 +58,14 @@ from upzeroir_jax.errors import RunError
 PROG = "upzeroir"
 COMMANDS = ("restore",)
 USAGE = f"""\
-usage: {PROG} restore --input=FILE|DIR --output=FILE|DIR --task=TASK [flags]
+usage: {PROG} restore --input=FILE|DIR --output=FILE|DIR [--task=TASK] [flags]
 
 Zero-shot restoration (low light, haze, noise and their mixtures) of any photo with a
-pre-trained Stable Diffusion prior (UP-ZeroIR). TASK is one of {", ".join(config_lib.TASKS)}.
+pre-trained Stable Diffusion prior (UP-ZeroIR). TASK is {auto.AUTO} (the default: each image's
+degradations identified from the image itself) or one of {", ".join(config_lib.TASKS)}.
 
 examples:
-  {PROG} restore --input=dark.jpg --output=bright.png --task=lowlight
+  {PROG} restore --input=dark.jpg --output=bright.png
   {PROG} restore --input=photos/ --output=restored/ --task=mixed --batch=4
   {PROG} restore --input=dark.jpg --output=out/ --task=lowlight --model=tiny   # smoke test
 
@@ -76,9 +83,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("output", None, "Output image file (format from its suffix) or folder "
                       "(created; PNG files named after the inputs; not a folder that holds "
                       "inputs).", flag_values=fv, required=True)
-  flags.DEFINE_enum("task", None, list(config_lib.TASKS), "Degradation to remove; selects the "
-                    "paper's loss weights (mixed: the low-light row).", flag_values=fv,
-                    required=True)
+  flags.DEFINE_enum("task", auto.AUTO, [auto.AUTO, *config_lib.TASKS], "Degradation to "
+                    "remove; selects the paper's loss weights (mixed: the low-light row). "
+                    f"'{auto.AUTO}': identified per image from the image itself.",
+                    flag_values=fv)
   flags.DEFINE_string("prompt", "", "Text prompt for every image (default: none).",
                       flag_values=fv)
   flags.DEFINE_string("prompt_dir", None, "Folder of per-image prompts: <input stem>.txt "
@@ -169,12 +177,16 @@ def _error(prog: str, message: str) -> int:
 
 
 def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job],
-                    config: config_lib.RestoreConfig, settings: pipeline.Settings,
-                    record: dict, progress: progress_lib.Progress | None = None,
+                    task: str, settings: pipeline.Settings, record: dict,
+                    progress: progress_lib.Progress | None = None,
                     report_steps: bool = False) -> pipeline.Summary:
   """Checks every job without a model (`preflight.check`), names the unusable ones up front on
   stderr, then loads the models (--model, --vgg, --arniqa, --scorer; not when nothing is left
-  to restore) and restores the others. The caller holds the output folders (`jobs.lock_outputs`).
+  to restore) and restores the others with `task`'s preset (`flags.task_configs`). For
+  `auto.AUTO` each input is identified during the check (`auto.inspect`, the image read once
+  there) and restored with its own task's preset; each resume check uses the image's own
+  settings, so a changed identification or `--task` is noticed. The caller holds the output
+  folders (`jobs.lock_outputs`).
   `progress` reports the phases ("loading models", compiling) and images (default: a
   `progress.Progress` on stderr of process 0); `report_steps` adds each sampling step.
 
@@ -184,10 +196,15 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
   Raises:
     RunError: a finished output made with other settings, missing weights, bad settings.
   """
-  key = pipeline.resume_key(config, settings, fv.model, fv.scorer)
-  checked = preflight.check(jobs, settings, key)
+  presets = flags_lib.task_configs(fv, task)
+  config = auto.per_image(presets) if task == auto.AUTO else presets[task]
+  configs = pipeline.config_of(config)
+  checked = preflight.check(
+      jobs, settings, lambda job: pipeline.resume_key(configs(job), settings, fv.model,
+                                                      fv.scorer),
+      inspect=auto.inspect if task == auto.AUTO else None)
   if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
-    return pipeline.Summary(skipped=[job.name for job in checked.ready],
+    return pipeline.Summary(skipped=[job.name for job in checked.ready] + list(checked.skipped),
                             failed=list(checked.failed))
   for _, message in checked.failed:
     print(f"{prog}: cannot restore {message}; restoring the others", file=sys.stderr)
@@ -199,17 +216,17 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
   summary = pipeline.run(checked.ready, loaded, config, settings, progress=progress,
                          report_steps=report_steps, record=record)
   summary.failed[:0] = checked.failed
+  summary.skipped += checked.skipped
   return summary
 
 
 def _restore(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
-  config = flags_lib.config_from_flags(fv, fv.task)
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
-    summary = restore_checked(PROG, fv, jobs, config, settings,
+    summary = restore_checked(PROG, fv, jobs, fv.task, settings,
                               record={"command": "upzeroir restore"}, progress=report,
                               report_steps=fv.step_progress and report.interactive)
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "

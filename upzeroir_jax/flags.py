@@ -9,8 +9,8 @@ from typing import Any
 
 from absl import flags
 
+from upzeroir_jax import auto, loading, pipeline, smoke, startup
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import loading, pipeline, smoke, startup
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.models import arniqa
 
@@ -46,7 +46,8 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_integer("size", 512, "Grid side in --grid=resize mode.", flag_values=fv,
                        lower_bound=1)
-  flags.DEFINE_multi_string("override", [], "Change a RestoreConfig field of the task preset: "
+  flags.DEFINE_multi_string("override", [], "Change a RestoreConfig field of the task preset "
+                            f"(with --task={auto.AUTO}: of every preset): "
                             "field=value (repeatable), e.g. guidance_scale=2000.",
                             flag_values=fv)
   startup.define_flags(fv)
@@ -95,6 +96,12 @@ def config_from_flags(fv: flags.FlagValues, task: str) -> config_lib.RestoreConf
     overrides["steps"] = fv.steps
   overrides.setdefault("dqr", fv.scorer != "none")
   return config_lib.preset(task, **overrides)
+
+
+def task_configs(fv: flags.FlagValues, task: str) -> dict[str, config_lib.RestoreConfig]:
+  """{task: `config_from_flags(fv, task)`}; for `auto.AUTO`, that of every task preset."""
+  tasks = config_lib.TASKS if task == auto.AUTO else (task,)
+  return {t: config_from_flags(fv, t) for t in tasks}
 
 
 def load_models(fv: flags.FlagValues) -> loading.Loaded:

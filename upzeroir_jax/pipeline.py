@@ -1,12 +1,17 @@
 """Restoring image files in batches: the engine of the `upzeroir` CLI and `eval.run`.
 
-A run is a list of `jobs.Job`s (input file -> output file). A job whose output image and JSON
-sidecar both exist is finished and skipped, so an interrupted run resumes where it stopped
-(both files are written atomically, the sidecar last); a finished output made with other
-settings (`resume_key`: configuration, seed, grid, bits, model, scorer, code version) is
-refused rather than kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by model-grid
-shape and prompt and restored `settings.batch` images at a time (docs/method.md §3–§7 via
-`restore.restore`), the batch sharded over the devices (`sharding`).
+A run is a list of `jobs.Job`s (input file -> output file) and a `RestoreConfig`, one for
+every job or one per job (a function of the job, e.g. the preset of its identified
+degradations, `auto.per_image`). A job whose output image and JSON sidecar both exist is
+finished and skipped, so an interrupted run resumes where it stopped (both files are written
+atomically, the sidecar last); a finished output made with other settings (`resume_key`: the
+job's configuration, seed, grid, bits, model, scorer, code version) is refused rather than
+kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by the
+static part of their configuration (`sampler.state.weightless`: task presets differ only in
+their per-task settings, which are traced), model-grid shape and prompt and restored
+`settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
+via `restore.restore_weighted`), the batch sharded over the devices (`sharding`); each group
+compiles once, so a folder of mixed tasks shares one compiled program.
 
 Each image's PRNG key is `fold_in(PRNGKey(seed), crc32(job.name))`: an image's result does not
 depend on its batch, its position, the device count, or which other images are restored.
@@ -33,7 +38,7 @@ import math
 import pathlib
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -48,8 +53,10 @@ from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
 from upzeroir_jax.loading import Loaded
+from upzeroir_jax.sampler import state as state_lib
 
 GRIDS = ("resize", "pad")
+ConfigOf = config_lib.RestoreConfig | Callable[[Job], config_lib.RestoreConfig]
 IMAGE_FAILURES = (io.ImageError, OSError, ValueError)
 
 
@@ -90,10 +97,11 @@ class _Run:
 
   loaded: Loaded
   models: Any  # `loaded.models` replicated over the mesh
-  config: config_lib.RestoreConfig
   settings: Settings
   rows: NamedSharding
   common: dict  # sidecar entries of every image
+  configs: Callable[[Job], config_lib.RestoreConfig]  # each job's configuration
+  key_of: Callable[[Job], dict]  # `resume_key` of a job
   summary: Summary
   progress: progress_lib.Progress
   on_step: Any  # host callback of each sampling step, or None
@@ -157,15 +165,32 @@ def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str
   return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
 
 
-def _differences(before: Any, now: dict) -> str:
+def _differences(before: Any, now: dict, prefix: str = "") -> str:
+  """The entries that differ, "name: old there, new now" (nested records as "config.task")."""
   if not isinstance(before, dict):
     return "it has no settings record"
-  return "; ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} now"
-                   for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k))
+  out = []
+  for k in sorted(set(before) | set(now)):
+    old, new = before.get(k), now.get(k)
+    if isinstance(old, dict) and isinstance(new, dict):
+      out += [_differences(old, new, f"{prefix}{k}.")] if old != new else []
+    elif old != new:
+      out.append(f"{prefix}{k}: {old!r} there, {new!r} now")
+  return "; ".join(out)
 
 
-def check_resume(jobs: Sequence[Job], key: dict, overwrite: bool) -> None:
+def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
+  """`config` as a function of the job: itself when it is one, else the same for every job."""
+  if isinstance(config, config_lib.RestoreConfig):
+    return lambda job: config
+  return config
+
+
+def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
+                 overwrite: bool) -> None:
   """Refuses to keep a finished output (image and sidecar present) made with other settings.
+
+  `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
 
   Raises:
     RunError: one line naming the first such output and what differs; `overwrite` redoes them.
@@ -179,9 +204,10 @@ def check_resume(jobs: Sequence[Job], key: dict, overwrite: bool) -> None:
       before = json.loads(sidecar_path(job.output).read_text()).get("settings")
     except (OSError, ValueError, AttributeError):
       before = None
-    if before != key:
+    now = key(job) if callable(key) else key
+    if before != now:
       raise RunError(f"{job.output} was restored with other settings "
-                     f"({_differences(before, key)}); pass --overwrite to redo such outputs, "
+                     f"({_differences(before, now)}); pass --overwrite to redo such outputs, "
                      "or choose another output")
 
 
@@ -195,10 +221,12 @@ def _check(settings: Settings, multiple: int) -> None:
     raise RunError(f"--batch={settings.batch} must be at least 1")
 
 
-def _groups(jobs: Sequence[Job], settings: Settings, multiple: int, summary: Summary
-            ) -> dict[tuple[tuple[int, int], str], list[Job]]:
-  """Readable jobs by (model-grid shape, prompt); unreadable ones go to `summary.failed`."""
-  out: dict[tuple[tuple[int, int], str], list[Job]] = {}
+def _groups(jobs: Sequence[Job], configs: Callable[[Job], config_lib.RestoreConfig],
+            settings: Settings, multiple: int, summary: Summary
+            ) -> dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]]:
+  """Readable jobs by (static configuration, model-grid shape, prompt); unreadable ones go to
+  `summary.failed`."""
+  out: dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]] = {}
   for job in jobs:
     try:
       h, w = ((settings.size, settings.size) if settings.grid == "resize"
@@ -207,11 +235,11 @@ def _groups(jobs: Sequence[Job], settings: Settings, multiple: int, summary: Sum
       summary.failed.append((job.name, failure(job.source, e)))
       continue
     shape = io.grid_shape(h, w, settings.size, settings.grid, multiple)
-    out.setdefault((shape, job.prompt), []).append(job)
+    out.setdefault((state_lib.weightless(configs(job)), shape, job.prompt), []).append(job)
   return out
 
 
-def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
+def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
         settings: Settings = Settings(), *, mesh: Mesh | None = None,
         progress: progress_lib.Progress | bool = True, report_steps: bool = False,
         record: dict | None = None) -> Summary:
@@ -223,7 +251,9 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     jobs: the images; outputs that exist with their sidecar are skipped unless
       `settings.overwrite`.
     loaded: `loading.load_models(...)`.
-    config: the `RestoreConfig` (e.g. `config.preset(task, steps=...)`).
+    config: the `RestoreConfig` of every job (e.g. `config.preset(task, steps=...)`), or a
+      function job -> its `RestoreConfig` (e.g. `auto.per_image(...)`); each sidecar records
+      its job's ("task", "config", "settings").
     settings: seed, grid, batch, output bits, overwrite.
     mesh: 1-D device mesh (default: all devices, `sharding.make_mesh()`).
     progress: where phases and images are reported: a `progress.Progress`, or True for one on
@@ -240,15 +270,19 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
   """
   _check(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
-  key = resume_key(config, settings, loaded.source, loaded.scorer)
-  check_resume(jobs, key, settings.overwrite)
+  configs = config_of(config)
+
+  def key_of(job: Job) -> dict:
+    return resume_key(configs(job), settings, loaded.source, loaded.scorer)
+
+  check_resume(jobs, key_of, settings.overwrite)
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(
       np.asarray([settings.overwrite or not is_done(j) for j in jobs], np.int32))
   summary.skipped = [j.name for j, p in zip(jobs, pending_mask) if not p]
   pending = [j for j, p in zip(jobs, pending_mask) if p]
-  groups = _groups(pending, settings, loaded.multiple, summary)
+  groups = _groups(pending, configs, settings, loaded.multiple, summary)
 
   n_dev = mesh.devices.size
   global_batch = n_dev * math.ceil(settings.batch / n_dev)
@@ -256,23 +290,25 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
     logging.info("batch %d rounded up to %d, a multiple of the %d devices", settings.batch,
                  global_batch, n_dev)
   common = {
-    "seed": settings.seed, "task": config.task, "config": dataclasses.asdict(config),
+    "seed": settings.seed,
     "model": {"source": loaded.source, "smoke_test": loaded.smoke_test, **loaded.notes},
     "devices": n_dev, "processes": jax.process_count(), "version": upzeroir_jax.__version__,
-    "jax": jax.__version__, "settings": key, **(record or {}),
+    "jax": jax.__version__, **(record or {}),
   }
   if not isinstance(progress, progress_lib.Progress):
     progress = progress_lib.Progress(0, enabled=progress and jax.process_index() == 0)
   progress.total = sum(len(g) for g in groups.values())
-  ctx = _Run(loaded=loaded, models=sharding.replicate(loaded.models, mesh), config=config,
-             settings=settings, rows=sharding.rows(mesh), common=common, summary=summary,
+  ctx = _Run(loaded=loaded, models=sharding.replicate(loaded.models, mesh),
+             settings=settings, rows=sharding.rows(mesh), common=common, configs=configs,
+             key_of=key_of,
+             summary=summary,
              progress=progress, on_step=progress.on_step if report_steps else None)
   try:
-    for (shape, prompt), group in groups.items():
+    for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
       with progress.phase(progress_lib.COMPILING):
         t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text)
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
         compile_s = time.perf_counter() - t0
       progress.start_images()
       for start in range(0, len(group), global_batch):
@@ -285,22 +321,31 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: config_lib.RestoreConfig,
   return summary
 
 
-def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any) -> Any:
-  """`sharding.restore_sharded` compiled for a batch of `full_shape` (loaded from JAX's
-  persistent cache when an earlier run compiled it)."""
+def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
+             config: config_lib.RestoreConfig) -> Any:
+  """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
+  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
-  return sharding.restore_sharded.lower(ctx.models, ys, keys, text, config=ctx.config,
+  weights = jax.tree.map(
+      lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
+      state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
+  return sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
                                         mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
 
 
 def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]
                ) -> tuple[dict[int, np.ndarray], dict[int, io.GridMeta], set[int]]:
-  """This process's rows on the model grid; an unreadable row gets a grey stand-in."""
+  """This process's rows on the model grid; an unreadable row gets a grey stand-in. Filler
+  rows (copies of the last real one) reuse its grid when this process read it."""
   s = ctx.settings
   grids, metas, failed = {}, {}, set()
+  last = batch.real - 1
   for r in rows:
     job = batch.jobs[r]
+    if r > last and last in grids:
+      grids[r] = grids[last]
+      continue
     try:
       grids[r], metas[r] = io.to_model_grid(io.read_image(job.source), s.size, s.grid,
                                             ctx.loaded.multiple)
@@ -324,9 +369,10 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
   ys = sharding.from_rows(full_shape, ctx.rows, grids)
   keys = sharding.from_rows((g, 2), ctx.rows, {
       r: image_key(ctx.settings.seed, batch.jobs[r].name) for r in grids})
+  weights = _weights(ctx, batch, list(grids))
   t1 = time.perf_counter()
   images, info = interrupt.call(
-      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, batch.ctx)))
+      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, weights, batch.ctx)))
   batch_s = time.perf_counter() - t1
   image_rows = sharding.rows_of(images)
   info_rows = {name: sharding.rows_of(v) for name, v in info.items()}
@@ -342,17 +388,32 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
                                                   if j.name not in set(done)])
 
 
+def _weights(ctx: _Run, batch: _Batch, rows: list[int]) -> state_lib.LossWeights:
+  """The batch's per-task settings `[G]` (`state.loss_weights` of each row's job), from this
+  process's `rows`."""
+  g = len(batch.jobs)
+  per_row = {r: state_lib.loss_weights(ctx.configs(batch.jobs[r]),
+                                       batch.shape[0] * batch.shape[1]) for r in rows}
+  return state_lib.LossWeights(**{
+      name: sharding.from_rows((g,), ctx.rows, {r: np.asarray(getattr(w, name))
+                                                for r, w in per_row.items()})
+      for name in state_lib.WEIGHT_FIELDS})
+
+
 def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info: dict,
            r: int, timings: dict) -> None:
   """Writes one restored image and then its sidecar; a failure is recorded, not raised."""
   job = batch.jobs[r]
+  config = ctx.configs(job)
   sidecar = {
-    **ctx.common, "name": job.name, "input": str(job.source), "output": str(job.output),
+    **ctx.common, "task": config.task, "config": dataclasses.asdict(config),
+    "settings": ctx.key_of(job), "name": job.name, "input": str(job.source),
+    "output": str(job.output),
     "prompt": job.prompt, **job.extra,
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
              "input_shape": [meta.height, meta.width]},
     "timings": timings,
-    "sampling": dqr_summary(info, ctx.config),
+    "sampling": dqr_summary(info, config),
   }
   try:
     io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)

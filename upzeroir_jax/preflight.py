@@ -4,13 +4,19 @@
 every input still to restore and decodes it (readable, an image, finite values) and checks
 its output (a known image suffix, 16 bits only for PNG, not a folder, in a writable place). A
 run whose inputs are all unusable thus fails in seconds; the usable ones go on.
+
+When a job's settings depend on its image (`--task=auto`: the preset of the degradations
+identified in it), `check` is given an `inspect` function: every input, finished ones
+included, is then read once here and its decoded image handed to `inspect`, which returns
+the job to run (e.g. with what was identified in `extra`); the resume check follows, with
+each inspected job's own settings.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -21,10 +27,12 @@ from upzeroir_jax.jobs import Job, is_done
 
 class Checked(NamedTuple):
   """`ready`: the jobs to hand to `pipeline.run` (finished ones included: it skips them);
-  `failed`: (job name, one-line problem) of the others."""
+  `failed`: (job name, one-line problem) of the others; `skipped`: names of finished jobs
+  left out of `ready` because their input can no longer be inspected."""
 
   ready: list
   failed: list
+  skipped: Sequence[str] = ()
 
 
 def _writable(folder: pathlib.Path) -> bool:
@@ -48,37 +56,56 @@ def output_problem(output: pathlib.Path, bits: int) -> str | None:
   return None
 
 
-def input_problem(source: pathlib.Path) -> str | None:
-  """Why `source` cannot be restored (unreadable, not an image, non-finite values), or None."""
+def read_input(source: pathlib.Path) -> tuple[np.ndarray | None, str | None]:
+  """(image `[H, W, 3]` in [0, 1], None) for a usable input, else (None, why it cannot be
+  restored: unreadable, not an image, non-finite values)."""
   try:
     x = io.read_image(source)
     if not np.isfinite(x).all():
       raise io.ImageError(f"{source}: holds NaN or infinite values")
   except pipeline.IMAGE_FAILURES as e:
-    return pipeline.failure(source, e)
-  return None
+    return None, pipeline.failure(source, e)
+  return x, None
 
 
-def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict) -> Checked:
+def input_problem(source: pathlib.Path) -> str | None:
+  """Why `source` cannot be restored (see `read_input`), or None."""
+  return read_input(source)[1]
+
+
+def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable[[Job], dict],
+          inspect: Callable[[Job, np.ndarray], Job] | None = None) -> Checked:
   """Splits `jobs` into the ones to run and the ones that cannot be (see the module doc).
 
   Args:
     jobs: the run's jobs.
     settings: the run's settings (bits, overwrite).
-    key: `pipeline.resume_key(...)` of the run.
+    key: `pipeline.resume_key(...)` of the run, or a function of the (inspected) job giving it.
+    inspect: None, or (job, its decoded image `[H, W, 3]`) -> the job to run; then every
+      input is read, finished ones included.
 
   Raises:
     RunError: a finished output was made with other settings (and not `settings.overwrite`).
   """
-  pipeline.check_resume(jobs, key, settings.overwrite)
-  ready, failed = [], []
+  if inspect is None:
+    pipeline.check_resume(jobs, key, settings.overwrite)
+  ready, failed, skipped = [], [], []
   for job in jobs:
-    if not settings.overwrite and is_done(job):
+    done = not settings.overwrite and is_done(job)
+    if done and inspect is None:
       ready.append(job)
       continue
-    problem = output_problem(job.output, settings.bits) or input_problem(job.source)
-    if problem:
-      failed.append((job.name, problem))
-    else:
+    image, problem = None, (None if done else output_problem(job.output, settings.bits))
+    if problem is None:
+      image, problem = read_input(job.source)
+    if problem is None and inspect is not None:
+      job = inspect(job, image)
+    if problem is None:
       ready.append(job)
-  return Checked(ready, failed)
+    elif done:
+      skipped.append(job.name)
+    else:
+      failed.append((job.name, problem))
+  if inspect is not None:
+    pipeline.check_resume(ready, key, settings.overwrite)
+  return Checked(ready, failed, skipped)

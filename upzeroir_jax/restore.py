@@ -202,20 +202,38 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   """
   configs = tuple(config) if isinstance(config, (list, tuple)) else (config,)
   batch = _validate(models, y, key, configs)
-  models = models.replace(backbone=models.backbone.configure(jnp.dtype(configs[0].dtype),
-                                                            configs[0].remat))
-  if configs[0].dqr:
-    models = models.replace(scorer=dqr.wrap(models.scorer))
   y = jnp.asarray(y, jnp.float32)
   pixels = y.shape[-3] * y.shape[-2]
-  static = state_lib.weightless(configs[0])
   if not batch:
     weights = state_lib.loss_weights(configs[0], pixels)
-    image, info = _run(models, y[None], key, weights, context, static, False, on_step)
+    image, info = _run(_prepared(models, configs[0]), y[None], key, weights, context,
+                       state_lib.weightless(configs[0]), False, on_step)
     return RestoreResult(image[0], info)
   per_image = [state_lib.loss_weights(c, pixels) for c in configs]
   weights = jax.tree.map(lambda *w: jnp.broadcast_to(jnp.stack(w), (batch,)), *per_image)
   typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
   keys = key if key.ndim == (1 if typed else 2) else jax.random.split(key, batch)
-  image, info = _run(models, y[:, None], keys, weights, context, static, True, on_step)
+  return restore_weighted(models, y, keys, weights, configs[0], context=context,
+                          on_step=on_step)
+
+
+def _prepared(models: Models, config: config_lib.RestoreConfig) -> Models:
+  """`models` with the backbone set to `config`'s precision and remat, the DQR scorer wrapped."""
+  models = models.replace(backbone=models.backbone.configure(jnp.dtype(config.dtype),
+                                                            config.remat))
+  return models.replace(scorer=dqr.wrap(models.scorer)) if config.dqr else models
+
+
+def restore_weighted(models: Models, y: jax.Array, keys: jax.Array,
+                     weights: state_lib.LossWeights, config: config_lib.RestoreConfig, *,
+                     context: Any = None, on_step: Callable[[Any, Any], None] | None = None
+                     ) -> RestoreResult:
+  """`restore` of a batch whose per-image settings are traced arrays: y `[B, H, W, 3]` (checked
+  by the caller, e.g. `restore` or the pipeline), keys `[B]` (or raw `[B, 2]`), `weights` a
+  `sampler.state.LossWeights` with leading axis B (`state.loss_weights` of each image's
+  config, which must share `config`'s `state.weightless` form). Images with different task
+  presets thus share one compiled function; the result equals `restore` with one config per
+  image."""
+  image, info = _run(_prepared(models, config), jnp.asarray(y, jnp.float32)[:, None], keys,
+                     weights, context, state_lib.weightless(config), True, on_step)
   return RestoreResult(image[:, 0], info)

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import restore as restore_lib
+from upzeroir_jax.sampler import state as state_lib
 
 BATCH_AXIS = "batch"
 
@@ -33,24 +34,31 @@ def rows(mesh: Mesh) -> NamedSharding:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh", "on_step"))
-def restore_sharded(models: restore_lib.Models, ys: jax.Array, keys: jax.Array, ctx: Any,
+def restore_sharded(models: restore_lib.Models, ys: jax.Array, keys: jax.Array,
+                    weights: state_lib.LossWeights, ctx: Any,
                     config: config_lib.RestoreConfig, mesh: Mesh,
                     on_step: Callable[[Any, Any], None] | None = None
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`restore` on a batch `[G, H, W, 3]` (keys `[G, 2]`) whose axis 0 is split over `mesh`.
+
+  `weights`: each image's per-task settings (`sampler.state.LossWeights`, leading axis G,
+  split like the batch), so images of different task presets share the batch
+  (`restore.restore_weighted`); `config` gives the static rest.
 
   `on_step`: optional host callback after each sampling step (`restore.restore`'s).
   Returns the images `[G, H, W, 3]` and the info dict (leading axis G), both batch-sharded.
   """
   batch_rows = PartitionSpec(BATCH_AXIS)
 
-  def local(models, ys, keys, ctx):
-    result = restore_lib.restore(models, ys, keys, config, context=ctx, on_step=on_step)
+  def local(models, ys, keys, weights, ctx):
+    result = restore_lib.restore_weighted(models, ys, keys, weights, config, context=ctx,
+                                          on_step=on_step)
     return result.image, result.info
 
   return jax.shard_map(local, mesh=mesh,
-                       in_specs=(PartitionSpec(), batch_rows, batch_rows, PartitionSpec()),
-                       out_specs=batch_rows, check_vma=False)(models, ys, keys, ctx)
+                       in_specs=(PartitionSpec(), batch_rows, batch_rows, batch_rows,
+                                 PartitionSpec()),
+                       out_specs=batch_rows, check_vma=False)(models, ys, keys, weights, ctx)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
