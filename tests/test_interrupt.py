@@ -105,7 +105,7 @@ def test_an_interrupted_sidecar_write_leaves_no_temporary_file(tmp_path, monkeyp
 
   monkeypatch.setattr(os, "replace", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    pipeline._write_json(tmp_path / "a.json", {"x": 1})
+    io.write_json(tmp_path / "a.json", {"x": 1})
   assert list(tmp_path.iterdir()) == []
 
 

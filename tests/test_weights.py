@@ -81,19 +81,23 @@ def test_unreadable_vgg_file_is_exit_2_naming_the_file(tmp_path, capsys, content
   bad.write_bytes(content)
   img = tmp_path / "x.png"
   io.write_image(img, np.zeros((8, 8, 3)))
-  with pytest.raises(weights.CorruptWeightsError, match=f"^{bad}: cannot read the VGG16"):
+  with pytest.raises(weights.CorruptWeightsError,
+                     match=f"^{bad}: not a complete safetensors file .*; rebuild it with "
+                           "`python -m weights.convert_vgg"):
     loading.load_models("tiny", vgg_path=str(bad), scorer="none")
   code = cli.main(["upzeroir", "restore", f"--input={img}", f"--output={tmp_path / 'o'}/",
                    "--task=lowlight", "--model=tiny", f"--vgg={bad}", "--compilation_cache="])
   err = capsys.readouterr().err
   errors = [line for line in err.splitlines() if line.startswith("upzeroir: error:")]
   assert code == 2 and len(errors) == 1 and str(bad) in errors[0]
-  assert "convert it again with `python -m weights.convert_vgg" in errors[0]
+  assert "rebuild it with `python -m weights.convert_vgg" in errors[0]
 
 
 def test_a_checkpoint_of_another_model_is_reported_as_unusable(tmp_path):
   other = tmp_path / "other.safetensors"
   safetensors.numpy.save_file({"w": np.zeros(3, np.float32)}, str(other),
                               metadata={"model": "lpips"})
-  with pytest.raises(weights.CorruptWeightsError, match="is not a VGG16 checkpoint"):
+  with pytest.raises(weights.CorruptWeightsError,
+                     match=r"other.safetensors: not a VGG16 checkpoint \(its metadata says "
+                           r"model='lpips'\); rebuild it with `python -m weights.convert_vgg"):
     weights.load_checked(vgg.load, other, "VGG16", vgg.converter(str(other)))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from upzeroir_jax.errors import RunError
+from upzeroir_jax.models import weights_check
 
 T = TypeVar("T")
 
@@ -137,14 +138,17 @@ def load_checked(load: Callable[..., T], paths: str | os.PathLike | Sequence[Any
   """`load(*paths)`, with any failure to read a present file as one `CorruptWeightsError`.
 
   Raises:
-    CorruptWeightsError: "<file>: cannot read the <what> checkpoint (<reason>); convert it
-      again with `<convert>`".
+    CorruptWeightsError: the loader's own `CheckpointError` message where it raised one (it
+      names the file, the first bad tensor and the converter), else "<file>: cannot read the
+      <what> checkpoint (<reason>); convert it again with `<convert>`".
   """
   paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   try:
     return load(*paths)
   except MemoryError:
     raise
+  except weights_check.CheckpointError as e:
+    raise CorruptWeightsError(" ".join(str(e).split())) from None
   except Exception as e:  # noqa: BLE001 (any reader error: truncated, bad header, shapes)
     reason = " ".join(str(e).split())[:200] or type(e).__name__
     names = " / ".join(os.fspath(p) for p in paths)
