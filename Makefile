@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 # `make demo` restores the bundled low-light + noise sample (upzeroir_jax/assets/) into
 # demo_output/ with MODEL (SD 2.1-base by default, downloaded on first use). Without weights it
-# stops with one line saying how to provide them (exit code 2). `make demo MODEL=tiny` runs the
+# stops with one message listing each missing file and how to provide it (exit code 2). `make demo MODEL=tiny` runs the
 # whole pipeline offline on random weights into demo_output/smoke_test/ with the tiny model's
 # own small defaults (see `upzeroir --help`): not a restoration.
 DEMO_INPUT := upzeroir_jax/assets/kodim23_lowlight_noise.png

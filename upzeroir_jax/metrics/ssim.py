@@ -43,7 +43,7 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
      values), then `SSIM = mean[(2μxμy + C1)/(μx² + μy² + C1) · max(0, (2σxy + C2)/(σx² + σy² + C2))]`.
   pyiqa evaluates step 3-4 in float64. Here they run in the input's float precision; the image
   mean is subtracted before the second moments so that `E[x²] − μ²` keeps its precision
-  (measured within 1e-6 of float64 on Kodak24). Symmetric in `a` and `b`. Jit-able.
+  (docs/metrics.md gives the agreement with float64). Symmetric in `a` and `b`. Jit-able.
 
   Args:
     a: `[B, H, W, 3]` (or `[H, W, 3]`; 1 channel also accepted) in [0, 1], H, W >= 11.

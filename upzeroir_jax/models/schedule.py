@@ -8,7 +8,7 @@ one per batch element) and broadcast over NHWC latents `[B, h, w, C]`.
 
 The ᾱ table is built as diffusers builds it: β in float32, ᾱ = cumprod(1 − β) accumulated in
 float64 and rounded to float32 (what torch's CPU `cumprod` does), so the tables agree to float32
-rounding (measured: within 6e-8 for the SD schedule).
+rounding (docs/verification.md).
 """
 
 from typing import Any
