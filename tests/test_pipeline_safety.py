@@ -179,7 +179,7 @@ def test_cli_batch_goes_on_after_bad_images_and_names_them(tmp_path, use_tiny, c
   # are refused in one line before any model is loaded.
   assert cli.main(argv) == 2 and "restored 0, skipped 5" in capsys.readouterr().out
   for extra, diff in (("--seed=1", "seed: 0 there, 1 now"), ("--bits=16", "bits: 8 there, 16 now"),
-                      ("--task=dehaze", "'task': 'lowlight'")):
+                      ("--task=dehaze", "config.task: 'lowlight' there, 'dehaze' now")):
     assert cli.main(argv + [extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was restored with other settings" in err[0] and diff in err[0]
