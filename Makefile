@@ -27,8 +27,9 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/upzeroir restore --input=$(DEMO_INPUT) --task=mixed --model=$(MODEL) --overwrite \
 	  $(if $(filter tiny,$(MODEL)),--output=demo_output/smoke_test/,--output=demo_output/)
 
+# Two workers, each test file in one of them (module-level compile caches stay shared).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo_output
