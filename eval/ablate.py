@@ -92,13 +92,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("max_images", None, "Only the first N images.", flag_values=fv,
                        lower_bound=1)
   flags.DEFINE_boolean("dry_run", False, "Print the commands only.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   status = 0
   for variant, run_argv, score_argv in commands(fv):
     print(f"# {variant}\npython -m {shlex.join(run_argv)}\npython -m {shlex.join(score_argv)}")

@@ -281,7 +281,6 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("max_images", 0, "Use at most this many images (0: all).", flag_values=fv)
   flags.DEFINE_integer("bins", 64, "Histogram bins over [0, 1].", flag_values=fv, lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Seed of the noise and of the tiny VAE.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
   return fv
 
 
@@ -312,9 +311,7 @@ def run(
   print(f"figures and CSV files in {out}")
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise AnalysisError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   run(fv)
   return 0
 

@@ -62,7 +62,7 @@ from absl import flags
 from eval import step_profile
 from eval.bench import measure, report
 from eval.bench import setup as setup_lib
-from eval.bench.options import BenchmarkError, Options, define_flags, from_flags
+from eval.bench.options import Options, define_flags, from_flags
 from upzeroir_jax import cli
 
 PROG = "python -m eval.benchmark"
@@ -216,9 +216,7 @@ def run_benchmark(opts: Options,
   return res
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise BenchmarkError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   opts = from_flags(fv)
   if opts.cpu_threads > 0:
     set_cpu_threads(opts.cpu_threads)

@@ -75,7 +75,6 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("seed", 0, "Seed of the synthetic noise.", flag_values=fv)
   flags.DEFINE_integer("max_images", None, "Use at most this many images of each input.",
                        flag_values=fv, lower_bound=1)
-  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
   return fv
 
 
@@ -225,9 +224,7 @@ def evaluate(inputs: Sequence[str], output_dir: str, size: int = 256, seed: int 
   return result
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   result = evaluate(fv.input, fv.output_dir, fv.size, fv.seed, fv.max_images)
   print(f"{PROG}: {result['images']} images × {len(GRID)} specs: single {result['single']:.1%}, "
         f"mixed {result['mixed']:.1%}, clean {result['clean']:.1%} "

@@ -95,13 +95,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_string("out", None, "JSON file for the results (with --variant=all).",
                       flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   if fv.resolution % 8:
     raise ValueError(f"--resolution must be a multiple of 8, got {fv.resolution}")
   if fv.variant != "all":

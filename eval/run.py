@@ -86,7 +86,6 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       "jax.distributed, or 'auto'.", flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run.", flag_values=fv)
   flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
   return fv
 
 
@@ -198,9 +197,7 @@ def _initialize_distributed(fv: flags.FlagValues) -> None:
                                num_processes=fv.num_processes, process_id=fv.process_id)
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise RunError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   _initialize_distributed(fv)
   import jax

@@ -184,13 +184,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       "checkpoint.", flag_values=fv)
   flags.DEFINE_string("arniqa", loading.DEFAULT_ARNIQA, "Folder of the converted ARNIQA "
                       "checkpoints.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   if bool(fv.run_dir) == bool(fv.restored_dir):
     raise ValueError("give exactly one of --run_dir or --restored_dir")
   if fv.run_dir:

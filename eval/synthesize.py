@@ -154,13 +154,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       required=True)
   flags.DEFINE_integer("seed", 0, "Seed of the noise.", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Rewrite outputs that exist.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log details; show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise SynthesisError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   manifest = synthesize(fv.input, fv.output, fv.spec, fv.seed, fv.overwrite)
   print(f"{len(manifest['files'])} images in {fv.output}")
   return 0

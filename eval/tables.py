@@ -218,13 +218,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       flag_values=fv, required=True)
   flags.DEFINE_string("output", None, "Markdown file to write (default: print).",
                       flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   if not pathlib.Path(fv.runs_dir).is_dir():
     raise ValueError(f"--runs_dir={fv.runs_dir}: no such folder")
   text = render_all(find_runs(fv.runs_dir))

@@ -1,9 +1,11 @@
 """Shared fixtures: the benchmark image folder, skipped cleanly where absent; a temporary user
-cache folder."""
+cache folder; the tiny random models for command-line tests."""
 
 import pathlib
 
 import pytest
+
+from upzeroir_jax import loading
 
 DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -31,3 +33,23 @@ def user_cache_in_tmp(tmp_path_factory):
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """The tiny random SD and VGG16 as `loading.load_models` returns them, once per test file."""
+  return loading.load_models("tiny", scorer="none")
+
+
+@pytest.fixture
+def use_tiny(tiny, monkeypatch):
+  """Makes `loading.load_models` return `tiny`; returns the list of its calls (source, kwargs)."""
+  calls = []
+
+  def load(source, **kwargs):
+    calls.append((source, kwargs))
+    return tiny
+
+  monkeypatch.setattr(loading, "load_models", load)
+  return calls
+

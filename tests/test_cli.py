@@ -11,32 +11,13 @@ import jax
 import numpy as np
 import pytest
 import tiny_runs
+from absl import flags
 from PIL import Image
 
 from upzeroir_jax import auto, cli, config, io, loading, pipeline
 from upzeroir_jax.sampler import state
 
-# One configuration for every restoring test here and in test_eval_run.py: one compilation.
-TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
-        "--batch=2", "--override=pcdm_features=8,8,8", "--override=disc_features=8,8,8"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  return loading.load_models("tiny", scorer="none")
-
-
-@pytest.fixture
-def use_tiny(tiny, monkeypatch):
-  """Reuses the module's tiny models instead of building them on every call."""
-  calls = []
-
-  def load(source, **kwargs):
-    calls.append((source, kwargs))
-    return tiny
-
-  monkeypatch.setattr(loading, "load_models", load)
-  return calls
+TINY = tiny_runs.CLI_FLAGS
 
 
 def _inputs(folder):
@@ -297,3 +278,24 @@ def test_auto_logs_one_line_for_a_clean_looking_image(tmp_path, kodak_dir, caplo
   assert warned == [("x.png: no low light, haze or noise found; restoring with the least "
                      f"invasive preset ({auto.CLEAN_TASK})")]
   assert clean.extra["auto"]["detected"] == "clean" and auto.task_of(clean) == auto.CLEAN_TASK
+
+
+def test_run_main_defines_verbose_and_checks_the_command(capsys):
+  seen = []
+
+  def body(fv):
+    seen.append(fv.verbose)
+    return 0
+
+  argv = ["prog", "--verbose", "restore"]
+  assert cli.run_main("prog", "usage", flags.FlagValues(), argv, body, command="restore") == 0
+  assert seen == [True]
+  for stray, command, message in ((["x"], None, "unexpected arguments: x"),
+                                  ([], "restore", "unknown command '(none)'"),
+                                  (["restore", "x"], "restore", "unknown command 'restore x'")):
+    code = cli.run_main("prog", "usage", flags.FlagValues(), ["prog", "--verbose=false", *stray],
+                        body, command=command)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"prog: error: {message}"), err
+  assert seen == [True]
+

@@ -73,6 +73,13 @@ def test_help_exits_0_with_the_module_usage_and_flags(module, flag, capsys):
   assert f"    {flag}: " in out and "--[no]verbose: " in out
 
 
+def test_stray_argument_is_one_line_exit_2(capsys, tmp_path):
+  argv = [convert_vgg.PROG, f"--input={tmp_path / 'x.pth'}", f"--output={tmp_path / 'o'}", "x"]
+  assert convert_vgg.main(argv) == 2
+  assert _one_error_line(capsys, convert_vgg.PROG).endswith("unexpected arguments: x")
+  assert not (tmp_path / "o").exists()
+
+
 def test_unknown_flag_is_one_line_exit_2(capsys):
   assert convert_vgg.main([convert_vgg.PROG, "--input=x.pth", "--frobnicate"]) == 2
   assert "frobnicate" in _one_error_line(capsys, convert_vgg.PROG)

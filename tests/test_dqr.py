@@ -83,7 +83,7 @@ def runner(scorer=MEAN_SCORER, batched=False, config=CONFIG):
   """The jitted toy run for one (scorer, batched, config) combination (compiled once)."""
 
   def fn(s):
-    return dqr.run(toy_step, scorer, s, TS, jnp.asarray(ALPHAS), config)
+    return dqr.run(s, scorer, config, toy_step, TS, jnp.asarray(ALPHAS))
 
   return jax.jit(jax.vmap(fn) if batched else fn)
 
@@ -253,7 +253,7 @@ def test_rejects_batched_state_and_non_callable_scorer():
   s = toy_state(ABOVE_VALUES, 0)
   s = s.replace(x0=jnp.zeros((2, 4, 4, 3)))
   with pytest.raises(dqr.DQRError, match="vmap"):
-    dqr.run(toy_step, mean_score, s, TS, ALPHAS, CONFIG)
+    dqr.run(s, mean_score, CONFIG, toy_step, TS, ALPHAS)
   with pytest.raises(dqr.DQRError, match="callable"):
     dqr.wrap(0.5)
 

@@ -9,15 +9,14 @@ import textwrap
 
 import numpy as np
 import pytest
+import tiny_runs
 
 from eval import run
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import io, loading, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The configuration of tests/test_cli.py (one compilation for both files).
-TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
-        "--batch=2", "--override=pcdm_features=8,8,8", "--override=disc_features=8,8,8"]
+TINY = tiny_runs.CLI_FLAGS
 SIZES = {"1": (30, 40), "2": (64, 64), "3": (17, 90)}
 
 

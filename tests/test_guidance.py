@@ -77,7 +77,7 @@ def _compiled():
 
   @jax.jit
   def step(y, key, weights, t):
-    st = state_lib.init_with_weights(models, y, key, static, weights)
+    st = state_lib.init(models, static, y, key, weights=weights)
 
     def film(path, leaf):
       names = [getattr(p, "key", None) for p in path]
@@ -86,7 +86,7 @@ def _compiled():
       return leaf
 
     st = st.replace(pcdm=jax.tree_util.tree_map_with_path(film, st.pcdm))
-    return st, step_lib.step_at(models, y, None, static, t, st)
+    return st, step_lib.step_at(st, models, static, t)
 
   @jax.jit
   def objective_grad(z0, y, st0, st1, w, patch, q_on, theta_on):
@@ -113,7 +113,7 @@ def _objective(z0, models, y, st0, st1, w, patch, q_on, theta_on):
   net = pcdm.make("pcdm", NARROW["pcdm_features"], 0.01)
   yh = net.apply({"params": st1.pcdm}, x, theta)
   disc = pcdm.Discriminator(features=NARROW["disc_features"], slope=0.01)
-  distance = (l_deg * losses.deg_loss(bb.encode(yh), st0.zy_alpha, st0.zy_beta)
+  distance = (l_deg * losses.deg_loss(bb.encode(yh), st0.obs.zy_alpha, st0.obs.zy_beta)
               + l_mse * jnp.mean(jnp.square(yh - y))
               + l_per * losses.perceptual(models.vgg_params, yh, y)
               + l_adv * jnp.mean(jax.nn.softplus(-disc.apply({"params": st1.disc2}, x - y))))

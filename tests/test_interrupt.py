@@ -70,15 +70,13 @@ _LONG_COMPILED_CALL = """
     return jax.lax.while_loop(lambda c: c[0] < 4e9, lambda c: (c[0] + 1.0, jnp.sin(c[1])),
                               (0.0, x))[1]
 
-  def body(fv, rest):
+  def body(fv):
     f = jax.jit(spin).lower(1.0).compile()
     print("started", flush=True)
     interrupt.call(lambda: jax.block_until_ready(f(1.0)))
     return 0
 
-  fv = flags.FlagValues()
-  flags.DEFINE_boolean("verbose", False, "", flag_values=fv)
-  sys.exit(cli.run_main("prog", "usage", fv, None, body))
+  sys.exit(cli.run_main("prog", "usage", flags.FlagValues(), None, body))
 """
 
 

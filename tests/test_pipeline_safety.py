@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tiny_runs
 from absl import flags
 from PIL import Image
 
@@ -20,14 +21,7 @@ from upzeroir_jax import flags as flags_lib
 from upzeroir_jax.errors import RunError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The configuration of tests/test_cli.py and tests/test_eval_run.py (one compilation for all).
-TINY = ["--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
-        "--batch=2", "--override=pcdm_features=8,8,8", "--override=disc_features=8,8,8"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  return loading.load_models("tiny", scorer="none")
+TINY = tiny_runs.CLI_FLAGS
 
 
 @pytest.fixture
@@ -37,19 +31,6 @@ def no_models(monkeypatch):
     pytest.fail(f"models loaded ({source})")
 
   monkeypatch.setattr(loading, "load_models", load)
-
-
-@pytest.fixture
-def use_tiny(tiny, monkeypatch):
-  """Reuses the module's tiny models; returns the list of load calls."""
-  calls = []
-
-  def load(source, **kwargs):
-    calls.append(source)
-    return tiny
-
-  monkeypatch.setattr(loading, "load_models", load)
-  return calls
 
 
 def _png(path, value=0.5, shape=(12, 16)):
@@ -173,7 +154,7 @@ def test_cli_batch_goes_on_after_bad_images_and_names_them(tmp_path, use_tiny, c
                        ("a_png", "a.png"), ("a_jpg", "a.jpg")):
     assert json.loads((out / f"{name}.json").read_text())["input"] == str(src / source)
     assert io.read_image(out / f"{name}.png").shape == (12, 16, 3)
-  assert use_tiny == ["tiny"]
+  assert [source for source, _ in use_tiny] == ["tiny"]
 
   # Resuming: the same settings skip the finished images without loading a model; others
   # are refused in one line before any model is loaded.
@@ -184,7 +165,7 @@ def test_cli_batch_goes_on_after_bad_images_and_names_them(tmp_path, use_tiny, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was restored with other settings" in err[0] and diff in err[0]
     assert "--overwrite" in err[0]
-  assert use_tiny == ["tiny"]
+  assert [source for source, _ in use_tiny] == ["tiny"]
 
 
 @pytest.mark.slow

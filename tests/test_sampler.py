@@ -37,16 +37,16 @@ def test_pcdm_loss_falls_on_fixed_inputs(kodak_dir):
   cfg = config.preset("lowlight", dqr=False)
 
   @functools.partial(jax.jit, static_argnums=0)
-  def train(cfg, models, st, x, y):
-    theta = pcdm.condition(x, st.y_stats)
+  def train(cfg, models, st, x):
+    theta = pcdm.condition(x, st.obs.y_stats)
 
     def body(s, _):
-      s, terms = step_lib.update_pcdm(models, cfg, s, x, theta, y, jnp.int32(800))
+      s, terms = step_lib.update_pcdm(s, models, cfg, x, theta, jnp.int32(800))
       return s, terms["pcdm_loss"]
 
     return jax.lax.scan(body, st, None, length=30)[1]
 
-  losses = np.asarray(train(cfg, models, state_lib.init(models, y, jax.random.key(2), cfg), x, y))
+  losses = np.asarray(train(cfg, models, state_lib.init(models, cfg, y, jax.random.key(2)), x))
   assert np.all(np.isfinite(losses))
   assert losses[-5:].mean() < 0.5 * losses[:3].mean()
 

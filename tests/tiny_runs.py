@@ -13,6 +13,9 @@ Each run is computed once per test session (cached). Two compiled functions in a
 of five, the single image): presets differ only in their per-task settings, which are traced.
 With the strong guidance, batch and single calls drift apart by float rounding, so single calls
 are compared with the default-rule members.
+
+`CLI_FLAGS`: the flags of a restoring run of `upzeroir` / `eval.run` with the tiny random SD,
+shared by the command-line tests so that they compile one function.
 """
 
 import functools
@@ -38,6 +41,8 @@ BATCH_CONFIGS = tuple(
                       ("lowlight", {"guidance_scale": 0.0})))
 SINGLE_CONFIGS = (BATCH_CONFIGS[0], BATCH_CONFIGS[0].replace(task="mixed"), BATCH_CONFIGS[2])
 KEY_SEED = 3
+CLI_FLAGS = ("--model=tiny", "--task=lowlight", "--steps=4", "--size=64", "--scorer=none",
+             "--batch=2", "--override=pcdm_features=8,8,8", "--override=disc_features=8,8,8")
 
 
 @functools.cache

@@ -98,8 +98,6 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
                        "on the progress bar (a host callback per step; not cached across "
                        "runs).", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Log progress details; show XLA's logs and "
-                       "tracebacks.", flag_values=fv)
   return fv
 
 
@@ -246,18 +244,23 @@ def _restore(fv: flags.FlagValues) -> int:
 
 
 def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | None,
-             body: Callable[[flags.FlagValues, list[str]], int]) -> int:
-  """Parses `argv` into `fv` and runs `body(fv, rest)`, mapping problems to exit codes.
+             body: Callable[[flags.FlagValues], int], *, command: str | None = None) -> int:
+  """Parses `argv` into `fv` and runs `body(fv)`, mapping problems to exit codes.
 
-  Shared by `upzeroir` and the eval binaries. `--help` prints the help (exit 0), no arguments
-  print it too (exit 2), `--version` the versions (exit 0). After parsing, `startup.configure`
-  applies `--compilation_cache` and hides XLA's logs unless `--verbose`. Flag errors and
-  `ValueError`s (bad input, missing or unreadable weights) print one line `<prog>: error: ...`
-  (exit 2; all missing weights files are listed on the lines after it); other exceptions one
-  line (exit 1); a traceback only with `--verbose` (a flag `fv` must define). Ctrl-C prints
-  one line and exits 130: with `argv` None (the process's own command line) at once, without
-  waiting for a compiled call still running (`interrupt.exit_now`).
+  Shared by `upzeroir` and the eval binaries. Defines `--verbose` in `fv` unless it has one.
+  `--help` prints the help (exit 0), no arguments print it too (exit 2), `--version` the
+  versions (exit 0). The positional arguments must be `command` alone (`upzeroir restore`) or,
+  with `command` None, none. After parsing, `startup.configure` applies `--compilation_cache`
+  and hides XLA's logs unless `--verbose`. Flag errors and `ValueError`s (bad input, missing or
+  unreadable weights) print one line `<prog>: error: ...` (exit 2; all missing weights files
+  are listed on the lines after it); other exceptions one line (exit 1); a traceback only with
+  `--verbose`. Ctrl-C prints one line and exits 130: with `argv` None (the process's own
+  command line) at once, without waiting for a compiled call still running
+  (`interrupt.exit_now`).
   """
+  if "verbose" not in fv:
+    flags.DEFINE_boolean("verbose", False, "Log details; show XLA's logs and tracebacks.",
+                         flag_values=fv)
   whole_process = argv is None
   argv = list(sys.argv if argv is None else argv)
   if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in argv[1:]):
@@ -278,7 +281,8 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     startup.configure(fv)
-    return body(fv, rest)
+    _check_positional(prog, command, rest[1:])
+    return body(fv)
   except flags.Error as e:
     return _error(prog, f"{e} (see `{prog} --help`)")
   except (ValueError, FileNotFoundError) as e:
@@ -305,17 +309,19 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
     return 1
 
 
-def _command(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:] != ["restore"]:
-    extra = " ".join(rest[1:]) or "(none)"
-    return _error(PROG, f"unknown command {extra!r}; the command is `{PROG} restore` "
-                  f"(see `{PROG} --help`)")
-  return _restore(fv)
+def _check_positional(prog: str, command: str | None, args: list[str]) -> None:
+  """Raises `ValueError` unless the positional arguments are `[command]` (none without one)."""
+  if command is None and args:
+    raise ValueError(f"unexpected arguments: {' '.join(args)}")
+  if command is not None and args != [command]:
+    raise ValueError(f"unknown command {' '.join(args) or '(none)'!r}; the command is "
+                     f"`{prog} {command}` (see `{prog} --help`)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs `upzeroir` with `argv` (default `sys.argv`) and returns the exit code."""
-  return run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _command)
+  return run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _restore,
+                  command="restore")
 
 
 if __name__ == "__main__":

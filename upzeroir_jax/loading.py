@@ -15,11 +15,11 @@ from typing import Any
 
 import jax
 
-from upzeroir_jax import restore as restore_lib
 from upzeroir_jax import weights
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.metrics import lpips
 from upzeroir_jax.models import arniqa, vgg
+from upzeroir_jax.sampler import models as models_lib
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 SMOKE_TEST_MODEL = "tiny"
@@ -35,7 +35,7 @@ class Loaded:
   """Models ready for `pipeline.run`, with what the sidecars record about them.
 
   Attributes:
-    models: `restore.Models` (backbone, VGG16 params, DQR scorer or None).
+    models: `sampler.models.Models` (backbone, VGG16 params, DQR scorer or None).
     source: the diffusion model source as given (hub id, folder, checkpoint, or "tiny").
     smoke_test: True for random weights (`--model tiny`): outputs are not restorations.
     scorer: "arniqa", "niqe" or "none" (DQR off).
@@ -44,7 +44,7 @@ class Loaded:
     notes: human-readable facts recorded in each sidecar (weights used, random parts).
   """
 
-  models: restore_lib.Models
+  models: models_lib.Models
   source: str
   smoke_test: bool
   scorer: str
@@ -126,7 +126,7 @@ def load_models(source: str = DEFAULT_MODEL, *, vgg_path: str = DEFAULT_VGG,
     return sd.text_context(backbone, [prompt])
 
   return Loaded(
-    models=restore_lib.Models(backbone=backbone, vgg_params=vgg_params, scorer=scorer_model),
+    models=models_lib.Models(backbone=backbone, vgg_params=vgg_params, scorer=scorer_model),
     source=source, smoke_test=smoke_test, scorer=scorer, text_context=text_context,
     multiple=int(backbone.grid_multiple),
     notes={"backbone": "random weights (smoke test)" if smoke_test else source,

@@ -7,6 +7,9 @@ function: per image, `sampler.state.init` and either the fixed pass (`lax.scan` 
 per-image states, each image with its own PCDM and key; it equals B single calls with the same
 keys.
 
+`Models` (the networks: backbone, VGG16 params, DQR scorer) is defined in `sampler/models.py`
+and is importable from here, beside `restore`.
+
 Compilation: the function is compiled once per input shape and per *static* configuration;
 the per-task settings (loss weights, guidance scale, discriminator learning rates, exposure
 patch, stage-3 boundary) are traced values (`sampler.state.LossWeights`), so the task presets
@@ -26,7 +29,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -35,21 +37,11 @@ from upzeroir_jax.models import schedule as schedule_lib
 from upzeroir_jax.sampler import dqr
 from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
+from upzeroir_jax.sampler.models import Models
 
 
 class InputError(ValueError):
   """An input `restore` cannot use; the message says what to change."""
-
-
-@flax.struct.dataclass
-class Models:
-  """The networks a restoration uses: a `Backbone` (models/backbone.py), VGG16 params for the
-  perceptual loss (models/vgg.py), and the DQR scorer (sampler/dqr.py; needed when
-  `config.dqr` is True)."""
-
-  backbone: Any
-  vgg_params: Any
-  scorer: Any = None
 
 
 class RestoreResult(NamedTuple):
@@ -77,15 +69,15 @@ def _reported(st: state_lib.SamplerState, config: config_lib.RestoreConfig,
   return st
 
 
-def _run_dqr(models: Models, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig,
-             ts: jax.Array, st: state_lib.SamplerState,
-             on_step: Callable[[Any, Any], None] | None
+def _run_dqr(st: state_lib.SamplerState, models: Models, config: config_lib.RestoreConfig,
+             ts: jax.Array, ctx: Any, on_step: Callable[[Any, Any], None] | None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One image through the DQR loop (docs/method.md §7); `y` `[1, H, W, 3]`."""
-  st, image, info = dqr.run(lambda s: _reported(step_lib.step(models, y, ctx, config, ts, s),
-                                                config, on_step),
-                            models.scorer, st, ts, models.backbone.schedule.alphas_cumprod,
-                            config, unet_per_step=models.backbone.passes_per_step(ctx))
+  """One image's state through the DQR loop (docs/method.md §7)."""
+  st, image, info = dqr.run(
+      st, models.scorer, config,
+      lambda s: _reported(step_lib.step(s, models, config, ts, ctx), config, on_step),
+      ts, models.backbone.schedule.alphas_cumprod,
+      unet_per_step=models.backbone.passes_per_step(ctx))
   return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
 
 
@@ -104,24 +96,24 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
   trace_len = _trace_len(config)
 
   def init(yy, key, w):
-    return state_lib.init_with_weights(models, yy, key, config, w, trace_len)
+    return state_lib.init(models, config, yy, key, weights=w, trace_len=trace_len)
 
   if config.dqr:
     def one(yy, key, w):
-      return _run_dqr(models, yy, ctx, config, ts, init(yy, key, w), on_step)
+      return _run_dqr(init(yy, key, w), models, config, ts, ctx, on_step)
     return jax.vmap(one)(y, keys, weights) if batched else one(y, keys, weights)
+
+  def step_at(s, t):
+    return step_lib.step_at(s, models, config, t, ctx)
 
   if batched:
     states = jax.vmap(init)(y, keys, weights)
-    step_b = jax.vmap(lambda yy, t, s: step_lib.step_at(models, yy, ctx, config, t, s),
-                      in_axes=(0, None, 0))
-    states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(y, t, s), config, on_step), None),
+    step_b = jax.vmap(step_at, in_axes=(0, None))
+    states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(s, t), config, on_step), None),
                              states, ts)
     return jax.vmap(lambda s: _finish(models, s))(states), states.trace
   st = init(y, keys, weights)
-  st, _ = jax.lax.scan(
-      lambda s, t: (_reported(step_lib.step_at(models, y, ctx, config, t, s), config, on_step),
-                    None), st, ts)
+  st, _ = jax.lax.scan(lambda s, t: (_reported(step_at(s, t), config, on_step), None), st, ts)
   return _finish(models, st), st.trace
 
 

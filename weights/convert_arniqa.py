@@ -143,13 +143,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_string("output_dir", ".", "Folder for the converted checkpoints.",
                       flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   if not (fv.encoder or fv.regressor):
     raise ValueError("pass --encoder=ARNIQA.pth and/or --regressor=regressor_<dataset>.pth")
   _torch_utils.require_files(encoder=fv.encoder, regressor=fv.regressor)

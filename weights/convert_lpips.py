@@ -80,13 +80,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_string("output", None, "Checkpoint to write; default lpips_<net>.safetensors.",
                       flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   _torch_utils.require_files(backbone=fv.backbone, linear=fv.linear)
   convert(fv.net, fv.backbone, fv.output or f"lpips_{fv.net}.safetensors", fv.linear)
   return 0

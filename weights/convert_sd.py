@@ -57,13 +57,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       required=True)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.",
                     flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   convert(fv.source, fv.output, fv.dtype)
   logging.info("wrote %s", fv.output)
   return 0

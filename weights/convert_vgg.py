@@ -41,13 +41,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("input", None, "torchvision vgg16 state dict (.pth).", flag_values=fv,
                       required=True)
   flags.DEFINE_string("output", "vgg16.safetensors", "Checkpoint to write.", flag_values=fv)
-  flags.DEFINE_boolean("verbose", False, "Show tracebacks.", flag_values=fv)
   return fv
 
 
-def _main(fv: flags.FlagValues, rest: list[str]) -> int:
-  if rest[1:]:
-    raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+def _main(fv: flags.FlagValues) -> int:
   _torch_utils.require_files(input=fv.input)
   convert(fv.input, fv.output)
   return 0

@@ -99,26 +99,29 @@ def images_per_minute(step: dict[str, Any], n1: int, n2: int) -> float:
 
 
 def step_arguments(setup: Setup, batch: int) -> tuple[Callable, tuple[Any, ...]]:
-  """Our step at batch B and the arguments it is compiled for: (fn, (models, y, t, state)).
+  """Our step at batch B and the arguments it is compiled for: (fn, (state, models, t)); the
+  state holds the input y.
 
   Batch 1 is one image's step; B > 1 a `vmap` over images (the models and t unbatched). The
   state is created on the device.
   """
   models, config, ctx = setup.models, setup.config, setup.ctx
 
-  def one(m, y, t, st):
-    return setup_lib.sampler_step(m, y, ctx, config, t, st)
+  def one(st, m, t):
+    return setup_lib.sampler_step(st, m, config, t, ctx)
+
+  def init(yy, k):
+    return setup_lib.sampler_init(models, config, yy, k)
 
   key = jax.random.key(setup.seed)
   if batch == 1:
-    fn, y = one, setup.y
-    st = jax.jit(lambda yy, k: setup_lib.sampler_init(models, yy, k, config))(y, key)
+    fn = one
+    st = jax.jit(init)(setup.y, key)
   else:
-    fn = jax.vmap(one, in_axes=(None, 0, None, 0))
+    fn = jax.vmap(one, in_axes=(0, None, None))
     y = jnp.broadcast_to(setup.y, (batch,) + setup.y.shape)
-    init = jax.vmap(lambda yy, k: setup_lib.sampler_init(models, yy, k, config))
-    st = jax.jit(init)(y, jax.random.split(key, batch))
-  return fn, (models, y, jnp.int32(setup.t_guided), jax.block_until_ready(st))
+    st = jax.jit(jax.vmap(init))(y, jax.random.split(key, batch))
+  return fn, (jax.block_until_ready(st), models, jnp.int32(setup.t_guided))
 
 
 class JaxStepper:
@@ -129,21 +132,21 @@ class JaxStepper:
   """
 
   def __init__(self, setup: Setup, batch: int):
-    fn, (models, y, t2, st) = step_arguments(setup, batch)
-    _check_on_device("the models and state given to the compiled step", (models, y, st))
+    fn, (st, models, t2) = step_arguments(setup, batch)
+    _check_on_device("the models and state given to the compiled step", (models, st))
     self.probe: dict[str, Any] = {}
     if batch == 1:
       self.probe["before"] = jax.device_get(
         {k: getattr(st, k) for k in ("z", "pcdm", "disc", "disc2")})
     with clock() as c_compile, setup.tracing():
-      self.compiled = jax.jit(fn, donate_argnums=(3,)).lower(models, y, t2, st).compile()
+      self.compiled = jax.jit(fn, donate_argnums=(0,)).lower(st, models, t2).compile()
     with clock() as c_first:
-      st = jax.block_until_ready(self.compiled(models, y, t2, st))
+      st = jax.block_until_ready(self.compiled(st, models, t2))
     if batch == 1:
       self.probe["after"] = jax.device_get(
         {"z": st.z, "pcdm": st.pcdm, "disc": st.disc, "disc2": st.disc2,
          "trace": {k: st.trace[k][0] for k in TRACE_TERMS}})
-    self.models, self.y, self.st = models, y, st
+    self.models, self.st = models, st
     self.info = {"batch": batch, "compile_s": c_compile.seconds, "first_run_s": c_first.seconds,
                  **compiled_stats(self.compiled)}
 
@@ -152,7 +155,7 @@ class JaxStepper:
     t = jax.device_put(jnp.int32(t))
     with clock() as c:
       for _ in range(n):
-        self.st = self.compiled(self.models, self.y, t, self.st)
+        self.st = self.compiled(self.st, self.models, t)
       self.st = jax.block_until_ready(self.st)
     return c.seconds / n
 

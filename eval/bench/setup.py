@@ -32,16 +32,16 @@ from upzeroir_jax.sampler import state as state_lib
 from upzeroir_jax.sampler import step as step_lib
 
 
-def sampler_init(models: Any, y: jax.Array, key: jax.Array,
-                 config: config_lib.RestoreConfig) -> Any:
+def sampler_init(models: Any, config: config_lib.RestoreConfig, y: jax.Array,
+                 key: jax.Array) -> Any:
   """The sampler state of one image y `[1, H, W, 3]` before its first step."""
-  return state_lib.init(models, y, key, config)
+  return state_lib.init(models, config, y, key)
 
 
-def sampler_step(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig,
-                 t: jax.Array, st: Any) -> Any:
+def sampler_step(st: Any, models: Any, config: config_lib.RestoreConfig, t: jax.Array,
+                 ctx: Any) -> Any:
   """One guided step of one image at timestep t (a scalar, unbatched under `vmap`)."""
-  return step_lib.step_at(models, y, ctx, config, t, st)
+  return step_lib.step_at(st, models, config, t, ctx)
 
 
 def sampler_restore(models: Any, y: jax.Array, key: jax.Array,

@@ -1,6 +1,7 @@
 """Dynamic quality refinement (docs/method.md §7, Eq. 16–17): passes, early stop, re-initiation.
 
-`run` drives a pure sampler step `state -> state` inside one `lax.while_loop`. Every k steps
+`run(state, scorer, config, step_fn, ...)` drives a pure sampler step `state -> state` inside
+one `lax.while_loop` (the sampler's argument order: state, networks, settings, the rest). Every k steps
 (`dqr_every`) from stage 2 on (t < `stage2_t`) it scores the latest decoded x̂0 with a
 no-reference quality model (`Scorer`); Δ = |S_t − S_{t+k}| is the change since the previous
 check of the same pass (Eq. 16):
@@ -27,8 +28,8 @@ scored from t < 700, t_r = 500 → grid timestep 501, passes re-enter at step in
 | never settles | pass 1 runs to t = 1, two re-initiated passes from t = 501 run to t = 1; ends (cap) | 450 + 2·251 = 952 |
 | NaN at every check | as "never settles" (NaN counts as no score) | 952 |
 
-(`tests/test_dqr.py` scripts each history on a small grid and on the tiny random SD; the step
-counts above were measured with the tiny random SD's real step and scripted scores.)
+(The step counts follow from the grid and the rules above; `tests/test_dqr.py` scripts each
+history on a small grid and on the tiny random SD.)
 
 Choices where docs/method.md is silent [ours]:
 
@@ -223,8 +224,8 @@ def init(state: Any, trace_size: int, first_t: jax.Array, max_restarts: int) -> 
   )
 
 
-def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
-           alphas_cumprod: jax.Array, i_restart: jax.Array, config: Any) -> tuple[Any, DQRState]:
+def _check(state: Any, d: DQRState, scorer: Scorer, config: Any, timesteps: jax.Array,
+           alphas_cumprod: jax.Array, i_restart: jax.Array) -> tuple[Any, DQRState]:
   """One quality check after a block of steps: score, record, stop / continue / re-initiate."""
   n = timesteps.shape[0]
   live = ~d.done
@@ -271,27 +272,27 @@ def _check(state: Any, d: DQRState, scorer: Scorer, timesteps: jax.Array,
 
 
 def run(
-    step_fn: Callable[[Any], Any],
-    scorer: Scorer | Callable[[jax.Array], jax.Array],
     state: Any,
+    scorer: Scorer | Callable[[jax.Array], jax.Array],
+    config: Any,
+    step_fn: Callable[[Any], Any],
     timesteps: jax.Array,
     alphas_cumprod: jax.Array,
-    config: Any,
     *,
     unet_per_step: int = 1,
 ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
   """The restore loop with dynamic quality refinement (docs/method.md §7, Eq. 16–17).
 
   Args:
-    step_fn: pure `state -> state`, one reverse step at `timesteps[state.i]`, which sets
-      `state.z` (next latent), `state.z0` (ẑ0), `state.x0` (decoded x̂0) and advances `i`.
-    scorer: a `Scorer`, or any `score(img [B, H, W, 3]) -> [B]` (higher is better, [0, 1]).
     state: sampler state of one image with fields `z`, `i`, `z0`, `x0` `[1, H, W, 3]`, `key`
       and a `replace` method (a `flax.struct.dataclass`). vmap `run` for a batch.
+    scorer: a `Scorer`, or any `score(img [B, H, W, 3]) -> [B]` (higher is better, [0, 1]).
+    config: a `RestoreConfig` (static); reads `dqr_every`, `dqr_tau`, `dqr_t_restart`,
+      `dqr_max_restarts`, `dqr_gamma`, `dqr_output` and `stage2_t`.
+    step_fn: pure `state -> state`, one reverse step at `timesteps[state.i]`, which sets
+      `state.z` (next latent), `state.z0` (ẑ0), `state.x0` (decoded x̂0) and advances `i`.
     timesteps: int32 `[N]`, descending, the timestep of each step.
     alphas_cumprod: `[T]` ᾱ table of the forward process (Eq. 17).
-    config: a `RestoreConfig` (static); reads `dqr_every`, `dqr_tau`, `dqr_t_restart`,
-    `dqr_max_restarts`, `dqr_gamma`, `dqr_output` and `stage2_t`.
     unet_per_step: UNet evaluations one step costs (2 with classifier-free guidance).
 
   Returns:
@@ -323,7 +324,7 @@ def run(
 
   def body(carry):
     s, d = jax.lax.fori_loop(0, every, guarded_step, carry)
-    return _check(s, d, scorer, timesteps, alphas_cumprod, i_restart, config)
+    return _check(s, d, scorer, config, timesteps, alphas_cumprod, i_restart)
 
   d = init(state, trace_len(n, every, config.dqr_max_restarts), timesteps[state.i],
            config.dqr_max_restarts)

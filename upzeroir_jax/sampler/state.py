@@ -2,9 +2,13 @@
 
 Everything one image's restoration carries from step to step is one `SamplerState`: the
 latent, the latest ẑ0 / x̂0, the PRNG key, PCDM and both discriminators with their Adam states,
-the quantities of y computed once (E(y), its GGD fit, the GGD statistics and VGG features of y),
-the loss weights, and the per-step trace. `step.step` maps a state to the next one. A batch of
-images is a `jax.vmap` over states (each image has its own PCDM).
+the observation (y and what is computed from it once: E(y), its GGD fit, the GGD statistics and
+VGG features of y), the loss weights, and the per-step trace. `init` builds it; `step.step` maps
+a state to the next one. A batch of images is a `jax.vmap` over states (each image has its own
+PCDM).
+
+Every sampler function takes `(state, models, config, ...)`: the state it advances, the
+networks (`sampler.models.Models`, traced), the static settings, then what is particular to it.
 
 Everything that differs between the task presets lives in the state as traced scalars
 (`LossWeights`: the loss weights, the effective guidance scale, both discriminator learning
@@ -28,6 +32,7 @@ import optax
 from upzeroir_jax import config as config_lib
 from upzeroir_jax.models import pcdm, vgg
 from upzeroir_jax.physics import ggd
+from upzeroir_jax.sampler import models as models_lib
 
 TRACE_KEYS = (
   "t",           # timestep of the step.
@@ -93,6 +98,34 @@ def weightless(config: config_lib.RestoreConfig) -> config_lib.RestoreConfig:
 
 
 @flax.struct.dataclass
+class Observation:
+  """The degraded input and what the sampler computes from it once (docs/method.md §4–§5).
+
+  Attributes (for a model grid of H×W pixels, latent h×w×C):
+    y: the degraded image `[1, H, W, 3]` in [0, 1].
+    zy: E(y) `[1, h, w, C]`; zy_alpha, zy_beta: its per-channel GGD fit `[1, C]` (§5).
+    y_stats: log α, log β of the RGB GGD fit of y `[1, 6]` (PCDM conditioning, §4).
+    y_feats: VGG16 relu2_2 features of y `[1, H/2, W/2, 128]` (Perc(ŷ, y), §5).
+  """
+
+  y: jax.Array
+  zy: jax.Array
+  zy_alpha: jax.Array
+  zy_beta: jax.Array
+  y_stats: jax.Array
+  y_feats: jax.Array
+
+
+def observe(models: models_lib.Models, y: jax.Array) -> Observation:
+  """The `Observation` of y `[1, H, W, 3]` (on the model grid, in [0, 1])."""
+  zy = models.backbone.encode(y).astype(jnp.float32)
+  zy_alpha, zy_beta = ggd.fit(zy, axis=(1, 2))
+  return Observation(y=y, zy=zy, zy_alpha=zy_alpha, zy_beta=zy_beta,
+                     y_stats=pcdm.image_stats(y),
+                     y_feats=vgg.perceptual_features(models.vgg_params, y))
+
+
+@flax.struct.dataclass
 class SamplerState:
   """One image's restoration state (docs/method.md §3–§5). Shapes for a model grid of H×W pixels.
 
@@ -106,9 +139,7 @@ class SamplerState:
     pcdm, pcdm_opt: degradation-model params and Adam state (docs/method.md §4).
     disc, disc_opt: discriminator telling y (real) from ŷ (fake) and its Adam state (§4).
     disc2, disc2_opt: discriminator telling x̂0 − ŷ (real) from x̂0 − y (fake) (§5, Adv).
-    zy: E(y) `[1, h, w, C]`; zy_alpha, zy_beta: its per-channel GGD fit `[1, C]` (§5).
-    y_stats: log α, log β of the RGB GGD fit of y `[1, 6]` (PCDM conditioning, §4).
-    y_feats: VGG16 relu2_2 features of y `[1, H/2, W/2, 128]` (Perc(ŷ, y), §5).
+    obs: the `Observation` (y and what is derived from it; never changes).
     weights: `LossWeights`.
     trace: dict of `[trace_len]` arrays, keys `TRACE_KEYS`.
   """
@@ -125,11 +156,7 @@ class SamplerState:
   disc_opt: Any
   disc2: Any
   disc2_opt: Any
-  zy: jax.Array
-  zy_alpha: jax.Array
-  zy_beta: jax.Array
-  y_stats: jax.Array
-  y_feats: jax.Array
+  obs: Observation
   weights: LossWeights
   trace: dict[str, jax.Array]
 
@@ -161,19 +188,32 @@ def empty_trace(length: int) -> dict[str, jax.Array]:
   return trace
 
 
-def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
-                      config: config_lib.RestoreConfig, weights: LossWeights,
-                      trace_len: int | None = None) -> SamplerState:
-  """`init` with explicitly given (possibly traced) loss weights."""
-  backbone = models.backbone
+def init(models: models_lib.Models, config: config_lib.RestoreConfig, y: jax.Array,
+         key: jax.Array, *, weights: LossWeights | None = None,
+         trace_len: int | None = None) -> SamplerState:
+  """The state before the first reverse step (docs/method.md §3): z_T ~ N(0, I), fresh PCDM and
+  discriminators (Kaiming init, re-initialised per image [LD-RPS]), the observation of y.
+
+  Args:
+    models: the networks (backbone, vgg_params).
+    config: the settings (static).
+    y: the degraded image on the model grid, `[1, H, W, 3]` in [0, 1].
+    key: PRNG key; split into z_T noise, PCDM, both discriminators and the running key.
+    weights: the per-task settings, possibly traced (default: `loss_weights(config, H·W)`).
+    trace_len: rows of the trace (default `config.steps`; longer for restarts).
+
+  Returns:
+    The `SamplerState` with i = n = 0.
+  """
+  if weights is None:
+    weights = loss_weights(config, y.shape[1] * y.shape[2])
   k_z, k_net, k_d, k_d2, k_run = jax.random.split(key, 5)
-  zy = backbone.encode(y).astype(jnp.float32)
-  zy_alpha, zy_beta = ggd.fit(zy, axis=(1, 2))
+  obs = observe(models, y)
   net, disc = degradation_net(config), discriminator(config)
   pcdm_tx, disc_tx, disc2_tx = optimizers(config, weights)
   net_params = pcdm.init(net, k_net)
   d_params, d2_params = pcdm.init(disc, k_d), pcdm.init(disc, k_d2)
-  z = jax.random.normal(k_z, zy.shape, jnp.float32)
+  z = jax.random.normal(k_z, obs.zy.shape, jnp.float32)
   return SamplerState(
     z=z,
     i=jnp.zeros((), jnp.int32),
@@ -187,30 +227,7 @@ def init_with_weights(models: Any, y: jax.Array, key: jax.Array,
     disc_opt=disc_tx.init(d_params),
     disc2=d2_params,
     disc2_opt=disc2_tx.init(d2_params),
-    zy=zy,
-    zy_alpha=zy_alpha,
-    zy_beta=zy_beta,
-    y_stats=pcdm.image_stats(y),
-    y_feats=vgg.perceptual_features(models.vgg_params, y),
+    obs=obs,
     weights=weights,
     trace=empty_trace(config.steps if trace_len is None else trace_len),
   )
-
-
-def init(models: Any, y: jax.Array, key: jax.Array, config: config_lib.RestoreConfig,
-         trace_len: int | None = None) -> SamplerState:
-  """The state before the first reverse step (docs/method.md §3): z_T ~ N(0, I), fresh PCDM and
-  discriminators (Kaiming init, re-initialised per image [LD-RPS]), E(y) computed once.
-
-  Args:
-    models: `restore.Models` (backbone, vgg_params).
-    y: the degraded image on the model grid, `[1, H, W, 3]` in [0, 1].
-    key: PRNG key; split into z_T noise, PCDM, both discriminators and the running key.
-    config: the settings (static).
-    trace_len: rows of the trace (default `config.steps`; longer for restarts).
-
-  Returns:
-    The `SamplerState` with i = n = 0.
-  """
-  return init_with_weights(models, y, key, config, loss_weights(config, y.shape[1] * y.shape[2]),
-                           trace_len)

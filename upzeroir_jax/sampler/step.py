@@ -22,7 +22,8 @@ and the thresholding mode stay static.
 
 Choices where docs/method.md is silent [ours]:
 - y meets x̂0 and ŷ in pixel space on the model grid (it is never resized inside the sampler);
-  E(y) and its GGD fit, the GGD statistics of y and its VGG features are computed once at init.
+  E(y) and its GGD fit, the GGD statistics of y and its VGG features are computed once at init
+  (the state's `obs`).
 - The second discriminator (Adv of Eq. 14) trains only while the guidance runs (t < stage2_t),
   as LD-RPS calls it only there; its generator loss is evaluated on x̂0 − y with "real" labels,
   and its gradient reaches x̂0 only through that input (its "real" side x̂0 − ŷ is detached).
@@ -42,6 +43,7 @@ from upzeroir_jax import config as config_lib
 from upzeroir_jax import losses
 from upzeroir_jax.models import pcdm
 from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.sampler import models as models_lib
 from upzeroir_jax.sampler import state as state_lib
 
 
@@ -57,18 +59,18 @@ def _adam(tx: optax.GradientTransformation, grads, opt, params):
   return optax.apply_updates(params, updates), opt
 
 
-def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.SamplerState,
-                x0: jax.Array, theta: jax.Array, y: jax.Array, t: jax.Array
+def update_pcdm(st: state_lib.SamplerState, models: models_lib.Models,
+                config: config_lib.RestoreConfig, x0: jax.Array, theta: jax.Array, t: jax.Array
                 ) -> tuple[state_lib.SamplerState, dict[str, jax.Array]]:
-  """One discriminator and one PCDM Adam step on fixed x̂0, y (docs/method.md §4, Eq. 12).
+  """One discriminator and one PCDM Adam step on fixed x̂0 and the observed y (docs/method.md
+  §4, Eq. 12).
 
   Args:
-    models: `restore.Models`.
+    st: the state (its pcdm/disc params and Adam states are updated; y is `st.obs.y`).
+    models: the networks (vgg_params).
     config: settings (static).
-    st: the state (its pcdm/disc params and Adam states are updated).
     x0: `[1, H, W, 3]` decoded estimate (treated as constant).
     theta: `[1, 12]` PCDM conditioning of (x̂0, y) (constant).
-    y: `[1, H, W, 3]` degraded input.
     t: timestep (selects the perceptual damping).
 
   Returns:
@@ -76,7 +78,7 @@ def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sam
     (`pcdm_loss`, `pcdm_mse`, `pcdm_per`, `pcdm_adv`, `disc_loss`) before the update.
   """
   x0, theta = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(theta)
-  w = st.weights
+  w, y = st.weights, st.obs.y
   net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
   pcdm_tx, disc_tx, _ = state_lib.optimizers(config, w)
   y_hat, net_vjp = jax.vjp(lambda p: net.apply({"params": p}, x0, theta), st.pcdm)
@@ -101,11 +103,14 @@ def update_pcdm(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sam
               "disc_loss": d_loss}
 
 
-def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.SamplerState,
-              x0: jax.Array, theta: jax.Array, theta_vjp, decode_vjp, y: jax.Array,
-              t: jax.Array) -> tuple[jax.Array, state_lib.SamplerState, dict[str, jax.Array]]:
-  """∇ẑ0 of D(PCDM(x̂0), y) + [t < stage3_t]·Q(x̂0) and the Adv discriminator step (§5–§6)."""
-  w = st.weights
+def _guidance(st: state_lib.SamplerState, models: models_lib.Models,
+              config: config_lib.RestoreConfig, x0: jax.Array, theta: jax.Array, theta_vjp,
+              decode_vjp, t: jax.Array
+              ) -> tuple[state_lib.SamplerState, jax.Array, dict[str, jax.Array]]:
+  """The Adv discriminator step and ∇ẑ0 of D(PCDM(x̂0), y) + [t < stage3_t]·Q(x̂0) (§5–§6):
+  (state with the new discriminator, gradient, loss terms)."""
+  w, obs = st.weights, st.obs
+  y = obs.y
   net, disc = state_lib.degradation_net(config), state_lib.discriminator(config)
   _, _, disc2_tx = state_lib.optimizers(config, w)
   y_hat, net_vjp = jax.vjp(lambda x, th: net.apply({"params": st.pcdm}, x, th), x0, theta)
@@ -115,14 +120,14 @@ def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sampl
 
   def objective(x, yh):
     if config.deg_loss == "kl":
-      deg = losses.deg_loss(models.backbone.encode(yh).astype(jnp.float32), st.zy_alpha,
-                            st.zy_beta)
+      deg = losses.deg_loss(models.backbone.encode(yh).astype(jnp.float32), obs.zy_alpha,
+                            obs.zy_beta)
     else:
       deg = losses.l1(yh, y)
     terms = {
       "deg": w.lambda_deg * deg,
       "mse": w.lambda_mse * losses.mse(yh, y),
-      "per": w.lambda_per * losses.perceptual_to(models.vgg_params, yh, st.y_feats),
+      "per": w.lambda_per * losses.perceptual_to(models.vgg_params, yh, obs.y_feats),
       "adv": w.lambda_adv * losses.bce_with_logits(
         disc.apply({"params": d2_params}, x - y), True),
     }
@@ -135,7 +140,7 @@ def _guidance(models: Any, config: config_lib.RestoreConfig, st: state_lib.Sampl
   g_x_net, g_theta = net_vjp(g_yh)
   (g_x_theta,) = theta_vjp(g_theta)
   (g_z0,) = decode_vjp(g_x + g_x_net + g_x_theta)
-  return g_z0, st.replace(disc2=d2_params, disc2_opt=d2_opt), terms
+  return st.replace(disc2=d2_params, disc2_opt=d2_opt), g_z0, terms
 
 
 def thresholded_schedule(sched: schedule_lib.DDIMSchedule, config: config_lib.RestoreConfig
@@ -150,8 +155,9 @@ def thresholded_schedule(sched: schedule_lib.DDIMSchedule, config: config_lib.Re
                        threshold_divide=config.threshold == "divide")
 
 
-def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, t: jax.Array,
-            st: state_lib.SamplerState) -> state_lib.SamplerState:
+def step_at(st: state_lib.SamplerState, models: models_lib.Models,
+            config: config_lib.RestoreConfig, t: jax.Array, context: Any = None
+            ) -> state_lib.SamplerState:
   """`step` at an explicitly given timestep t (a scalar; unbatched under `vmap` it keeps the
   stage `lax.cond` a real branch)."""
   backbone = models.backbone
@@ -159,22 +165,22 @@ def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfi
   t = jnp.asarray(t, jnp.int32)
   prev_t = schedule_lib.prev_timestep(sched, t, config.steps)
   key, k_eta = jax.random.split(st.key)
-  out = backbone.model_output(st.z, t, ctx, config.cfg_scale).astype(jnp.float32)
+  out = backbone.model_output(st.z, t, context, config.cfg_scale).astype(jnp.float32)
   z_prev, z0 = schedule_lib.step(sched, out, t, prev_t, st.z, eta=config.eta,
                                  key=k_eta if config.eta > 0 else None)
   x0, decode_vjp = jax.vjp(lambda z: backbone.decode(z).astype(jnp.float32), z0)
-  theta, theta_vjp = jax.vjp(lambda x: pcdm.condition(x, st.y_stats), x0)
-  st, pcdm_terms = update_pcdm(models, config, st, x0, theta, y, t)
+  theta, theta_vjp = jax.vjp(lambda x: pcdm.condition(x, st.obs.y_stats), x0)
+  st, pcdm_terms = update_pcdm(st, models, config, x0, theta, t)
 
   def guided(st):
-    return _guidance(models, config, st, x0, theta, theta_vjp, decode_vjp, y, t)
+    return _guidance(st, models, config, x0, theta, theta_vjp, decode_vjp, t)
 
   def unguided(st):
     zero = jnp.zeros((), jnp.float32)
     terms = dict.fromkeys(("deg", "mse", "per", "adv", "distance", "quality"), zero)
-    return jnp.zeros_like(z0), st, terms
+    return st, jnp.zeros_like(z0), terms
 
-  g_z0, st, terms = jax.lax.cond(t < config.stage2_t, guided, unguided, st)
+  st, g_z0, terms = jax.lax.cond(t < config.stage2_t, guided, unguided, st)
   z_next = z_prev - st.weights.guidance_scale * g_z0
   stage = 1 + (t < config.stage2_t).astype(jnp.int32) + (t < st.weights.stage3_t).astype(jnp.int32)
   row = {"t": t, "stage": stage, "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g_z0))),
@@ -183,23 +189,23 @@ def step_at(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfi
   return st.replace(z=z_next, i=st.i + 1, n=st.n + 1, z0=z0, x0=x0, key=key, trace=trace)
 
 
-def step(models: Any, y: jax.Array, ctx: Any, config: config_lib.RestoreConfig, ts: jax.Array,
-         st: state_lib.SamplerState) -> state_lib.SamplerState:
-  """One guided reverse step at t = ts[st.i] (docs/method.md §3–§6; the module docstring lists
-  the parts).
+def step(st: state_lib.SamplerState, models: models_lib.Models,
+         config: config_lib.RestoreConfig, timesteps: jax.Array, context: Any = None
+         ) -> state_lib.SamplerState:
+  """One guided reverse step at t = timesteps[st.i] (docs/method.md §3–§6; the module docstring
+  lists the parts).
 
   Pure; jit-able with `config` static.
 
   Args:
-    models: `restore.Models` (backbone, vgg_params).
-    y: degraded input on the model grid, `[1, H, W, 3]` in [0, 1].
-    ctx: text context built outside jit (None: one unconditional pass).
+    st: the state before the step (`state.init`; it holds the observation y).
+    models: the networks (backbone, vgg_params).
     config: settings (static); `config.steps` sets the DDIM stride t − T // steps.
-    ts: int32 timesteps `[N]`, descending (`schedule.timesteps`).
-    st: the state before the step.
+    timesteps: int32 `[N]`, descending (`schedule.timesteps`).
+    context: text context built outside jit (None: one unconditional pass).
 
   Returns:
     The state after the step: z = z_{t−1}, i and n advanced, ẑ0 / x̂0 of this step, updated
     PCDM and discriminators, the trace row n written.
   """
-  return step_at(models, y, ctx, config, ts[st.i], st)
+  return step_at(st, models, config, timesteps[st.i], context)
