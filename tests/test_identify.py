@@ -96,9 +96,9 @@ def test_noise_sigma_on_a_synthetic_image(sigma):
 
 
 def test_noise_sigma_within_15_percent_on_kodak(kodak_dir):
-  """All 24 Kodak images at full size. Texture biases the estimate upwards where σ is small:
-  at σ = 10/255 the most textured image (kodim13, foliage and rock everywhere) reads 22 % high,
-  the others within 15 %; from σ = 15/255 on every image is within 15 %."""
+  """All 24 Kodak images at full size. Texture does not bias the PCA estimate as it biased the
+  flattest-block one (22 % high on kodim13 at σ = 10/255): measured, the largest error is 1.3 %
+  at σ = 10/255 and 10 % at 50/255, where clipping hides part of the noise."""
   images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
             for p in sorted(kodak_dir.glob("*.png"))]
   assert len(images) == 24
@@ -106,11 +106,8 @@ def test_noise_sigma_within_15_percent_on_kodak(kodak_dir):
     sigma = sigma_255 / 255
     errors = np.array([identify.noise_sigma(_noisy(x, sigma, k)) / sigma - 1
                        for k, x in enumerate(images)])
-    assert np.median(np.abs(errors)) < (0.07 if sigma_255 == 10 else 0.05), sigma_255
-    if sigma_255 == 10:
-      assert np.sum(np.abs(errors) > 0.15) <= 1 and np.max(np.abs(errors)) < 0.25
-    else:
-      assert np.max(np.abs(errors)) < 0.15, (sigma_255, errors)
+    assert np.median(np.abs(errors)) < 0.05, sigma_255
+    assert np.max(np.abs(errors)) < 0.15, (sigma_255, errors)
 
 
 def test_noise_sigma_is_monotone_and_size_invariant(kodak_dir):
