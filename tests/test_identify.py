@@ -78,6 +78,15 @@ def test_noise_sigma_is_not_fooled_by_texture():
   assert identify._block_sigma(y) > 3 * sigma
 
 
+def test_noise_sigma_on_images_too_small_for_the_patch_covariance():
+  """16×20 pixels give 192 patches for a 75-dimensional covariance, too few: its smallest
+  eigenvalues would be 0 and read no noise at all; the block estimate is used instead."""
+  x = _noisy(np.full((16, 20, 3), 0.5, np.float32), 0.1, 7)
+  assert identify.noise_sigma(x) == identify._block_sigma(x)
+  assert identify.noise_sigma(x) == pytest.approx(0.1, rel=0.3)
+  assert identify.identify(x).noise
+
+
 def test_clean_photos_read_almost_no_noise(kodak_dir):
   """All 24 Kodak photos, box-downscaled to 384×256 as eval/identify.py brings them to 256²:
   clean 8-bit photos carry their quantisation (0.29/255) and little else. The flattest-block

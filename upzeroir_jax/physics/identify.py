@@ -10,12 +10,14 @@ and noise an image shows; no network is trained:
   noise alone (`tail_variance`), and σ² is that mean. Texture thus does not read as noise, as
   it does for estimators that look for the flattest regions. Clipping at 0 or 1 shrinks the
   noise a patch shows, so only patches whose mean stays 2 pilot σ away from both bounds are
-  used (in a dark image where fewer than a quarter do, the quarter farthest from them). The
-  pilot is Donoho's wavelet estimator made block-wise (`_block_sigma`): `σ = MAD / 0.6745` of
-  the finest diagonal (HH) Haar subband becomes the 10th percentile of the HH RMS over 16×16-
-  pixel blocks without clipped pixels, divided by the same quantile of a chi distribution with
-  64 degrees of freedom (Wilson–Hilferty); it reads the flattest blocks, so texture only
-  raises it, and a larger margin costs nothing but patches.
+  used (in a dark image where fewer than a quarter do, the quarter farthest from them; an
+  image under about 21×21 pixels, with too few patches for a 75-dimensional covariance, gets
+  the pilot estimate). The pilot is Donoho's wavelet estimator made block-wise
+  (`_block_sigma`): `σ = MAD / 0.6745` of the finest diagonal (HH) Haar subband becomes the
+  10th percentile of the HH RMS over 16×16-pixel blocks without clipped pixels, divided by the
+  same quantile of a chi distribution with 64 degrees of freedom (Wilson–Hilferty); it reads
+  the flattest blocks, so texture can only raise it, which widens the margin (fewer patches,
+  no bias).
 - Illumination (`illumination`): the 99th percentile of the luminance (BT.601 weights) of the
   image averaged over 8×8 blocks (averaging removes the noise). Low light scales every value
   by α, so a dark image keeps its white level below α.
@@ -33,8 +35,8 @@ rule of docs/method.md §6; eval/identify.py measures them on other images).
 Host numpy rather than JAX: the input of `upzeroir restore` arrives at its own size, and a
 jitted estimator would compile once per image size (seconds) to save milliseconds; the numpy
 version runs before the batch is built (its time per 512² image is in docs/method.md §6). The
-patch covariance is an `einsum`, not a BLAS product: a multi-threaded BLAS sharing a busy CPU
-with the restore run was measured an order of magnitude slower.
+patch covariance is an `einsum`, not a BLAS product: a multi-threaded BLAS on a CPU busy with
+other work was measured an order of magnitude slower.
 """
 
 import dataclasses
@@ -48,6 +50,7 @@ PATCH = 5  # pixels per side of the patches of the PCA noise estimator.
 PATCHES = 16384  # about this many patches: the grid's step is rounded to give it.
 CLIP_MARGIN = 2.0  # a patch's mean must stay this many pilot σ away from 0 and 1.
 FALLBACK = 0.25  # share of patches kept, farthest from 0 and 1, when fewer pass the margin.
+MIN_PER_DIM = 4  # at least this many patches per patch dimension, or the pilot is returned.
 SMOOTH = 8  # pixels per side of the averaging blocks of illumination and haze density.
 DARK_RADIUS = 2  # half-width, in blocks, of the dark channel's minimum window.
 DARK_QUANTILE = 5.0  # percentile of the dark channel that measures haze.
@@ -146,8 +149,9 @@ def tail_variance(eigenvalues: np.ndarray) -> float:
   """Chen et al.'s noise variance from the eigenvalues `[D]` of a patch covariance.
 
   With the eigenvalues sorted in decreasing order, the first tail `λ_i … λ_D` whose mean is at
-  most its median is taken as noise-only (a noise-only set is symmetric about its mean; a
-  texture eigenvalue left in it pulls the mean above the median), and its mean is returned.
+  most its median is taken as noise-only (the eigenvalues of pure noise cluster around σ², so
+  their mean is close to their median; a texture eigenvalue left in the set pulls the mean
+  above the median), and its mean is returned.
   """
   lam = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
   for i in range(lam.size):
@@ -162,20 +166,26 @@ def noise_sigma(img: np.ndarray) -> float:
 
   Returns σ on the [0, 1] scale. Patches of PATCH×PATCH pixels and 3 colours (on a grid whose
   step gives about PATCHES) whose mean stays CLIP_MARGIN pilot σ away from 0 and 1 are
-  kept (where under a share FALLBACK do, that share farthest from the bounds); the noise variance
-  is `tail_variance` of their covariance's eigenvalues.
+  kept (where under a share FALLBACK do, or under MIN_PER_DIM per dimension, that many farthest
+  from the bounds); the noise variance is `tail_variance` of their covariance's eigenvalues.
+  An image with fewer than MIN_PER_DIM patches per dimension (under about 21×21 pixels) gets
+  the pilot.
   """
   img = _as_image(img)
   pilot = _block_sigma(img)
   patches = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH, 3))[:, :, 0]
   step = max(1, round(math.sqrt(patches.shape[0] * patches.shape[1] / PATCHES)))
   patches = patches[::step, ::step].reshape(-1, PATCH * PATCH, 3)
+  dims = PATCH * PATCH * 3
+  if patches.shape[0] < MIN_PER_DIM * dims:
+    return pilot
   means = patches.mean(axis=1)
   room = np.minimum(means.min(axis=1), 1.0 - means.max(axis=1))
   keep = room > CLIP_MARGIN * pilot
-  if keep.mean() < FALLBACK:
-    keep = room >= np.quantile(room, 1.0 - FALLBACK)
-  flat = patches[keep].reshape(-1, PATCH * PATCH * 3)
+  least = max(math.ceil(FALLBACK * room.size), MIN_PER_DIM * dims)
+  if keep.sum() < least:
+    keep = np.argsort(room)[-least:]
+  flat = patches[keep].reshape(-1, dims)
   flat = flat - flat.mean(axis=0)
   cov = np.einsum("ni,nj->ij", flat, flat) / flat.shape[0]  # no BLAS threads
   return math.sqrt(tail_variance(np.linalg.eigvalsh(cov)))
