@@ -13,6 +13,7 @@ import scipy.stats
 import tiny_runs
 from PIL import Image
 
+from eval import identify as eval_identify
 from upzeroir_jax import auto, config
 from upzeroir_jax.physics import degrade, identify
 from upzeroir_jax.sampler import state
@@ -52,6 +53,51 @@ def test_chi_quantile_and_erfinv_match_scipy():
     assert identify._chi_quantile_ratio(64, q) == pytest.approx(want, rel=2e-3)
 
 
+def test_tail_variance_on_hand_derived_spectra():
+  """Sorted 9, 4, 1, 1, 1: the tails from 9 and from 4 have means 3.2 and 1.75 above their
+  median 1; the tail 1, 1, 1 is the first with mean ≤ median, so the variance is 1. A noise
+  tail that is not flat (1.2, 1.0, 0.8: mean 1 = median) is kept whole; the order of the input
+  does not matter."""
+  assert identify.tail_variance(np.array([1.0, 9.0, 1.0, 4.0, 1.0])) == pytest.approx(1.0)
+  assert identify.tail_variance(np.array([0.8, 16.0, 1.2, 1.0])) == pytest.approx(1.0)
+  assert identify.tail_variance(np.array([2.0, 2.0, 2.0])) == pytest.approx(2.0)
+
+
+def test_noise_sigma_is_not_fooled_by_texture():
+  """A fine grating over the whole image (no flat block anywhere) with noise σ = 5/255: the
+  grating's 5×5×3 patches span two directions (sine and cosine of one frequency, one colour
+  vector), which the PCA estimator sets aside; the flattest-block estimate (the pilot) reads the
+  grating as noise, several times σ."""
+  u = np.arange(256, dtype=np.float32)
+  yy, xx = np.meshgrid(u, u, indexing="ij")
+  wave = 0.3 * np.sin(2 * np.pi * (xx / 3.3 + yy / 4.7))
+  x = 0.5 + wave[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
+  sigma = 5 / 255
+  y = _noisy(x, sigma, 6)
+  assert identify.noise_sigma(y) == pytest.approx(sigma, rel=0.1)
+  assert identify._block_sigma(y) > 3 * sigma
+
+
+def test_noise_sigma_on_images_too_small_for_the_patch_covariance():
+  """16×20 pixels give 192 patches for a 75-dimensional covariance, too few: its smallest
+  eigenvalues would be 0 and read no noise at all; the block estimate is used instead."""
+  x = _noisy(np.full((16, 20, 3), 0.5, np.float32), 0.1, 7)
+  assert identify.noise_sigma(x) == identify._block_sigma(x)
+  assert identify.noise_sigma(x) == pytest.approx(0.1, rel=0.3)
+  assert identify.identify(x).noise
+
+
+def test_clean_photos_read_almost_no_noise(kodak_dir):
+  """All 24 Kodak photos, box-downscaled to 384×256 as eval/identify.py brings them to 256²:
+  clean 8-bit photos carry their quantisation (0.29/255) and little else. The flattest-block
+  estimate reads up to 7.3/255 on these (kodim13, foliage and rock)."""
+  for path in sorted(kodak_dir.glob("*.png")):
+    img = Image.open(path).convert("RGB")
+    small = img.resize((img.width // 2, img.height // 2), Image.BOX)
+    x = np.asarray(small, np.float32) / 255.0
+    assert identify.noise_sigma(x) < 2.5 / 255, path.name
+
+
 @pytest.mark.parametrize("sigma", [5 / 255, 15 / 255, 50 / 255])
 def test_noise_sigma_on_a_synthetic_image(sigma):
   est = identify.noise_sigma(_noisy(_smooth_image(256), sigma, 0))
@@ -59,9 +105,9 @@ def test_noise_sigma_on_a_synthetic_image(sigma):
 
 
 def test_noise_sigma_within_15_percent_on_kodak(kodak_dir):
-  """All 24 Kodak images at full size. Texture biases the estimate upwards where σ is small:
-  at σ = 10/255 the most textured image (kodim13, foliage and rock everywhere) reads 22 % high,
-  the others within 15 %; from σ = 15/255 on every image is within 15 %."""
+  """All 24 Kodak images at full size. Texture does not bias the PCA estimate as it biased the
+  flattest-block one (22 % high on kodim13 at σ = 10/255): measured, the largest error is 1.3 %
+  at σ = 10/255 and 10 % at 50/255, where clipping hides part of the noise."""
   images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
             for p in sorted(kodak_dir.glob("*.png"))]
   assert len(images) == 24
@@ -69,11 +115,8 @@ def test_noise_sigma_within_15_percent_on_kodak(kodak_dir):
     sigma = sigma_255 / 255
     errors = np.array([identify.noise_sigma(_noisy(x, sigma, k)) / sigma - 1
                        for k, x in enumerate(images)])
-    assert np.median(np.abs(errors)) < (0.07 if sigma_255 == 10 else 0.05), sigma_255
-    if sigma_255 == 10:
-      assert np.sum(np.abs(errors) > 0.15) <= 1 and np.max(np.abs(errors)) < 0.25
-    else:
-      assert np.max(np.abs(errors)) < 0.15, (sigma_255, errors)
+    assert np.median(np.abs(errors)) < 0.05, sigma_255
+    assert np.max(np.abs(errors)) < 0.15, (sigma_255, errors)
 
 
 def test_noise_sigma_is_monotone_and_size_invariant(kodak_dir):
@@ -153,6 +196,17 @@ def test_decisions_on_held_out_kodak_cases(kodak_dir, spec, want):
     x = np.asarray(Image.open(kodak_dir / name).convert("RGB"), np.float32) / 255.0
     y = _degrade(x, spec, k) if spec else x
     assert identify.identify(y).composition == want, name
+
+
+def test_light_haze_and_clean_at_the_evaluation_size(kodak_dir):
+  """Kodak photos brought to 256² as eval/identify.py does: the lightest haze of its grid
+  (β = 0.04; density 0.29–0.42 on these) is haze, the clean photo (density up to 0.14) is clean,
+  which pins the haze threshold between the two."""
+  for k, name in enumerate(("kodim01.png", "kodim03.png", "kodim08.png", "kodim13.png")):
+    full = np.asarray(Image.open(kodak_dir / name).convert("RGB"), np.float32) / 255.0
+    x = eval_identify.square(full, 256)
+    assert identify.identify(x).composition == "clean", name
+    assert identify.identify(_degrade(x, "haze:0.04", k)).composition == "haze", name
 
 
 def test_task_for_maps_compositions_to_presets():

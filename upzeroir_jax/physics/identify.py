@@ -3,15 +3,21 @@
 Three classical statistics, each from an established estimator, decide which of low light, haze
 and noise an image shows; no network is trained:
 
-- Noise σ (`noise_sigma`): Donoho's wavelet estimator, `σ = MAD / 0.6745` of the finest diagonal
-  (HH) Haar subband, made robust to texture as in block-based noise estimation: the HH
-  coefficients are grouped in 8×8 blocks (16×16 pixels) per channel, each block's RMS is an
-  estimate, and a low percentile (`SIGMA_QUANTILE`) over the blocks — the flattest ones — is
-  divided by the same quantile of the RMS of pure Gaussian noise (chi distribution with 64
-  degrees of freedom, Wilson–Hilferty approximation). Blocks with clipped pixels (at 0 or 1) are
-  skipped, since clipping shrinks the noise they show; in a dark image, where nearly all blocks
-  touch 0, the least-clipped tenth is used (low light before noise darkens the signal, not the
-  noise, but clipping at 0 still hides part of it).
+- Noise σ (`noise_sigma`): Chen, Zhu and Heng's patch-PCA estimator (ICCV 2015). The
+  covariance of the image's 5×5×3 patches is the signal's, concentrated in a few directions
+  (texture and edges are low-rank), plus σ²·I from white noise in every direction; its
+  eigenvalues sorted in decreasing order, the first tail whose mean is at most its median is
+  noise alone (`tail_variance`), and σ² is that mean. Texture thus does not read as noise, as
+  it does for estimators that look for the flattest regions. Clipping at 0 or 1 shrinks the
+  noise a patch shows, so only patches whose mean stays 2 pilot σ away from both bounds are
+  used (in a dark image where fewer than a quarter do, the quarter farthest from them; an
+  image under about 21×21 pixels, with too few patches for a 75-dimensional covariance, gets
+  the pilot estimate). The pilot is Donoho's wavelet estimator made block-wise
+  (`_block_sigma`): `σ = MAD / 0.6745` of the finest diagonal (HH) Haar subband becomes the
+  10th percentile of the HH RMS over 16×16-pixel blocks without clipped pixels, divided by the
+  same quantile of a chi distribution with 64 degrees of freedom (Wilson–Hilferty); it reads
+  the flattest blocks, so texture can only raise it, which widens the margin (fewer patches,
+  no bias).
 - Illumination (`illumination`): the 99th percentile of the luminance (BT.601 weights) of the
   image averaged over 8×8 blocks (averaging removes the noise). Low light scales every value
   by α, so a dark image keeps its white level below α.
@@ -23,12 +29,14 @@ and noise an image shows; no network is trained:
   which is subtracted first. Being a ratio, the density does not change under low light
   (which scales dark channel and white level alike), so haze is found in dark images too.
 
-Decisions are thresholds on these (`Thresholds`; tuned on the first half of CBSD68 only, the
-figures of eval/identify.py are measured on Kodak24 and the second half of CBSD68).
+Decisions are thresholds on these (`Thresholds`; chosen on the first half of CBSD68 only, by the
+rule of docs/method.md §6; eval/identify.py measures them on other images).
 
 Host numpy rather than JAX: the input of `upzeroir restore` arrives at its own size, and a
 jitted estimator would compile once per image size (seconds) to save milliseconds; the numpy
-version takes about 10 ms per 512² image on one CPU core and runs before the batch is built.
+version runs before the batch is built (its time per 512² image is in docs/method.md §6). The
+patch covariance is an `einsum`, not a BLAS product: a multi-threaded BLAS on a CPU busy with
+other work was measured an order of magnitude slower.
 """
 
 import dataclasses
@@ -36,8 +44,13 @@ import math
 
 import numpy as np
 
-BLOCK = 8  # HH coefficients per block side (16×16 pixels) of the noise estimator.
-SIGMA_QUANTILE = 0.1  # quantile over blocks of the noise estimator.
+BLOCK = 8  # HH coefficients per block side (16×16 pixels) of the pilot noise estimator.
+SIGMA_QUANTILE = 0.1  # quantile over blocks of the pilot noise estimator.
+PATCH = 5  # pixels per side of the patches of the PCA noise estimator.
+PATCHES = 16384  # about this many patches: the grid's step is rounded to give it.
+CLIP_MARGIN = 2.0  # a patch's mean must stay this many pilot σ away from 0 and 1.
+FALLBACK = 0.25  # share of patches kept, farthest from 0 and 1, when fewer pass the margin.
+MIN_PER_DIM = 4  # at least this many patches per patch dimension, or the pilot is returned.
 SMOOTH = 8  # pixels per side of the averaging blocks of illumination and haze density.
 DARK_RADIUS = 2  # half-width, in blocks, of the dark channel's minimum window.
 DARK_QUANTILE = 5.0  # percentile of the dark channel that measures haze.
@@ -47,7 +60,7 @@ KINDS = ("lowlight", "haze", "noise")
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-  """Decision thresholds (docs/method.md §6; tuned on CBSD68's first half).
+  """Decision thresholds (docs/method.md §6 gives the rule; chosen on CBSD68's first half).
 
   noise_sigma: noise is present when the estimated σ (on [0, 1]) exceeds this.
   illumination: low light when the luminance white level is below this.
@@ -55,8 +68,8 @@ class Thresholds:
   """
 
   noise_sigma: float = 8.0 / 255
-  illumination: float = 0.48
-  haze_density: float = 0.235
+  illumination: float = 0.478
+  haze_density: float = 0.239
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +129,8 @@ def _erfinv(x: float) -> float:
   return y
 
 
-def noise_sigma(img: np.ndarray) -> float:
-  """Noise standard deviation of `img` `[H, W, 3]` in [0, 1] (block-wise Haar-HH estimator).
-
-  Returns σ on the [0, 1] scale; unbiased for white Gaussian noise on flat regions.
-  """
-  img = _as_image(img)
+def _block_sigma(img: np.ndarray) -> float:
+  """The block-wise Haar-HH estimate of σ (module docstring): the pilot of `noise_sigma`."""
   side = 2 * BLOCK
   h, w = img.shape[0] // side * side, img.shape[1] // side * side
   crop = img[:h, :w]
@@ -134,6 +143,52 @@ def noise_sigma(img: np.ndarray) -> float:
     keep = clipped <= np.quantile(clipped, 0.1)
   est = np.quantile(rms[keep], SIGMA_QUANTILE)
   return float(est / _chi_quantile_ratio(BLOCK * BLOCK, SIGMA_QUANTILE))
+
+
+def tail_variance(eigenvalues: np.ndarray) -> float:
+  """Chen et al.'s noise variance from the eigenvalues `[D]` of a patch covariance.
+
+  With the eigenvalues sorted in decreasing order, the first tail `λ_i … λ_D` whose mean is at
+  most its median is taken as noise-only (the eigenvalues of pure noise cluster around σ², so
+  their mean is close to their median; a texture eigenvalue left in the set pulls the mean
+  above the median), and its mean is returned.
+  """
+  lam = np.sort(np.asarray(eigenvalues, np.float64))[::-1]
+  for i in range(lam.size):
+    tail = lam[i:]
+    if tail.mean() <= np.median(tail):
+      return float(max(tail.mean(), 0.0))
+  return float(max(lam[-1], 0.0))
+
+
+def noise_sigma(img: np.ndarray) -> float:
+  """Noise standard deviation of `img` `[H, W, 3]` in [0, 1] (Chen et al.'s patch PCA).
+
+  Returns σ on the [0, 1] scale. Patches of PATCH×PATCH pixels and 3 colours (on a grid whose
+  step gives about PATCHES) whose mean stays CLIP_MARGIN pilot σ away from 0 and 1 are
+  kept (where under a share FALLBACK do, or under MIN_PER_DIM per dimension, that many farthest
+  from the bounds); the noise variance is `tail_variance` of their covariance's eigenvalues.
+  An image with fewer than MIN_PER_DIM patches per dimension (under about 21×21 pixels) gets
+  the pilot.
+  """
+  img = _as_image(img)
+  pilot = _block_sigma(img)
+  patches = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH, 3))[:, :, 0]
+  step = max(1, round(math.sqrt(patches.shape[0] * patches.shape[1] / PATCHES)))
+  patches = patches[::step, ::step].reshape(-1, PATCH * PATCH, 3)
+  dims = PATCH * PATCH * 3
+  if patches.shape[0] < MIN_PER_DIM * dims:
+    return pilot
+  means = patches.mean(axis=1)
+  room = np.minimum(means.min(axis=1), 1.0 - means.max(axis=1))
+  keep = room > CLIP_MARGIN * pilot
+  least = max(math.ceil(FALLBACK * room.size), MIN_PER_DIM * dims)
+  if keep.sum() < least:
+    keep = np.argsort(room)[-least:]
+  flat = patches[keep].reshape(-1, dims)
+  flat = flat - flat.mean(axis=0)
+  cov = np.einsum("ni,nj->ij", flat, flat) / flat.shape[0]  # no BLAS threads
+  return math.sqrt(tail_variance(np.linalg.eigvalsh(cov)))
 
 
 def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
