@@ -34,9 +34,8 @@ rule of docs/method.md §6; eval/identify.py measures them on other images).
 
 Host numpy rather than JAX: the input of `upzeroir restore` arrives at its own size, and a
 jitted estimator would compile once per image size (seconds) to save milliseconds; the numpy
-version runs before the batch is built (its time per 512² image is in docs/method.md §6). The
-patch covariance is an `einsum`, not a BLAS product: a multi-threaded BLAS on a CPU busy with
-other work was measured an order of magnitude slower.
+version runs before the batch is built. Its time per 512² image, and why the patch covariance
+is an `einsum` rather than a BLAS product, are in docs/method.md §6.
 """
 
 import dataclasses
