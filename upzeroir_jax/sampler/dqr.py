@@ -1,8 +1,8 @@
 """Dynamic quality refinement (docs/method.md §7, Eq. 16–17): passes, early stop, re-initiation.
 
 `run(state, scorer, config, step_fn, ...)` drives a pure sampler step `state -> state` inside
-one `lax.while_loop` (the sampler's argument order: state, networks, settings, the rest). Every k steps
-(`dqr_every`) from stage 2 on (t < `stage2_t`) it scores the latest decoded x̂0 with a
+one `lax.while_loop` (the sampler's argument order: state, networks, settings, the rest). Every
+k steps (`dqr_every`) from stage 2 on (t < `stage2_t`) it scores the latest decoded x̂0 with a
 no-reference quality model (`Scorer`); Δ = |S_t − S_{t+k}| is the change since the previous
 check of the same pass (Eq. 16):
 
