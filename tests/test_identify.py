@@ -89,8 +89,8 @@ def test_noise_sigma_on_images_too_small_for_the_patch_covariance():
 
 def test_clean_photos_read_almost_no_noise(kodak_dir):
   """All 24 Kodak photos, box-downscaled to 384×256 as eval/identify.py brings them to 256²:
-  clean 8-bit photos carry their quantisation (0.29/255) and little else. The flattest-block
-  estimate reads up to 7.3/255 on these (kodim13, foliage and rock)."""
+  clean 8-bit photos carry their quantisation (1/√12 of a level, 0.29/255) and little else,
+  where a flattest-block estimate reads texture (kodim13, foliage and rock) as noise."""
   for path in sorted(kodak_dir.glob("*.png")):
     img = Image.open(path).convert("RGB")
     small = img.resize((img.width // 2, img.height // 2), Image.BOX)
@@ -105,9 +105,9 @@ def test_noise_sigma_on_a_synthetic_image(sigma):
 
 
 def test_noise_sigma_within_15_percent_on_kodak(kodak_dir):
-  """All 24 Kodak images at full size. Texture does not bias the PCA estimate as it biased the
-  flattest-block one (22 % high on kodim13 at σ = 10/255): measured, the largest error is 1.3 %
-  at σ = 10/255 and 10 % at 50/255, where clipping hides part of the noise."""
+  """All 24 Kodak images at full size: texture does not bias the PCA estimate upwards as it
+  biases a flattest-block one; at σ = 50/255 clipping hides part of the noise (docs/method.md §6
+  has the errors measured)."""
   images = [np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
             for p in sorted(kodak_dir.glob("*.png"))]
   assert len(images) == 24
