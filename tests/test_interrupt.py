@@ -59,6 +59,18 @@ def _wait_for(proc: subprocess.Popen, needle: str, stream: str, timeout: float) 
   raise AssertionError(f"{needle!r} never appeared: {''.join(lines)}")
 
 
+def _interrupt(proc: subprocess.Popen, timeout: float) -> float:
+  """Sends Ctrl-C (SIGINT) to `proc`, waits at most `timeout` s for it to exit (then kills it);
+  returns the seconds it took."""
+  sent = time.monotonic()
+  proc.send_signal(signal.SIGINT)
+  try:
+    proc.wait(timeout=timeout)
+  finally:
+    proc.kill()
+  return time.monotonic() - sent
+
+
 # A compiled loop of minutes: Python cannot interrupt it while it runs.
 _LONG_COMPILED_CALL = """
   import sys
@@ -84,13 +96,7 @@ def test_ctrl_c_stops_a_long_compiled_call_within_seconds():
   proc = _start(_LONG_COMPILED_CALL, "--verbose=false")
   _wait_for(proc, "started", "stdout", 120)
   time.sleep(0.5)
-  sent = time.monotonic()
-  proc.send_signal(signal.SIGINT)
-  try:
-    proc.wait(timeout=20)
-  finally:
-    proc.kill()
-  took = time.monotonic() - sent
+  took = _interrupt(proc, 20)
   assert proc.returncode == 130
   assert took < 3.0, f"exit took {took:.1f} s after Ctrl-C"
   assert proc.stderr.read().strip().endswith("prog: interrupted; run the same command again "
@@ -131,13 +137,7 @@ def test_ctrl_c_of_the_cli_while_compiling_exits_130_and_leaves_no_file(tmp_path
       env={**os.environ, "PYTHONPATH": str(ROOT)})
   _wait_for(proc, "compiling (first run only; cached afterwards) ...", "stderr", 300)
   time.sleep(1.0)
-  sent = time.monotonic()
-  proc.send_signal(signal.SIGINT)
-  try:
-    proc.wait(timeout=60)
-  finally:
-    proc.kill()
-  took = time.monotonic() - sent
+  took = _interrupt(proc, 60)
   assert proc.returncode == 130 and took < 5.0, (proc.returncode, took)
   assert "upzeroir: interrupted" in proc.stderr.read()
   assert [p.name for p in out.rglob("*")] == []

@@ -23,7 +23,6 @@ whose gradient is a reshape and a sum rather than a scatter-add.
 """
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
@@ -40,24 +39,32 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
   return lax.conv_general_dilated(x, kernel, stride, padding, dimension_numbers=_DIMS)
 
 
-def _patches(x: jax.Array, size: tuple[int, int], stride: tuple[int, int],
-             padding: Padding) -> jax.Array:
-  """`[B, Ho, Wo, kh·kw·C]`: the input window of every output position, (i, j, c) order."""
+def _taps(x: jax.Array, size: tuple[int, int], stride: tuple[int, int],
+          padding: Padding) -> list[jax.Array]:
+  """For each kernel tap (i, j), in that order, the input pixel it meets at every output
+  position: kh·kw arrays `[B, Ho, Wo, C]`."""
   (kh, kw), (sh, sw) = size, stride
   x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return jnp.concatenate([x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-                          for i in range(kh) for j in range(kw)], axis=-1)
+  return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+          for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _cpu_conv(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
-              padding: Padding) -> jax.Array:
-  return _xla_conv(x, kernel, stride, padding)
+def _patches(x: jax.Array, size: tuple[int, int], stride: tuple[int, int],
+             padding: Padding) -> jax.Array:
+  """`[B, Ho, Wo, kh·kw·C]`: the input window of every output position, (i, j, c) order."""
+  return jnp.concatenate(_taps(x, size, stride, padding), axis=-1)
 
 
-def _cpu_conv_fwd(x, kernel, stride, padding):
+def _conv_fwd(x, kernel, stride, padding):
   return _xla_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _with_backward(bwd):
+  """XLA's convolution `(x, kernel, stride, padding)` with the backward pass `bwd`."""
+  fn = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
+  fn.defvjp(_conv_fwd, bwd)
+  return fn
 
 
 def _cpu_conv_bwd(stride, padding, residuals, g):
@@ -75,17 +82,7 @@ def _cpu_conv_bwd(stride, padding, residuals, g):
   return dx, dw.reshape(kernel.shape).astype(kernel.dtype)
 
 
-_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _tap_conv(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
-              padding: Padding) -> jax.Array:
-  return _xla_conv(x, kernel, stride, padding)
-
-
-def _tap_conv_fwd(x, kernel, stride, padding):
-  return _xla_conv(x, kernel, stride, padding), (x, kernel)
+_cpu_conv = _with_backward(_cpu_conv_bwd)
 
 
 def _tap_conv_bwd(stride, padding, residuals, g):
@@ -94,18 +91,14 @@ def _tap_conv_bwd(stride, padding, residuals, g):
   batched matmul, where XLA's own kernel gradient would be a grouped convolution with an
   image-sized window."""
   x, kernel = residuals
-  kh, kw, _, _ = kernel.shape
-  (sh, sw), (ho, wo) = stride, g.shape[1:3]
   (dx,) = jax.vjp(lambda v: _xla_conv(v, kernel, stride, padding), x)[1](g)
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  taps = [jnp.einsum("nhwc,nhwo->co", xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw],
-                     g, preferred_element_type=jnp.float32)
-          for i in range(kh) for j in range(kw)]
+  taps = [jnp.einsum("nhwc,nhwo->co", tap, g, preferred_element_type=jnp.float32)
+          for tap in _taps(x, kernel.shape[:2], stride, padding)]
   dw = jnp.stack(taps).reshape(kernel.shape)
   return dx, dw.astype(kernel.dtype)
 
 
-_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+_tap_conv = _with_backward(_tap_conv_bwd)
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int] = 1,
