@@ -1,7 +1,6 @@
-r"""Measures how well `physics.identify` names the degradations of synthetic inputs.
+"""Measures how well `physics.identify` names the degradations of synthetic inputs.
 
-  python -m eval.identify --input=../shared/datasets/kodak24 \
-      --input=../shared/datasets/cbsd68:second --output_dir=runs/identify
+  python -m eval.identify --input=Kodak24 --input=CBSD68:second --output_dir=runs/identify
 
 Each clean image of the `--input` folders (`DIR`, or `DIR:first` / `DIR:second` for the first
 or second half of its files sorted by name) is box-downscaled so its short side is `--size`
