@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tiny_runs
@@ -64,7 +65,8 @@ def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, caps
     assert meta["grid"]["input_shape"] == [h, w] and meta["grid"]["shape"] == [64, 64]
     assert meta["model"]["source"] == "tiny" and meta["model"]["smoke_test"] is True
     assert meta["seed"] == 0 and meta["config"]["steps"] == 4 and meta["task"] == "lowlight"
-    assert meta["sampling"] == {"enabled": False, "steps": 4}
+    assert meta["dqr"] == {"enabled": False, "steps": 4}
+    assert meta["guard"] == {"recoveries": 0, "failure": None, "failure_t": None}
     assert meta["timings"]["batch_images"] in (1, 2) and meta["timings"]["batch_s"] > 0
   assert not (out / "broken.png").exists()
 
@@ -147,10 +149,11 @@ def auto_inputs(folder, kodak_dir):
   io.write_image(folder / "noisy.png", noisy)
 
 
-def record_runs(monkeypatch):
+def record_runs(monkeypatch, fail_rows=()):
   """Runs the real pipeline (pre-flight, resume, grouping, sidecars) with models that are never
   used and a stand-in for the compiled restoration that returns its input: the restoration
-  itself is restore's business (its own tests). Returns the (static) configs compiled and the
+  itself is restore's business (its own tests). The batch rows `fail_rows` come back failed by
+  the divergence guard (non-finite at t = 341). Returns the (static) configs compiled and the
   per-image settings (`LossWeights`, one value per row) of each batch, in order."""
   compiled, batches = [], []
   monkeypatch.setattr(loading, "load_models", lambda source, **kw: loading.Loaded(
@@ -162,9 +165,11 @@ def record_runs(monkeypatch):
     compiled.append(config)
 
     def restored(models, ys, keys, weights, ctx):
-      del models, keys, ctx
+      del models, ctx
       batches.append(jax.tree.map(np.asarray, weights))
-      return ys, {}
+      failure = np.isin(np.arange(len(keys)), fail_rows).astype(np.int32)
+      return ys, {"failure": jnp.asarray(failure), "failure_t": jnp.where(failure, 341, -1),
+                  "recoveries": jnp.asarray(2 * failure)}
 
     return restored
 
@@ -299,3 +304,23 @@ def test_run_main_defines_verbose_and_checks_the_command(capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith(f"prog: error: {message}"), err
   assert seen == [True]
 
+
+
+def test_an_image_the_guard_failed_is_reported_and_not_written(tmp_path, monkeypatch, kodak_dir,
+                                                               capsys):
+  """docs/method.md §3: the diverged image (row 1, noisy.png) fails alone: no image (a stale
+  one is removed), a sidecar naming the reason, one line in the summary, exit code 2."""
+  auto_inputs(tmp_path / "in", kodak_dir)
+  record_runs(monkeypatch, fail_rows=(1,))
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "noisy.png").write_bytes(b"stale")
+  args = [a for a in TINY if not a.startswith("--task")]
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}",
+                   "--task=denoise", *args]) == 2
+  err = capsys.readouterr().err
+  assert "sampling diverged (non_finite at t = 341, after 2 recovered steps)" in err
+  assert (out / "dark.png").exists() and not (out / "noisy.png").exists()
+  meta = json.loads((out / "noisy.json").read_text())
+  assert meta["guard"] == {"recoveries": 2, "failure": "non_finite", "failure_t": 341}
+  assert json.loads((out / "dark.json").read_text())["guard"]["failure"] is None

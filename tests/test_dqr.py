@@ -103,8 +103,8 @@ ABOVE_VALUES = [0.3, 0.3, 0.6, 0.6, 0.605, 0.1]
 # Settles below t_r: 700 records 0.9; 600, 500, 400, 300 move by ≥ 0.3 (continue, no restart
 # at 500); 200 moves by 0.002: stop after 40 steps. Best score: 0.9 at t = 700.
 BELOW_VALUES = [0.1, 0.1, 0.9, 0.3, 0.6, 0.2, 0.7, 0.702, 0.1]
-# Never settles: every call writes 0.1, 0.9, 0.1, … so consecutive checks (K odd) differ by 0.8.
-NEVER_CALLS = [0.1, 0.9] * (S // 2)
+# Never settles: call n writes 0.1 + 0.004·n, so checks K apart differ by 0.02 > τ.
+NEVER_CALLS = [0.1 + 0.004 * n for n in range(S)]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_unsettled_passes_are_reinitiated_from_t_r_until_the_cap(never_run):
   np.testing.assert_array_equal(state.i_in[48:53], [48, 49, 24, 25, 26])
   np.testing.assert_array_equal(state.i_in[74:78], [48, 49, 24, 25])
   # Output "last": the final x̂0 of the last pass (call 102 writes NEVER_CALLS[101]).
-  np.testing.assert_allclose(image, full(0.9), rtol=1e-6)
+  np.testing.assert_allclose(image, full(NEVER_CALLS[101]), rtol=1e-6)
 
 
 def test_reinitiation_uses_eq17_on_the_final_z0_of_the_pass(never_run):
@@ -324,3 +324,31 @@ def test_restore_with_tiny_sd_stops_early_and_reinitiates():
     np.testing.assert_array_equal(
       info["t"][:19], [876, 751, 626, 501, 376, 251, 126, 1] + [501, 376, 251, 126, 1] * 2 + [-1])
     np.testing.assert_array_equal(info["score_t"][:10], [501, 251, 1] + [376, 126, 1] * 2 + [-1])
+
+
+def test_a_score_drifting_by_tau_per_k_steps_never_settles_at_a_short_block():
+  """docs/method.md §7: a re-initiated pass has 26 steps, its last check comes 1 step after the
+  previous one. A score drifting by 1.2τ per K steps moves 0.24τ in that step; compared with
+  the check K + 1 steps back it moves 1.44τ, so no pass settles: the run ends at the cap."""
+  drift = [0.1 + 1.2 * CONFIG.dqr_tau / K * n for n in range(S)]
+  _, _, info = runner()(toy_state(drift, 7, per_call=True))
+  assert int(info["stop_reason"]) == dqr.RESTART_CAP and int(info["steps"]) == 102
+
+
+def test_reinitiation_starts_a_fresh_score_history():
+  """The first check of pass 2 (t = 420, at most t_r) scores what the last check of pass 1
+  scored; it only records, since Δ is taken within a pass. Pass 3 likewise. Every other pair of
+  checks K or more steps apart differs by 0.02 > τ: the run ends at the cap."""
+  script = [0.1 + 0.004 * n for n in range(50)]
+  for _ in range(2):  # passes 2 and 3 (calls 50–75, 76–101): first check after their 5th call
+    script += [script[-1] + 0.004 * (n - 4) for n in range(26)]
+  _, _, info = runner()(toy_state(script, 8, per_call=True))
+  np.testing.assert_allclose(info["scores"][8], info["scores"][7], rtol=1e-6)
+  assert int(info["stop_reason"]) == dqr.RESTART_CAP and int(info["steps"]) == 102
+
+
+def test_negative_tau_never_settles():
+  cfg = CONFIG.replace(dqr_tau=-1.0, dqr_max_restarts=0)
+  _, image, info = runner(config=cfg)(toy_state(ABOVE_VALUES, 0))
+  assert int(info["stop_reason"]) == dqr.END_OF_SCHEDULE and int(info["steps"]) == N
+  np.testing.assert_allclose(image, full(ABOVE_VALUES[-1]), rtol=1e-6)

@@ -153,6 +153,18 @@ def test_sidecar_dqr_record_from_the_loop_info():
   assert pipeline.dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
 
 
+def test_sidecar_guard_record_and_the_failure_it_reports():
+  fine = {"failure": np.int32(0), "failure_t": np.int32(-1), "recoveries": np.int32(1)}
+  guard = pipeline.guard_summary(fine)
+  assert guard == {"recoveries": 1, "failure": None, "failure_t": None}
+  assert pipeline.guard_problem(guard) is None
+  failed = pipeline.guard_summary({**fine, "failure": np.int32(1), "failure_t": np.int32(341),
+                                   "recoveries": np.int32(2)})
+  assert failed == {"recoveries": 2, "failure": "non_finite", "failure_t": 341}
+  problem = pipeline.guard_problem(failed)
+  assert "non_finite at t = 341" in problem and "no image written" in problem
+
+
 def test_auto_task_groups_images_by_identified_preset(tmp_path, monkeypatch, kodak_dir):
   """--task=auto: each image restored with its identified preset, both in one batch;
   run.json keeps every preset."""

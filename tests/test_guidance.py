@@ -213,3 +213,47 @@ def test_stage_one_step_is_ddim_on_the_clamped_z0():
   np.testing.assert_allclose(st1.x0, decode(jnp.asarray(z0, jnp.float32)),
                              rtol=1e-4, atol=1e-4)
   assert float(st1.trace["grad_norm"][0]) == 0.0
+
+
+@functools.cache
+def _disc_grads():
+  """∇ of both discriminators' losses at their parameters before the step, written out here:
+  BCE(D(real) → 1) + BCE(D(fake) → 0) = mean softplus(−D(real)) + mean softplus(D(fake)),
+  real y and fake ŷ = PCDM(x̂0) for the PCDM discriminator (PCDM before its update), real
+  x̂0 − ŷ and fake x̂0 − y for the Adv one (PCDM after its update) (docs/method.md §4–§5)."""
+  net = pcdm.make("pcdm", NARROW["pcdm_features"], 0.01)
+  disc = pcdm.Discriminator(features=NARROW["disc_features"], slope=0.01)
+
+  def loss(p, real, fake):
+    return (jnp.mean(jax.nn.softplus(-disc.apply({"params": p}, real)))
+            + jnp.mean(jax.nn.softplus(disc.apply({"params": p}, fake))))
+
+  @jax.jit
+  def grads(st0, st1, y):
+    x = st1.x0
+    theta = jnp.concatenate([pcdm.image_stats(x), pcdm.image_stats(y)], axis=-1)
+    y_hat0 = net.apply({"params": st0.pcdm}, x, theta)
+    y_hat1 = net.apply({"params": st1.pcdm}, x, theta)
+    return (jax.grad(loss)(st0.disc, y, y_hat0),
+            jax.grad(loss)(st0.disc2, x - y_hat1, x - y))
+
+  return grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,t", CASES)
+def test_discriminators_step_towards_real_and_away_from_fake(runs, task, t):
+  """Adam's first step moves each parameter by −lr·sign(g): against the hand-written loss's
+  gradient g for every entry where g is clearly nonzero (swapping real and fake flips it)."""
+  r = runs[task, t]
+  st0, st1 = r["st0"], r["st1"]
+  g_disc, g_disc2 = _disc_grads()(st0, st1, _input())
+  for name, g, before, after in (("disc", g_disc, st0.disc, st1.disc),
+                                 ("disc2", g_disc2, st0.disc2, st1.disc2)):
+    g = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])
+    move = np.concatenate([np.ravel(np.asarray(b) - np.asarray(a)) for a, b in
+                           zip(jax.tree.leaves(before), jax.tree.leaves(after))])
+    clear = np.abs(g) > 1e-5 * np.abs(g).max()
+    assert clear.sum() > 100, name
+    agree = np.mean(np.sign(move[clear]) == -np.sign(g[clear]))
+    assert agree > 0.99, (name, agree)

@@ -82,7 +82,13 @@ class RestoreConfig:
     dqr: run the dynamic quality refinement driver (paper: on); dqr_every (k), dqr_tau (τ),
     dqr_t_restart (t_r: early stop only at t <= t_r; unsettled passes re-enter there),
     dqr_max_restarts (re-initiated passes), dqr_gamma (γ of Eq. 17), dqr_output ("last": the
-    x̂0 where the run ended, the paper's rule; "best": the best-scored x̂0 seen).
+    x̂0 where the run ended, the paper's rule; "best": the best-scored x̂0 seen). A negative τ
+    never settles.
+  Divergence guard (§3, [ours]):
+    guard_ratio: a guided step whose ‖∇ẑ0 L‖ exceeds `guard_ratio` times the smallest one of
+      the image's earlier guided steps has diverged (as has any step with a non-finite state).
+    guard_recoveries: diverged steps recovered per image (re-initiated from the last finite
+      ẑ0); the next one fails the image.
   Compute:
     dtype: backbone compute dtype, "float32" or "bfloat16".
     remat: recompute the decoder's activations in the backward pass (jax.checkpoint).
@@ -129,6 +135,8 @@ class RestoreConfig:
   dqr_max_restarts: int = 2
   dqr_gamma: float = 1.0
   dqr_output: str = "last"
+  guard_ratio: float = 100.0
+  guard_recoveries: int = 2
   dtype: str = "float32"
   remat: bool = False
 
@@ -141,7 +149,7 @@ class RestoreConfig:
     _check_choice(self, "dqr_output", DQR_OUTPUTS)
     for name in ("steps", "exp_patch", "dqr_every"):
       _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
-    for name in ("guidance_ref_pixels", "dqr_max_restarts"):
+    for name in ("guidance_ref_pixels", "dqr_max_restarts", "guard_recoveries"):
       _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
     for name in ("stage2_t", "stage3_t", "dqr_t_restart"):
       _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
@@ -150,9 +158,12 @@ class RestoreConfig:
       _check(self, name, _is_real(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
     for name in ("guidance_scale", "cfg_scale", "pcdm_w_mse", "pcdm_w_per", "pcdm_w_adv",
                  "perc_damp_threshold", "lambda_deg", "lambda_mse", "lambda_per", "lambda_adv",
-                 "w_exp", "w_col", "dqr_tau", "leaky_slope", "eta"):
+                 "w_exp", "w_col", "leaky_slope", "eta"):
       _check(self, name, _is_real(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
     _check(self, "eta", self.eta <= 1, "in [0, 1]")
+    _check(self, "dqr_tau", _is_real(self.dqr_tau), "a number (< 0: never settles)")
+    _check(self, "guard_ratio", _is_real(self.guard_ratio) and self.guard_ratio > 1,
+           "a number > 1")
     _check(self, "threshold_ratio", _is_real(self.threshold_ratio)
            and 0 < self.threshold_ratio <= 1, "in (0, 1]")
     _check(self, "threshold_max", _is_real(self.threshold_max) and self.threshold_max >= 1,

@@ -17,7 +17,9 @@ Each image's PRNG key is `fold_in(PRNGKey(seed), crc32(job.name))`: an image's r
 depend on its batch, its position, the device count, or which other images are restored.
 The last batch of a group is filled up to the full batch with copies of its last image
 (discarded), so each grid shape compiles once. An image that cannot be read, brought to the
-grid or written fails alone (`failure` names the file); the others are restored.
+grid or written fails alone (`failure` names the file); the others are restored. So does an
+image whose sampling the divergence guard failed (docs/method.md §3): its sidecar's "guard"
+record and the run summary name the reason, and no image is written for it.
 
 Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
 batch, announced as "compiling (first run only; cached afterwards)" (JAX's persistent cache,
@@ -135,7 +137,8 @@ def failure(path: pathlib.Path, error: Exception) -> str:
 
 
 def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -> dict:
-  """The sidecar's record of one image's sampling (docs/method.md §7 DQR info when enabled)."""
+  """The sidecar's "dqr" record of one image: whether DQR ran and, when it did, its info
+  (docs/method.md §7); without DQR the fixed pass's step count."""
   if not config.dqr:
     return {"enabled": False, "steps": config.steps}
   from upzeroir_jax.sampler import dqr
@@ -152,6 +155,23 @@ def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -
     "scores": [float(s) for s in info["scores"][:checks]],
     "score_t": [int(t) for t in info["score_t"][:checks]],
   }
+
+
+def guard_summary(info: dict[str, np.ndarray]) -> dict:
+  """The sidecar's "guard" record of one image (docs/method.md §3, divergence guard): recovered
+  steps, and the failure's name and timestep (None when the image did not fail)."""
+  code = int(info["failure"])
+  return {"recoveries": int(info["recoveries"]),
+          "failure": state_lib.FAILURES[code] if code else None,
+          "failure_t": int(info["failure_t"]) if code else None}
+
+
+def guard_problem(guard: dict) -> str | None:
+  """The run summary's reason for an image the divergence guard failed, else None."""
+  if guard["failure"] is None:
+    return None
+  return (f"sampling diverged ({guard['failure']} at t = {guard['failure_t']}, after "
+          f"{guard['recoveries']} recovered steps); no image written, see docs/method.md §3")
 
 
 def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str,
@@ -413,12 +433,20 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
              "input_shape": [meta.height, meta.width]},
     "timings": timings,
-    "sampling": dqr_summary(info, config),
+    "dqr": dqr_summary(info, config),
+    "guard": guard_summary(info),
   }
+  problem = guard_problem(sidecar["guard"])
   try:
-    io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
+    if problem:  # the sidecar alone says why; a stale image of this job must not stay.
+      job.output.unlink(missing_ok=True)
+    else:
+      io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
     io.write_json(sidecar_path(job.output), sidecar)
   except IMAGE_FAILURES as e:
     ctx.summary.failed.append((job.name, failure(job.output, e)))
+    return
+  if problem:
+    ctx.summary.failed.append((job.name, f"{job.source}: {problem}"))
     return
   ctx.summary.done.append(job.name)

@@ -16,9 +16,12 @@ patch, stage-3 boundary) are traced values (`sampler.state.LossWeights`), so the
 share one compiled function.
 
 Choices where docs/method.md is silent [ours]:
-- Output of the fixed pass: the final latent z after the last step, decoded and clipped to
-  [0, 1] (as diffusers pipelines decode their final latents). DQR returns the x̂0 where it
-  ended (`dqr_output="last"`) or its best-scored x̂0 (`"best"`), clipped.
+- One output definition (docs/method.md §7): a pass that runs to its last timestep returns
+  x̂0 = D(ẑ0) of its last step, clipped to [0, 1], in the fixed pass and in DQR alike; DQR
+  returns the settled check's x̂0 when it stops early, or its best-scored x̂0 (`"best"`).
+- Divergence guard (docs/method.md §3): info carries `failure` (`sampler.state.FAILURES` code,
+  0 when the image did not fail), `failure_t` and `recoveries` on both paths; a failed image's
+  output is its last finite x̂0, and callers must not use it as a restoration.
 - Backbone precision / remat: `config.dtype` / `config.remat` reach the backbone through its
   `configure` (models/backbone.py); a backbone without such settings returns itself.
 - In the batched fixed pass all images share the step index, so the timestep stays unbatched
@@ -56,8 +59,13 @@ def _timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
   return jnp.asarray(schedule_lib.timesteps(models.backbone.schedule, config.steps))
 
 
-def _finish(models: Models, st: state_lib.SamplerState) -> jax.Array:
-  return jnp.clip(models.backbone.decode(st.z).astype(jnp.float32), 0.0, 1.0)
+def _finish(st: state_lib.SamplerState) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The fixed pass's output, x̂0 of its last step clipped, and its info (trace and guard)."""
+  return jnp.clip(st.x0, 0.0, 1.0), {**st.trace, **_guard_info(st)}
+
+
+def _guard_info(st: state_lib.SamplerState) -> dict[str, jax.Array]:
+  return {"failure": st.failure, "failure_t": st.failure_t, "recoveries": st.recoveries}
 
 
 def _reported(st: state_lib.SamplerState, config: config_lib.RestoreConfig,
@@ -78,7 +86,7 @@ def _run_dqr(st: state_lib.SamplerState, models: Models, config: config_lib.Rest
       lambda s: _reported(step_lib.step(s, models, config, ts, ctx), config, on_step),
       ts, models.backbone.schedule.alphas_cumprod,
       unet_per_step=models.backbone.passes_per_step(ctx))
-  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info}
+  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info, **_guard_info(st)}
 
 
 def _trace_len(config: config_lib.RestoreConfig) -> int:
@@ -111,10 +119,10 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
     step_b = jax.vmap(step_at, in_axes=(0, None))
     states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(s, t), config, on_step), None),
                              states, ts)
-    return jax.vmap(lambda s: _finish(models, s))(states), states.trace
+    return jax.vmap(_finish)(states)
   st = init(y, keys, weights)
   st, _ = jax.lax.scan(lambda s, t: (_reported(step_at(s, t), config, on_step), None), st, ts)
-  return _finish(models, st), st.trace
+  return _finish(st)
 
 
 def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int:
@@ -186,7 +194,8 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
 
   Returns:
     `RestoreResult(image, info)`: image shaped like y in [0, 1]; info the sampler trace
-    (`sampler.state.TRACE_KEYS`) and, with DQR, the refinement info (sampler/dqr.py).
+    (`sampler.state.TRACE_KEYS`), the divergence guard's `failure`, `failure_t`, `recoveries`
+    (docs/method.md §3) and, with DQR, the refinement info (sampler/dqr.py).
 
   Raises:
     InputError: bad shape, dtype, range, grid size, key or config count, per-image configs

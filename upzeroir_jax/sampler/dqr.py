@@ -3,8 +3,8 @@
 `run(state, scorer, config, step_fn, ...)` drives a pure sampler step `state -> state` inside
 one `lax.while_loop` (the sampler's argument order: state, networks, settings, the rest). Every
 k steps (`dqr_every`) from stage 2 on (t < `stage2_t`) it scores the latest decoded x̂0 with a
-no-reference quality model (`Scorer`); Δ = |S_t − S_{t+k}| is the change since the previous
-check of the same pass (Eq. 16):
+no-reference quality model (`Scorer`); Δ = |S_t − S_{t+k}| is the change since the latest
+check of the same pass at least k steps back (Eq. 16):
 
 - Δ < τ and t ≤ t_r: quality has settled: stop; the output is this x̂0.
 - Δ < τ and t > t_r: continue (the estimate is still under-guided there).
@@ -41,7 +41,15 @@ Choices where docs/method.md is silent [ours]:
   prior sample. Those checks are skipped (no scorer call) and are not candidates for "best".
 - The check after the last timestep of a pass is always scored (even in stage 1), so its final
   x̂0 is a candidate and may settle. When fewer than k steps remain, that check comes fewer
-  than k steps after the previous one; a re-initiated pass counts its checks from its start.
+  than k steps after the previous one (a re-initiated pass counts its checks from its start;
+  on the 450 grid its 251 steps end with a 1-step block). Δ compares like with like: it is
+  taken against the latest check of the pass at least k steps back, so such a short block is
+  compared with the check before the previous one, and a score drifting by ≥ τ per k steps
+  never settles there.
+- τ < 0 never settles: with no re-initiations the run is one full pass, equal to the fixed
+  pass of `restore` (same output: x̂0 of the last step; same trace).
+- An image the sampler's divergence guard failed (a state field `failure` ≠ 0, docs/method.md
+  §3) stops at the next check with reason "diverged"; it is never re-initiated.
 - Scores are computed on x̂0 clipped to [0, 1]. τ applies to `Scorer.quality`, the score
   divided by the scorer's `unit` (ARNIQA 1, NIQE 10; see `scorers.py`), so one τ serves both.
 - A NaN score (e.g. NIQE of a perfectly flat image) counts as no score: it neither stops nor
@@ -75,7 +83,8 @@ RUNNING = 0  # never returned: the loop ends only with one of the codes below.
 SETTLED = 1  # Δ < τ at a check with t <= t_r (Eq. 16).
 END_OF_SCHEDULE = 2  # the single pass ended unsettled (re-initiation off: dqr_max_restarts 0).
 RESTART_CAP = 3  # the last allowed re-initiated pass ended unsettled.
-STOP_REASONS = ("running", "settled", "end_of_schedule", "restart_cap")
+DIVERGED = 4  # the sampler's divergence guard failed the image (docs/method.md §3).
+STOP_REASONS = ("running", "settled", "end_of_schedule", "restart_cap", "diverged")
 
 
 class DQRError(ValueError):
@@ -149,7 +158,9 @@ class DQRState:
     pass_t: [1 + max_restarts] int32, timestep where each pass began, −1 for passes not run.
     done: bool, the run has finished; the image is frozen.
     reason: int32 stop-reason code (`STOP_REASONS`).
-    prev: float32 quality of the previous check of this pass; NaN when there is none.
+    prev: float32 quality of the previous scored check of this pass; NaN when there is none.
+    prev_steps: int32 `steps` at that check.
+    prev2: float32 quality of the scored check before `prev` in this pass (NaN: none).
     best: float32 best quality seen (−inf before the first finite score).
     best_score: float32 raw score of `best_x0`.
     best_x0: [1, H, W, 3] the x̂0 with the best score.
@@ -164,6 +175,8 @@ class DQRState:
   done: jax.Array
   reason: jax.Array
   prev: jax.Array
+  prev_steps: jax.Array
+  prev2: jax.Array
   best: jax.Array
   best_score: jax.Array
   best_x0: jax.Array
@@ -215,6 +228,8 @@ def init(state: Any, trace_size: int, first_t: jax.Array, max_restarts: int) -> 
     done=jnp.bool_(False),
     reason=jnp.int32(RUNNING),
     prev=jnp.float32(jnp.nan),
+    prev_steps=jnp.int32(0),
+    prev2=jnp.float32(jnp.nan),
     best=jnp.float32(-jnp.inf),
     best_score=jnp.float32(jnp.nan),
     best_x0=state.x0,
@@ -239,12 +254,17 @@ def _check(state: Any, d: DQRState, scorer: Scorer, config: Any, timesteps: jax.
   raw = jax.lax.cond(scored, score, lambda: jnp.float32(jnp.nan))
   q = scorer.quality(raw)
   finite = scored & jnp.isfinite(q)
-  settled = finite & (jnp.abs(q - d.prev) < config.dqr_tau) & (t <= config.dqr_t_restart)
-  unsettled_end = live & at_end & ~settled
+  # Like with like: the latest check of this pass at least k steps back (a short last block
+  # is compared with the check before the previous one).
+  ref = jnp.where(d.steps - d.prev_steps >= config.dqr_every, d.prev, d.prev2)
+  failed = live & (getattr(state, "failure", 0) != 0)
+  settled = (finite & (jnp.abs(q - ref) < config.dqr_tau) & (t <= config.dqr_t_restart)
+             & ~failed)
+  unsettled_end = live & at_end & ~settled & ~failed
   reinit = unsettled_end & (d.restarts < config.dqr_max_restarts)
-  finished = settled | (unsettled_end & ~reinit)
+  finished = settled | failed | (unsettled_end & ~reinit)
   ended = RESTART_CAP if config.dqr_max_restarts > 0 else END_OF_SCHEDULE
-  reason = jnp.where(settled, SETTLED, ended)
+  reason = jnp.where(failed, DIVERGED, jnp.where(settled, SETTLED, ended))
 
   better = finite & (q > d.best)
   slot = jnp.where(scored, d.checks, d.scores.shape[0])  # out of range: dropped.
@@ -255,6 +275,9 @@ def _check(state: Any, d: DQRState, scorer: Scorer, config: Any, timesteps: jax.
     done=d.done | finished,
     reason=jnp.where(finished, reason, d.reason).astype(jnp.int32),
     prev=jnp.where(reinit, jnp.nan, jnp.where(scored, q, d.prev)),
+    prev_steps=jnp.where(scored, d.steps, d.prev_steps),
+    prev2=jnp.where(reinit | (scored & ~jnp.isfinite(q)), jnp.nan,
+                    jnp.where(scored, d.prev, d.prev2)),
     best=jnp.where(better, q, d.best),
     best_score=jnp.where(better, raw, d.best_score),
     best_x0=jnp.where(better, state.x0, d.best_x0),

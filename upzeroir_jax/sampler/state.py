@@ -44,7 +44,12 @@ TRACE_KEYS = (
   "distance",    # D(PCDM(x̂0), y) = deg + mse + per + adv (0 in stage 1).
   "quality",     # the weighted quality term Q(x̂0) (Eq. 15; 0 before stage 3).
   "grad_norm",   # ‖∇ẑ0 (D + Q)‖₂ before the scale s.
+  "guard",       # the divergence guard at this step: 0 fine, 1 recovered, 2 failed the image
+                 # (its later steps are frozen and hold 2 too) (docs/method.md §3).
 )
+
+# `SamplerState.failure` codes; FAILURES[code] names them (docs/method.md §3, divergence guard).
+FAILURES = ("none", "non_finite", "guidance_blowup")
 
 @flax.struct.dataclass
 class LossWeights:
@@ -142,6 +147,10 @@ class SamplerState:
     obs: the `Observation` (y and what is derived from it; never changes).
     weights: `LossWeights`.
     trace: dict of `[trace_len]` arrays, keys `TRACE_KEYS`.
+    g_min: float32, the smallest ‖∇ẑ0 L‖ of this image's guided steps so far (+inf before).
+    recoveries: int32, diverged steps recovered so far (docs/method.md §3, divergence guard).
+    failure: int32 `FAILURES` code, 0 while the image has not failed.
+    failure_t: int32 timestep of the step that failed the image, −1 while it has not.
   """
 
   z: jax.Array
@@ -159,6 +168,10 @@ class SamplerState:
   obs: Observation
   weights: LossWeights
   trace: dict[str, jax.Array]
+  g_min: jax.Array
+  recoveries: jax.Array
+  failure: jax.Array
+  failure_t: jax.Array
 
 
 def optimizers(config: config_lib.RestoreConfig, weights: LossWeights
@@ -185,6 +198,7 @@ def empty_trace(length: int) -> dict[str, jax.Array]:
   trace = {k: jnp.zeros((length,), jnp.float32) for k in TRACE_KEYS}
   trace["t"] = jnp.full((length,), -1, jnp.int32)
   trace["stage"] = jnp.zeros((length,), jnp.int32)
+  trace["guard"] = jnp.zeros((length,), jnp.int32)
   return trace
 
 
@@ -230,4 +244,8 @@ def init(models: models_lib.Models, config: config_lib.RestoreConfig, y: jax.Arr
     obs=obs,
     weights=weights,
     trace=empty_trace(config.steps if trace_len is None else trace_len),
+    g_min=jnp.float32(jnp.inf),
+    recoveries=jnp.int32(0),
+    failure=jnp.int32(0),
+    failure_t=jnp.int32(-1),
   )

@@ -13,7 +13,10 @@ For the step's timestep t (stage s(t) of the docs/method.md §3 table):
    second discriminator takes one Adam step on (x̂0 − ŷ real, x̂0 − y fake), and the gradient of
    L = D(ŷ, y) + [t < stage3_t]·Q(x̂0) flows to ẑ0 through PCDM (its GGD conditioning
    included), the encoder E(ŷ) of DegLoss, and the decoder VJP;
-5. z_{t−1} ← z_{t−1} − s·∇ẑ0 L (Eq. 9–10).
+5. z_{t−1} ← z_{t−1} − s·∇ẑ0 L (Eq. 9–10);
+6. the divergence guard (`guard`, docs/method.md §3 [ours]): a step with a non-finite state or
+   a guidance norm grown by `guard_ratio` is rejected and re-initiated from the last finite ẑ0,
+   at most `guard_recoveries` times; the next one fails the image.
 
 The per-task settings are read from the state's traced `LossWeights` (loss weights, s, the
 discriminators' learning rates, the exposure patch, the stage-3 boundary), so one compiled step
@@ -160,6 +163,7 @@ def step_at(st: state_lib.SamplerState, models: models_lib.Models,
             ) -> state_lib.SamplerState:
   """`step` at an explicitly given timestep t (a scalar; unbatched under `vmap` it keeps the
   stage `lax.cond` a real branch)."""
+  before = st
   backbone = models.backbone
   sched = thresholded_schedule(backbone.schedule, config)
   t = jnp.asarray(t, jnp.int32)
@@ -183,10 +187,51 @@ def step_at(st: state_lib.SamplerState, models: models_lib.Models,
   st, g_z0, terms = jax.lax.cond(t < config.stage2_t, guided, unguided, st)
   z_next = z_prev - st.weights.guidance_scale * g_z0
   stage = 1 + (t < config.stage2_t).astype(jnp.int32) + (t < st.weights.stage3_t).astype(jnp.int32)
-  row = {"t": t, "stage": stage, "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g_z0))),
-         **pcdm_terms, **terms}
+  g_norm = jnp.sqrt(jnp.sum(jnp.square(g_z0)))
+  row = {"t": t, "stage": stage, "grad_norm": g_norm, **pcdm_terms, **terms}
+  st = st.replace(z=z_next, z0=z0, x0=x0,
+                  g_min=jnp.where(t < config.stage2_t, jnp.minimum(st.g_min, g_norm), st.g_min))
+  st, row["guard"] = guard(before, st, config, g_norm, t,
+                           schedule_lib.alpha_at(sched, prev_t), jax.random.fold_in(k_eta, 1))
   trace = {k: v.at[st.n].set(jnp.asarray(row[k], v.dtype)) for k, v in st.trace.items()}
-  return st.replace(z=z_next, i=st.i + 1, n=st.n + 1, z0=z0, x0=x0, key=key, trace=trace)
+  return st.replace(i=st.i + 1, n=st.n + 1, key=key, trace=trace)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+def guard(before: state_lib.SamplerState, after: state_lib.SamplerState,
+          config: config_lib.RestoreConfig, g_norm: jax.Array, t: jax.Array,
+          alpha_prev: jax.Array, key: jax.Array) -> tuple[state_lib.SamplerState, jax.Array]:
+  """The divergence guard of one step (docs/method.md §3, [ours]): `(state, trace code)`.
+
+  The step from `before` to `after` (at timestep t, ‖∇ẑ0 L‖ = `g_norm`) has diverged when
+  z_{t−1}, ẑ0, x̂0, the networks or the gradient hold a non-finite value, or when
+  `g_norm > config.guard_ratio · before.g_min` (the smallest norm of the earlier guided steps).
+  A diverged step is rejected and recovered: the networks, ẑ0 and x̂0 stay those of `before`
+  (the last finite ones) and the last finite ẑ0 is re-initiated at the next timestep,
+  z_{t−1} = sqrt(ᾱ_{t−1})·ẑ0 + sqrt(1 − ᾱ_{t−1})·ε, ε ~ N(0, I) from `key` (Eq. 17 with
+  γ = 1). After `config.guard_recoveries` recoveries the next diverged step fails the image:
+  `failure` names the rule, `failure_t` the timestep, and every later step leaves the state as
+  it was (trace code 2). Codes: 0 fine, 1 recovered, 2 failed (or frozen after failing).
+  """
+  frozen = before.failure != 0
+  finite = _all_finite((after.z, after.z0, after.x0, after.pcdm, after.disc, after.disc2, g_norm))
+  blowup = g_norm > config.guard_ratio * before.g_min
+  bad = ~frozen & (~finite | blowup)
+  fail = bad & (before.recoveries >= config.guard_recoveries)
+  eps = jax.random.normal(key, before.z0.shape, jnp.float32)
+  renoised = jnp.sqrt(alpha_prev) * before.z0 + jnp.sqrt(1.0 - alpha_prev) * eps
+  kept = before.replace(
+    z=jnp.where(fail | frozen, before.z, renoised.astype(before.z.dtype)),
+    recoveries=before.recoveries + (bad & ~fail).astype(jnp.int32),
+    failure=jnp.where(fail, jnp.where(finite, 2, 1), before.failure).astype(jnp.int32),
+    failure_t=jnp.where(fail, t, before.failure_t).astype(jnp.int32))
+  reject = bad | frozen
+  st = jax.tree.map(lambda a, b: jnp.where(reject, a, b), kept, after)
+  code = jnp.where(frozen | fail, 2, jnp.where(bad, 1, 0))
+  return st, code
 
 
 def step(st: state_lib.SamplerState, models: models_lib.Models,
