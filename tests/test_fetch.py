@@ -165,6 +165,14 @@ def test_a_damaged_converted_file_is_converted_again_from_the_checked_download(s
   np.testing.assert_array_equal(vgg.load(target)["conv1_1"]["bias"],
                                 nets["vgg"].features[0].bias.detach().numpy())
   assert _manifest.Manifest.read(output).matches(target)
+  # A damaged download is fetched again before it is converted.
+  (download,) = (output / "downloads").glob("vgg16-*.pth")
+  download.write_bytes(download.read_bytes()[:-8] + b"\0" * 8)
+  target.unlink()
+  before = len(server.log)
+  assert fetch.fetch(output, REPO, urls=urls) == ["vgg16"]
+  assert server.log[before:] == [("GET", f"/files/{download.name}", None)]
+  assert download.read_bytes() == server.files[download.name]
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(served, tmp_path):
@@ -255,8 +263,9 @@ def test_a_file_that_differs_from_its_published_hash_is_removed(served, tmp_path
   assert not (tmp_path / name).exists()
 
 
-def test_a_corrupted_download_without_a_published_hash_fails_its_conversion(served, fetched):
-  server, urls, _ = served
+def test_a_corrupted_download_without_a_published_hash_fails_its_conversion(served, fetched,
+                                                                            tmp_path):
+  server, urls, nets = served
   output, _, _ = fetched
   good = server.files["regressor_kadid10k.pth"]
   converted = output / "arniqa" / arniqa.regressor_file()
@@ -273,8 +282,15 @@ def test_a_corrupted_download_without_a_published_hash_fails_its_conversion(serv
                                "same command again, or pass --mirror=URL of a folder that holds "
                                "regressor_kadid10k.pth")
   assert not (output / "downloads" / "regressor_kadid10k.pth").exists()
-  assert fetch.fetch(output, REPO, urls=urls) == ["arniqa_regressor"]
-  assert converted.is_file()
+  mirror = tmp_path / "mirror"  # a local folder as --mirror
+  mirror.mkdir()
+  (mirror / "regressor_kadid10k.pth").write_bytes(good)
+  assert fetch.fetch(output, REPO, mirror=str(mirror), urls=urls) == ["arniqa_regressor"]
+  model = arniqa.load(*arniqa.checkpoint_files(output / places.ARNIQA_DIR))
+  np.testing.assert_array_equal(model.weight, nets["regressor"].weights.detach().numpy()[0])
+  entry = json.loads((output / _manifest.NAME).read_text())["files"]
+  assert entry["downloads/regressor_kadid10k.pth"]["url"] == (mirror / "regressor_kadid10k.pth"
+                                                               ).as_uri()
 
 
 def _closed_port() -> int:

@@ -47,6 +47,8 @@ def _open(remote: Remote, offset: int) -> http.client.HTTPResponse:
     raise remote.error(f"HTTP {e.code} {e.reason}") from None
   except (urllib.error.URLError, OSError, ValueError) as e:
     reason = getattr(e, "reason", None) or e
+    if isinstance(reason, FileNotFoundError):  # a file:// URL
+      raise remote.error("no such file") from None
     raise remote.error(f"cannot connect ({reason})", "check the network, ") from None
 
 

@@ -8,7 +8,7 @@ Gets Stable Diffusion 2.1-base from the Hugging Face hub (`--hub_id`, default th
 honoured; only the files the converter reads, safetensors where present), torchvision's VGG16
 (https://download.pytorch.org/models/vgg16-397923af.pth) and ARNIQA's encoder and KADID-10k
 regressor (github.com/miccunifi/ARNIQA release `weights`); `--mirror=URL` fetches those three
-files from `URL/<file name>` instead. Downloads go to `<output>/downloads/` with progress bars
+files from `URL/<file name>` instead (an HTTP(S) or `file://` URL, or a local folder). Downloads go to `<output>/downloads/` with progress bars
 and resume where an earlier run stopped. Each file is checked against the hash published for
 it (the hub's ETag; the first 8 hex digits of the sha256 in torchvision's file name; ARNIQA
 publishes none) and its sha256 recorded in `<output>/manifest.json`. Then the converters write
@@ -20,6 +20,7 @@ extra) to convert; LPIPS also the `lpips` package (`pip install --no-deps lpips=
 
 import dataclasses
 import importlib.util
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -145,6 +146,13 @@ def _convert(step: Step, source: pathlib.Path, manifest: _manifest.Manifest,
   _record_outputs(step, manifest, source)
 
 
+def _base_url(mirror: str) -> str:
+  """`--mirror` as a base URL: a local folder becomes its `file://` URL."""
+  if os.path.isdir(mirror):
+    return pathlib.Path(mirror).resolve().as_uri()
+  return mirror.rstrip("/")
+
+
 def _require(todo: Sequence[Step]) -> None:
   if todo and importlib.util.find_spec("torch") is None:
     raise _download.FetchError("converting the weights needs torch: pip install -e '.[convert]'")
@@ -185,7 +193,7 @@ def fetch(output: str | pathlib.Path, hub_id: str = places.SD_HUB_ID,
       _hub.fetch(hub_id, source, manifest)
     else:
       name = urls[step.source].rsplit("/", 1)[1]
-      url = f"{mirror.rstrip('/')}/{name}" if mirror else urls[step.source]
+      url = f"{_base_url(mirror)}/{name}" if mirror else urls[step.source]
       source, option = fetch_plain(url, downloads, manifest), mirror_option(name)
     _convert(step, source, manifest, option)
     ran.append(step.name)
@@ -198,8 +206,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       "checkpoints and manifest.json.", flag_values=fv)
   flags.DEFINE_string("hub_id", places.SD_HUB_ID, "Hugging Face repository of SD 2.1-base "
                       "(diffusers layout).", flag_values=fv)
-  flags.DEFINE_string("mirror", None, "Base URL holding vgg16-397923af.pth, ARNIQA.pth and "
-                      "regressor_kadid10k.pth; default: their official addresses.",
+  flags.DEFINE_string("mirror", None, "Base URL (or local folder) holding vgg16-397923af.pth, "
+                      "ARNIQA.pth and regressor_kadid10k.pth; default: their official addresses.",
                       flag_values=fv)
   return fv
 
