@@ -165,14 +165,15 @@ def test_a_damaged_converted_file_is_converted_again_from_the_checked_download(s
   np.testing.assert_array_equal(vgg.load(target)["conv1_1"]["bias"],
                                 nets["vgg"].features[0].bias.detach().numpy())
   assert _manifest.Manifest.read(output).matches(target)
-  # A damaged download is fetched again before it is converted.
-  (download,) = (output / "downloads").glob("vgg16-*.pth")
+  # A damaged download (one without a published hash, checked against the manifest only) is
+  # fetched again before it is converted.
+  download = output / "downloads" / "regressor_kadid10k.pth"
   download.write_bytes(download.read_bytes()[:-8] + b"\0" * 8)
-  target.unlink()
+  (output / places.ARNIQA_DIR / arniqa.regressor_file()).unlink()
   before = len(server.log)
-  assert fetch.fetch(output, REPO, urls=urls) == ["vgg16"]
-  assert server.log[before:] == [("GET", f"/files/{download.name}", None)]
-  assert download.read_bytes() == server.files[download.name]
+  assert fetch.fetch(output, REPO, urls=urls) == ["arniqa_regressor"]
+  assert server.log[before:] == [("GET", "/files/regressor_kadid10k.pth", None)]
+  assert download.read_bytes() == server.files["regressor_kadid10k.pth"]
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(served, tmp_path):
