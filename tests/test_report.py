@@ -80,8 +80,8 @@ def _fake_models(mp: pytest.MonkeyPatch) -> None:
 
 
 def _images(folder: pathlib.Path) -> None:
-  """in/dark.png (low light) and in/noisy.png, 48×64; gt/dark.png the clean one."""
-  yy, xx = np.mgrid[0:48, 0:64] / 64.0
+  """in/dark.png (low light) and in/noisy.png, 96×128; gt/dark.png the clean one."""
+  yy, xx = np.mgrid[0:96, 0:128] / 128.0
   clean = np.stack([0.5 + 0.4 * np.sin(6 * xx), 0.5 + 0.4 * np.cos(5 * yy), 0.3 + 0.5 * xx],
                    -1)
   noisy = clean + 0.2 * np.random.default_rng(0).standard_normal(clean.shape)
@@ -202,7 +202,7 @@ def test_report_page_of_the_tiny_run(tiny_run):
     assert f"<li>detected: {sidecar['auto']['detected']}</li>" in text
     assert f"<li>sigma: {sidecar['auto']['sigma']:.4g}</li>" in text
   assert text.count("<figcaption>reference</figcaption>") == 1
-  assert "<th>benchmark</th><td>tiny</td>" in text and "backbone: random weights" in text
+  assert "<dt>benchmark</dt><dd>tiny</dd>" in text and "backbone: random weights" in text
 
 
 def _load_all_images(driver) -> list[dict]:
@@ -218,12 +218,15 @@ def _load_all_images(driver) -> list[dict]:
 
 
 def _same_picture(stack, image: np.ndarray) -> None:
-  """The slider's rendered pixels equal `image` `[H, W, 3]` (inside a 1-pixel frame, where
-  the element's sub-pixel position may round either way)."""
+  """The slider's rendered pixels equal `image` `[H, W, 3]`, up to a shift of one pixel (the
+  element's sub-pixel position may round either way) and 2 codes."""
   shot = Image.open(bytes_io.BytesIO(stack.screenshot_as_png)).convert("RGB")
-  pixels = np.asarray(shot, np.float32) / 255
-  assert pixels.shape == image.shape
-  np.testing.assert_allclose(pixels[1:-1, 1:-1], image[1:-1, 1:-1], atol=2 / 255)
+  pixels = np.asarray(shot, np.float32)[1:-1, 1:-1] / 255
+  h, w = image.shape[:2]
+  assert pixels.shape == (h - 2, w - 2, 3)
+  error = min(np.abs(pixels - image[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]).max()
+              for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+  assert error <= 2 / 255
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +275,13 @@ def test_report_in_chromium(tiny_run, driver):
   for _ in range(25):
     split.send_keys(Keys.ARROW_RIGHT)  # 0.1 % per key: the split moves with the keys
   assert float(split.get_attribute("value")) == pytest.approx(2.5)
+  driver.set_window_size(1280, 1700)
   driver.execute_script("window.scrollTo(0, 0)")
   shot = Image.open(bytes_io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
   pixels = np.asarray(shot)
   assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
   if os.environ.get("REPORT_SCREENSHOT"):
-    shot.save(os.environ["REPORT_SCREENSHOT"], optimize=True)
+    shot.quantize(128).save(os.environ["REPORT_SCREENSHOT"], optimize=True)
 
 
 def _many(run: pathlib.Path, target: pathlib.Path, n: int) -> None:
@@ -307,7 +311,7 @@ def test_report_of_500_images_opens_fast(tiny_run, driver, tmp_path):
   rows = driver.find_elements("css selector", "table.images tbody tr")
   print(f"500-image report: written in {written:.1f} s, opened (load event) in {load_ms:.0f} ms")
   assert len(rows) == 500
-  assert load_ms < 4000  # 2 s on an idle machine (docs/evaluation.md); loose for a busy one
+  assert load_ms < 8000  # under 2 s measured (docs/evaluation.md); loose for a busy machine
 
 
 def test_cli_report_flag_writes_the_output_folders_report(tiny_run, tmp_path, monkeypatch,

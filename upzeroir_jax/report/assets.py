@@ -4,7 +4,10 @@ CSS = """
 body { font: 14px/1.4 sans-serif; margin: 1em 2em; color: #222; }
 table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ddd; padding: 2px 8px; text-align: left; }
-table.settings th { font-weight: normal; color: #555; }
+dl.facts { display: grid; grid-template-columns: repeat(3, max-content minmax(6em, 26em));
+  gap: 2px 10px; }
+dl.facts dt { color: #555; }
+dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 table.images th { cursor: pointer; user-select: none; background: #f4f4f4; position: sticky;
   top: 0; }
 table.images th[data-dir=asc]::after { content: " \\25b2"; }
@@ -16,7 +19,7 @@ section.image { border-top: 2px solid #ccc; margin-top: 1.5em; content-visibilit
 .side { display: flex; gap: 12px; flex-wrap: wrap; }
 .side figure { margin: 0; }
 .side img { max-width: 256px; max-height: 256px; display: block; }
-.view { overflow: auto; max-width: 100%; max-height: 85vh; border: 1px solid #ccc; }
+.view { overflow: auto; max-width: 100%; width: fit-content; max-height: 85vh; border: 1px solid #ccc; }
 .stack { position: relative; }
 .stack img { position: absolute; left: 0; top: 0; width: 100%; height: 100%;
   image-rendering: pixelated; }

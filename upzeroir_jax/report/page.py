@@ -95,10 +95,10 @@ def _settings_table(run: records.Run) -> str:
   facts["weights"] = "; ".join(f"{k}: {v}" for k, v in model.items()) if isinstance(
       model, dict) else model
   facts["code"] = f"upzeroir-jax {first.get('version', '?')}, jax {first.get('jax', '?')}"
-  rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_value(v))}</td></tr>"
+  rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(_value(v))}</dd>"
                  for k, v in facts.items() if v is not None)
   config = run.settings.get("config", first.get("config", {}))
-  return (f'<table class="settings">{rows}</table><details><summary>configuration</summary>'
+  return (f'<dl class="facts">{rows}</dl><details><summary>configuration</summary>'
           f"<pre>{_esc(json.dumps(config, indent=1))}</pre></details>")
 
 
@@ -144,8 +144,8 @@ def _slider(image: records.Image, full: dict, shape: tuple[int, int]) -> str:
           f'<div class="view"><div class="stack" style="width:{w}px;height:{h}px">'
           f'<img class="before" loading="lazy" alt="before" src="{befores[0][1]}">'
           f'<img class="after" loading="lazy" alt="output" src="{full["output"]}"></div></div>'
-          '<input class="split" type="range" min="0" max="100" step="0.1" value="50" '
-          'aria-label="split position"></div>')
+          f'<input class="split" style="width:{w + 2}px" type="range" min="0" max="100" '
+          'step="0.1" value="50" aria-label="split position"></div>')
 
 
 def _value(v: object) -> str:
@@ -188,7 +188,6 @@ def _section(image: records.Image, key: str, files: pathlib.Path, folder: pathli
     path.write_text(svg, encoding="utf-8")
     plot_html.append(f'<img loading="lazy" alt="{kind} plot" src="{_href(path, folder)}">')
   shape = tuple(image.sidecar.get("grid", {}).get("input_shape") or io.image_size(image.output))
-  meta = {k: v for k, v in image.sidecar.items() if k not in ("trace", "settings")}
   smoke = ('<p class="smoke">smoke test: random weights, not a restoration</p>'
            if (image.sidecar.get("model") or {}).get("smoke_test") else "")
   prompt = image.sidecar.get("prompt")
@@ -197,8 +196,8 @@ def _section(image: records.Image, key: str, files: pathlib.Path, folder: pathli
           f'{" — prompt: " + _esc(prompt) if prompt else ""}</p>'
           f'<div class="side">{figures}</div>{_slider(image, full, shape)}{_auto(image.sidecar)}'
           f'<div class="plots">{"".join(plot_html) or "<p>no sampling trace recorded</p>"}</div>'
-          f"<details><summary>sidecar</summary><pre>{_esc(json.dumps(meta, indent=1))}</pre>"
-          "</details></section>")
+          f'<p><a href="{_href(image.output.with_suffix(".json"), folder)}">sidecar</a> '
+          "(every setting, the DQR record and the per-step trace)</p></section>")
   return body, thumbs
 
 
