@@ -217,14 +217,15 @@ def _load_all_images(driver) -> list[dict]:
       "return [...document.images].map(i => ({src: i.src, w: i.naturalWidth}))")
 
 
-def _same_picture(stack, image: np.ndarray) -> None:
-  """The slider's rendered pixels equal `image` `[H, W, 3]`, up to a shift of one pixel (the
-  element's sub-pixel position may round either way) and 2 codes."""
+def _same_picture(stack, image: np.ndarray, columns: slice = slice(None)) -> None:
+  """The slider's rendered pixels equal `image` `[H, W, 3]` in `columns`, up to a shift of one
+  pixel (the element's sub-pixel position may round either way) and 2 codes."""
   shot = Image.open(bytes_io.BytesIO(stack.screenshot_as_png)).convert("RGB")
-  pixels = np.asarray(shot, np.float32)[1:-1, 1:-1] / 255
+  pixels = np.asarray(shot, np.float32) / 255
   h, w = image.shape[:2]
-  assert pixels.shape == (h - 2, w - 2, 3)
-  error = min(np.abs(pixels - image[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]).max()
+  assert pixels.shape == image.shape
+  inner = pixels[1:-1, 1:-1][:, columns]
+  error = min(np.abs(inner - image[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx][:, columns]).max()
               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
   assert error <= 2 / 255
 
@@ -236,6 +237,7 @@ def driver():
 
 
 def test_report_in_chromium(tiny_run, driver):
+  from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.keys import Keys
   from selenium.webdriver.support.ui import Select
 
@@ -270,11 +272,17 @@ def test_report_in_chromium(tiny_run, driver):
   driver.execute_script("return new Promise(r => { const i = arguments[0]; "
                         "i.complete ? r() : i.onload = r; })",
                         section.find_element("css selector", "img.before"))
-  _same_picture(stack, io.read_image(tiny_run / "gt" / "dark.png"))
+  reference = io.read_image(tiny_run / "gt" / "dark.png")
+  _same_picture(stack, reference)
   split.send_keys(Keys.HOME)
   for _ in range(25):
     split.send_keys(Keys.ARROW_RIGHT)  # 0.1 % per key: the split moves with the keys
   assert float(split.get_attribute("value")) == pytest.approx(2.5)
+  ActionChains(driver).move_to_element(split).click().perform()  # a click mid-track
+  at = round(float(split.get_attribute("value")) / 100 * output.shape[1]) - 1  # inner column
+  assert 30 < at < 100
+  _same_picture(stack, reference, slice(0, at - 2))  # left of the split: the reference
+  _same_picture(stack, output, slice(at + 2, None))  # right of it: the output
   driver.set_window_size(1280, 1700)
   driver.execute_script("window.scrollTo(0, 0)")
   shot = Image.open(bytes_io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
