@@ -342,3 +342,12 @@ def test_tables_link_each_row_to_its_report(tiny_run, tmp_path):
   link = pathlib.Path(os.path.relpath(run / "report.html", tmp_path)).as_posix()
   assert len(ours) == 1 and f"[tiny report]({link})" in ours[0]
   assert (tmp_path / link).resolve() == (run / "report.html").resolve()
+
+
+def test_inputs_browsers_cannot_show_get_a_png_copy(tmp_path):
+  img = np.random.default_rng(1).random((5, 7, 3))
+  io.write_image(tmp_path / "a.tif", img)
+  copy = page._viewable(tmp_path / "a.tif", tmp_path / "files", "a-input")
+  assert copy.suffix == ".png"
+  np.testing.assert_array_equal(io.read_image(copy), io.read_image(tmp_path / "a.tif"))
+  assert page._viewable(tmp_path / "b.png", tmp_path, "b") == tmp_path / "b.png"
