@@ -75,15 +75,17 @@ def _viewable(source: pathlib.Path, files: pathlib.Path, stem: str) -> pathlib.P
 
 def _cell(value: object, cls: str = "", sort: object = None) -> str:
   v = "" if sort is None else f' data-v="{_esc(str(sort))}"'
-  return f'<td{f" class={cls}" if cls else ""}{v}>{value}</td>'
+  c = f' class="{cls}"' if cls else ""
+  return f"<td{c}{v}>{value}</td>"
 
 
 def _number(value: float | None, digits: int = 4) -> str:
   return "" if value is None else f"{value:.{digits}g}"
 
 
-def _settings_table(run: records.Run) -> str:
-  """The run's settings (run.json) and the weights and code of its first image."""
+def _settings(run: records.Run) -> str:
+  """The run's settings (run.json, else its first image's) and the weights and code of its
+  first image, and the whole configuration folded."""
   first = run.images[0].sidecar
   facts = {k: v for k, v in run.settings.items() if k != "config"}
   for key in ("seed", "command", "benchmark"):
@@ -132,8 +134,9 @@ def _image_row(image: records.Image, key: str, thumbs: dict, metrics: list[str])
   return f"<tr>{''.join(cells)}</tr>"
 
 
-def _slider(image: records.Image, full: dict, shape: tuple[int, int]) -> str:
-  """A before/after slider at full resolution (before: the input or the reference)."""
+def _slider(full: dict, shape: tuple[int, int]) -> str:
+  """A before/after slider at full resolution `shape` (H, W) from the image URLs `full` {role:
+  href} (before: the input or the reference; after: the output)."""
   befores = [(role, full[role]) for role in ("input", "reference") if role in full]
   if not befores:
     return ""
@@ -194,7 +197,7 @@ def _section(image: records.Image, key: str, files: pathlib.Path, folder: pathli
   body = (f'<section class="image" id="{key}"><h2>{_esc(image.name)}</h2>{smoke}'
           f'<p>task {_esc(str(image.sidecar.get("task", "?")))}'
           f'{" — prompt: " + _esc(prompt) if prompt else ""}</p>'
-          f'<div class="side">{figures}</div>{_slider(image, full, shape)}{_auto(image.sidecar)}'
+          f'<div class="side">{figures}</div>{_slider(full, shape)}{_auto(image.sidecar)}'
           f'<div class="plots">{"".join(plot_html) or "<p>no sampling trace recorded</p>"}</div>'
           f'<p><a href="{_href(image.output.with_suffix(".json"), folder)}">sidecar</a> '
           "(every setting, the DQR record and the per-step trace)</p></section>")
@@ -219,7 +222,7 @@ def render(run: records.Run, thumb_size: int = THUMB) -> str:
   title = f"upzeroir-jax report: {folder.resolve().name}"
   return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}'
           f"</title><style>{assets.CSS}</style></head><body><h1>{_esc(title)}</h1>"
-          f"<h2>settings</h2>{_settings_table(run)}"
+          f"<h2>settings</h2>{_settings(run)}"
           f"<h2>images ({len(run.images)})</h2>{_means(run, metrics)}"
           f'<p>click a column to sort</p><table class="images"><thead><tr>{head}</tr></thead>'
           f"<tbody>{''.join(rows)}</tbody></table>{''.join(sections)}"
