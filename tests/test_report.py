@@ -351,3 +351,12 @@ def test_inputs_browsers_cannot_show_get_a_png_copy(tmp_path):
   assert copy.suffix == ".png"
   np.testing.assert_array_equal(io.read_image(copy), io.read_image(tmp_path / "a.tif"))
   assert page._viewable(tmp_path / "b.png", tmp_path, "b") == tmp_path / "b.png"
+
+
+def test_report_of_a_folder_without_a_run_says_so_in_one_line(tmp_path, capsys):
+  assert report_bin.main(["eval.report", f"--run_dir={tmp_path / 'none'}"]) == 2
+  assert report_bin.main(["eval.report", f"--run_dir={tmp_path}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"eval.report: error: --run_dir={tmp_path / 'none'}: no such folder",
+                 f"eval.report: error: {tmp_path}: no restored images with their JSON sidecars "
+                 "(run `upzeroir restore` or python -m eval.run into it first)"]
