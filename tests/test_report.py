@@ -357,6 +357,6 @@ def test_report_of_a_folder_without_a_run_says_so_in_one_line(tmp_path, capsys):
   assert report_bin.main(["eval.report", f"--run_dir={tmp_path / 'none'}"]) == 2
   assert report_bin.main(["eval.report", f"--run_dir={tmp_path}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"eval.report: error: --run_dir={tmp_path / 'none'}: no such folder",
-                 f"eval.report: error: {tmp_path}: no restored images with their JSON sidecars "
-                 "(run `upzeroir restore` or python -m eval.run into it first)"]
+  empty = (f"eval.report: error: {tmp_path}: no restored images with their JSON sidecars "
+           "(run `upzeroir restore` or python -m eval.run into it first)")
+  assert err == [f"eval.report: error: --run_dir={tmp_path / 'none'}: no such folder", empty]
