@@ -198,7 +198,7 @@ def test_report_page_of_the_tiny_run(tiny_run):
   for name in ("dark", "noisy"):
     sidecar = json.loads((run / "restored" / f"{name}.json").read_text())
     assert sidecar["trace"]["t"] == T  # the pipeline records the written rows only
-    assert sidecar["sampling"]["score_t"] == SCORE_T
+    assert records.dqr_record(sidecar)["score_t"] == SCORE_T
     assert f"<li>detected: {sidecar['auto']['detected']}</li>" in text
     assert f"<li>sigma: {sidecar['auto']['sigma']:.4g}</li>" in text
   assert text.count("<figcaption>reference</figcaption>") == 1
@@ -304,7 +304,7 @@ def _many(run: pathlib.Path, target: pathlib.Path, n: int) -> None:
     for i in range(n):
       name = f"img{i:03d}"
       shutil.copy(run / "restored" / "dark.png", restored / f"{name}.png")
-      io.write_json(restored / f"{name}.json", {**sidecar, "output": f"{name}.png"})
+      (restored / f"{name}.json").write_text(json.dumps({**sidecar, "output": f"{name}.png"}))
       writer.writerow({"name": name, "psnr": 20 + rng.random(), "niqe": 5 + rng.random()})
 
 
