@@ -435,6 +435,7 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
     "timings": timings,
     "dqr": dqr_summary(info, config),
     "guard": guard_summary(info),
+    "trace": state_lib.trace_rows(info),
   }
   problem = guard_problem(sidecar["guard"])
   try:
