@@ -2,7 +2,8 @@
 
 `SDModel` implements `models.backbone.Backbone`. It is a pytree: parameters are leaves, the
 architecture (configs, tokenizer) and settings are static, so a model passes into `jax.jit` as
-an argument. The networks are diffusers' / transformers' Flax modules (`sd_nets`).
+an argument. The networks are our own (`unet`, `vae`, `clip_text`), or, where the config's
+"nets" entry says "diffusers", diffusers' / transformers' Flax modules (`sd_nets`).
 
 Conventions at this boundary: images float32 NHWC in [0, 1] (the VAE sees [−1, 1]); latents
 NHWC `[B, H/f, W/f, C]`, already multiplied by the VAE's `scaling_factor`.
@@ -25,7 +26,8 @@ import numpy as np
 
 from upzeroir_jax.models import conv as conv_lib
 from upzeroir_jax.models import schedule as schedule_lib
-from upzeroir_jax.models import sd_configs, sd_convert, sd_nets
+from upzeroir_jax.models import sd_configs, sd_convert, sd_layers, sd_nets
+from upzeroir_jax.models import vae as vae_lib
 
 TINY = sd_configs.TINY
 SD21_BASE = sd_configs.SD21_BASE
@@ -50,6 +52,7 @@ class SDModel:
     arch: configs and tokenizer (static).
     remat_decode: decode recomputing activations in the backward pass (less gradient memory).
     dtype: compute dtype of the networks (float32 or bfloat16); outputs are float32.
+    attention: `jax.nn.dot_product_attention` implementation of our networks, "xla" or "cudnn".
   """
 
   unet_params: Any
@@ -60,6 +63,12 @@ class SDModel:
   arch: Architecture = flax.struct.field(pytree_node=False)
   remat_decode: bool = flax.struct.field(pytree_node=False, default=False)
   dtype: Any = flax.struct.field(pytree_node=False, default=jnp.float32)
+  attention: str = flax.struct.field(pytree_node=False, default="xla")
+
+  @property
+  def policy(self) -> sd_layers.Policy:
+    """How our networks compute (`sd_layers.Policy`)."""
+    return sd_layers.Policy(self.dtype, self.attention)
 
   @property
   def latent_factor(self) -> int:
@@ -127,9 +136,13 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
     [B, H/f, W/f, C] float32 latents.
   """
   _check_image(model, img)
-  vae = model.arch.vae(model.dtype)
   x = (2.0 * img - 1.0).astype(model.dtype)
-  moments = _apply_stage(vae, sd_nets.encode_moments, model.vae_params, x)
+  if model.arch.nets == "own":
+    vae = model.arch.own_vae(model.policy)
+    moments = vae.apply({"params": model.vae_params}, x, method=vae.encode_moments)
+  else:
+    moments = _apply_stage(model.arch.vae(model.dtype), sd_nets.encode_moments,
+                           model.vae_params, x)
   mean = jnp.split(moments, 2, axis=-1)[0]
   return (mean * model.scaling_factor).astype(jnp.float32)
 
@@ -152,13 +165,22 @@ def decode(model: SDModel, z: jax.Array) -> jax.Array:
     [B, h·f, w·f, 3] float32 image.
   """
   _check_latent(model, z, 1)
-  vae = model.arch.vae(model.dtype)
   h = (z / model.scaling_factor).astype(model.dtype)
-  if model.remat_decode:
-    for stage in sd_nets.decoder_stages(model.arch.config["vae"]):
-      h = _recomputed(functools.partial(_apply_stage, vae, stage), model.vae_params, h)
+  if model.arch.nets == "own":
+    vae = model.arch.own_vae(model.policy)
+    stages = vae_lib.decoder_stages(vae.config, vae.policy)
+    whole = functools.partial(vae.apply, method=vae.decode)
+    apply_whole = lambda params, h: whole({"params": params}, h)
   else:
-    h = _apply_stage(vae, sd_nets.decode_full, model.vae_params, h)
+    vae = model.arch.vae(model.dtype)
+    stages = [functools.partial(_apply_stage, vae, stage)
+              for stage in sd_nets.decoder_stages(model.arch.config["vae"])]
+    apply_whole = functools.partial(_apply_stage, vae, sd_nets.decode_full)
+  if model.remat_decode:
+    for stage in stages:
+      h = _recomputed(stage, model.vae_params, h)
+  else:
+    h = apply_whole(model.vae_params, h)
   return ((h.astype(jnp.float32) + 1.0) / 2.0).astype(jnp.float32)
 
 
@@ -195,6 +217,10 @@ _recomputed.defvjp(_recomputed_fwd, _recomputed_bwd)
 
 def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Array:
   """One UNet pass: z [N, h, w, C], t [N], ctx [N, L, D] -> output [N, h, w, C] float32."""
+  if model.arch.nets == "own":
+    out = model.arch.own_unet(model.policy).apply(
+      {"params": model.unet_params}, z.astype(model.dtype), t, ctx.astype(model.dtype))
+    return out.astype(jnp.float32)
   unet = model.arch.unet(model.dtype)
   x = jnp.transpose(z, (0, 3, 1, 2)).astype(model.dtype)
   with sd_nets.quiet(), sd_nets.pytorch_definitions():
@@ -252,6 +278,9 @@ def eps(
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _embed(arch: Architecture, dtype: Any, params: Any, ids: jax.Array) -> jax.Array:
+  if arch.nets == "own":
+    text = arch.own_text(sd_layers.Policy(dtype))
+    return text.apply({"params": params}, ids).astype(jnp.float32)
   text = arch.text(dtype)
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
   with sd_nets.quiet():
@@ -341,7 +370,9 @@ def from_config(
   fast even for full-size networks, where compiling Flax's `init` takes minutes on a CPU).
 
   Args:
-    config: {"unet", "vae", "text_encoder", "scheduler"} config dicts (see `sd_configs`).
+    config: {"unet", "vae", "text_encoder", "scheduler"} config dicts (see `sd_configs`), and
+      optionally "nets": "own" (our networks, the default) or "diffusers" (the libraries' Flax
+      modules).
     key: PRNG key of the initialisation.
     dtype: parameter and compute dtype.
     parts: the networks to initialise; the others are None (e.g. ("vae",) to time decoding).
@@ -391,7 +422,7 @@ def tiny(key: jax.Array, dtype: Any = jnp.float32, config: dict[str, Any] = TINY
   return from_config(config, key, dtype)
 
 
-def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
+def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own") -> SDModel:
   """Loads Stable Diffusion 1.x / 2.x (ε or v prediction) from one of three sources.
 
   (a) a local diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
@@ -402,6 +433,8 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
   Args:
     source: folder path or hub id.
     dtype: parameter and compute dtype (float32, or bfloat16 to halve memory).
+    nets: the networks a PyTorch source is converted for, "own" or "diffusers" (a converted
+      checkpoint records its own).
 
   Returns:
     The model.
@@ -413,9 +446,9 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
   if path.is_dir() and (path / sd_convert.CONFIG_NAME).is_file():
     return assemble(*sd_convert.read_checkpoint(path), dtype)
   if path.is_dir():
-    return assemble(*sd_convert.read_diffusers(path), dtype)
+    return assemble(*sd_convert.read_diffusers(path, nets), dtype)
   if not path.exists() and _HUB_ID.match(str(source)):
-    return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source))), dtype)
+    return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source)), nets), dtype)
   raise WeightsError(
     f"{source} is neither a folder nor a hub id: pass a diffusers folder, a hub id such as "
     "stabilityai/stable-diffusion-2-1-base, or a folder written by weights/convert_sd.py"

@@ -21,14 +21,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import sd_nets, weights_check
+from upzeroir_jax.models import sd_nets, sd_params, weights_check
 
 CONFIG_NAME = "sd_config.json"
 FORMAT = "upzeroir-sd"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WeightsError = sd_nets.WeightsError
 # Non-parameter buffers that older transformers versions saved with the text encoder.
-_BUFFERS = frozenset({"text_model.embeddings.position_ids"})
+_BUFFERS = sd_params.BUFFERS
 _FIX = "pass a complete diffusers folder of Stable Diffusion 1.x / 2.x"
 
 # Per part: the safetensors file, else the .bin file, as diffusers folders name them.
@@ -63,6 +63,7 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str,
   if config.pop("format", None) != FORMAT:
     raise WeightsError(f"{path / CONFIG_NAME} was not written by weights/convert_sd.py")
   config.pop("version", None)
+  config.setdefault("nets", "diffusers")  # written before our own networks existed
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   params = ocp.StandardCheckpointer().restore(path / "params")
   for part, tree in params.items():
@@ -72,20 +73,31 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str,
   return config, params, sd_nets.load_tokenizer(path / "tokenizer")
 
 
-def _convert(part: str, state_dict: Mapping[str, Any], abstract: Any,
+def _convert(part: str, state_dict: Mapping[str, Any], arch: sd_nets.Architecture,
              origin: Callable[[str], str]) -> Any:
-  """Maps a PyTorch state dict onto the Flax parameter tree `abstract`, checking every tensor.
+  """Maps a PyTorch state dict onto the architecture's Flax parameters, checking every tensor.
 
   Args:
     part: "unet", "vae" or "text_encoder".
     state_dict: PyTorch name -> torch tensor.
-    abstract: the Flax parameter tree of shapes the architecture needs.
+    arch: the architecture; its `nets` selects the modules (and so the parameter tree).
     origin: PyTorch name -> the file (or description) it came from, for errors.
 
   Raises:
     WeightsError: a non-float, unexpected, misshaped or non-finite tensor, or a missing one (one
       line naming the file and the first bad key, in sorted order).
   """
+  abstract = sd_nets.abstract_params(arch, part)
+  if arch.nets == "own":
+    for name in sorted(state_dict):
+      if not state_dict[name].is_floating_point():
+        raise WeightsError(f"{origin(name)}: tensor {name!r} is {state_dict[name].dtype}, not a "
+                           f"float type; {_FIX}")
+    arrays = {k: v.detach().float().numpy() for k, v in state_dict.items()}
+    try:
+      return sd_params.convert(part, arrays, abstract, origin, _FIX)
+    except weights_check.CheckpointError as e:
+      raise WeightsError(str(e)) from None
   with sd_nets.quiet():
     from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
     from transformers import modeling_flax_pytorch_utils as transformers_pt
@@ -173,8 +185,10 @@ def _public(config: Any) -> dict[str, Any]:
   return {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in drop}
 
 
-def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
-  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin)."""
+def read_diffusers(folder: str | pathlib.Path,
+                   nets: str = "own") -> tuple[dict[str, Any], dict[str, Any], Any]:
+  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin) into the
+  parameters of the networks `nets` selects ("own" or "diffusers", `sd_nets.NETS`)."""
   folder = pathlib.Path(folder).expanduser()
   missing = [d for d in SUBFOLDERS if not (folder / d).is_dir()]
   if missing:
@@ -195,7 +209,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
 
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    config, params = {"scheduler": _public(scheduler)}, {}
+    config, params = {"scheduler": _public(scheduler), "nets": nets}, {}
     for part in ("unet", "vae", "text_encoder"):
       try:
         if part == "text_encoder":
@@ -212,8 +226,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
     files = _weight_files(folder / part, part)
     tensors, origin = _read_tensors(files)
     where = f"{files[0]}" if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
-    params[part] = _convert(part, tensors, sd_nets.abstract_params(arch, part),
-                            lambda name, o=origin, w=where: o.get(name, w))
+    params[part] = _convert(part, tensors, arch, lambda name, o=origin, w=where: o.get(name, w))
     del tensors
   return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
 
@@ -223,8 +236,7 @@ def params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str,
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   return {
-    part: _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part),
-                   lambda name, p=part: f"the in-memory {p} network")
+    part: _convert(part, net.state_dict(), arch, lambda name, p=part: f"the in-memory {p} network")
     for part, net in nets.items()
     if net is not None
   }

@@ -148,7 +148,8 @@ class AutoencoderKL(nn.Module):
 
 
 def _apply(module: nn.Module, params: Any, h: jax.Array) -> jax.Array:
-  return module.apply({"params": params}, h)
+  with jax.named_scope("decoder"):
+    return module.apply({"params": params}, h)
 
 
 def _stem(config: VAEConfig, policy: Policy, params: Any, z: jax.Array) -> jax.Array:
