@@ -80,7 +80,7 @@ def _load_backbone(source: str) -> Any:
   if source == SMOKE_TEST_MODEL:
     return sd.tiny(jax.random.PRNGKey(0))
   try:
-    return sd.load(source)
+    return sd.load(source, text_encoder=False)
   except ImportError as e:
     raise RunError(f"reading the diffusion model {source!r} needs {e.name or 'torch'}: "
                    "pip install -e '.[convert]', or convert it once with "
@@ -119,11 +119,15 @@ def load_models(source: str = DEFAULT_MODEL, *, vgg_path: str = DEFAULT_VGG,
   scorer_model, scorer_note = _load_scorer(scorer, arniqa_dir, smoke_test)
   backbone = _load_backbone(source)
 
+  with_text = []  # the backbone with its text encoder, read at the first prompt.
+
   def text_context(prompt: str) -> Any:
     if not prompt:
       return None
     from upzeroir_jax.models import sd
-    return sd.text_context(backbone, [prompt])
+    if not with_text:
+      with_text.append(sd.with_text_encoder(backbone, source))
+    return sd.text_context(with_text[0], [prompt])
 
   return Loaded(
     models=models_lib.Models(backbone=backbone, vgg_params=vgg_params, scorer=scorer_model),

@@ -340,16 +340,18 @@ def assemble(
   """An `SDModel` from a config (`sd_configs` form), parameters by part, and a tokenizer.
 
   Parameters are cast to `dtype`, which is also the compute dtype; the empty-prompt context
-  is computed once here.
+  is computed once here from the text encoder, or taken from `params["null_context"]` where
+  the text encoder is not given.
   """
   sd_nets.check_supported(config)
   arch = Architecture(json.dumps(config, sort_keys=True), tokenizer)
+  null = params.get("null_context")
   params = {p: None if params.get(p) is None else cast(params[p], dtype) for p in PARTS}
   model = SDModel(
     unet_params=params["unet"],
     vae_params=params["vae"],
     text_params=params["text_encoder"],
-    null_context=None,
+    null_context=None if null is None else jnp.asarray(null, jnp.float32),
     schedule=schedule_lib.from_config(config["scheduler"]),
     arch=arch,
     dtype=jnp.dtype(dtype),
@@ -422,7 +424,8 @@ def tiny(key: jax.Array, dtype: Any = jnp.float32, config: dict[str, Any] = TINY
   return from_config(config, key, dtype)
 
 
-def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own") -> SDModel:
+def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own",
+         text_encoder: bool = True) -> SDModel:
   """Loads Stable Diffusion 1.x / 2.x (ε or v prediction) from one of three sources.
 
   (a) a local diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
@@ -435,6 +438,8 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own"
     dtype: parameter and compute dtype (float32, or bfloat16 to halve memory).
     nets: the networks a PyTorch source is converted for, "own" or "diffusers" (a converted
       checkpoint records its own).
+    text_encoder: False leaves the text encoder of a converted checkpoint unread (it stores
+      the empty-prompt embedding); `with_text_encoder` reads it when a prompt comes.
 
   Returns:
     The model.
@@ -444,7 +449,7 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own"
   """
   path = pathlib.Path(source).expanduser()
   if path.is_dir() and (path / sd_convert.CONFIG_NAME).is_file():
-    return assemble(*sd_convert.read_checkpoint(path), dtype)
+    return assemble(*sd_convert.read_checkpoint(path, text_encoder), dtype)
   if path.is_dir():
     return assemble(*sd_convert.read_diffusers(path, nets), dtype)
   if not path.exists() and _HUB_ID.match(str(source)):
@@ -455,7 +460,19 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own"
   )
 
 
+def with_text_encoder(model: SDModel, source: str | pathlib.Path) -> SDModel:
+  """`model` with the text encoder of the converted checkpoint `source` it was loaded from
+  (`load(..., text_encoder=False)`); unchanged where it has one."""
+  if model.text_params is not None:
+    return model
+  _, params, _ = sd_convert.read_checkpoint(pathlib.Path(source).expanduser(), True)
+  return model.replace(text_params=cast(params["text_encoder"], model.dtype))
+
+
 def save(model: SDModel, path: str | pathlib.Path) -> None:
-  """Writes the model as a checkpoint folder that `load` reads without torch (`sd_convert`)."""
-  params = {"unet": model.unet_params, "vae": model.vae_params, "text_encoder": model.text_params}
+  """Writes the model as a checkpoint folder that `load` reads without torch (`sd_convert`),
+  with its empty-prompt embedding in the parameters' dtype."""
+  params = {"unet": model.unet_params, "vae": model.vae_params, "text_encoder": model.text_params,
+            "null_context": None if model.null_context is None
+            else jnp.asarray(model.null_context, model.dtype)}
   sd_convert.write_checkpoint(path, model.arch.config, params, model.arch.tokenizer)

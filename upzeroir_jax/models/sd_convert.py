@@ -7,7 +7,8 @@ Every reader returns `(config, params, tokenizer)`: the {"unet", "vae", "text_en
 when called): it loads the PyTorch networks with diffusers / transformers and maps their state
 dicts with the libraries' own PyTorch→Flax renaming rules.
 
-Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax), `tokenizer/`.
+Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax: UNet, VAE and the
+empty-prompt embedding), `text_encoder_params/` (orbax), `tokenizer/`.
 """
 
 import json
@@ -24,6 +25,7 @@ from absl import logging
 from upzeroir_jax.models import sd_nets, sd_params, weights_check
 
 CONFIG_NAME = "sd_config.json"
+TEXT_PARAMS = "text_encoder_params"
 FORMAT = "upzeroir-sd"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WeightsError = sd_nets.WeightsError
@@ -42,22 +44,36 @@ _WEIGHT_FILES = {
 def write_checkpoint(
   path: str | pathlib.Path, config: dict[str, Any], params: dict[str, Any], tokenizer: Any
 ) -> None:
-  """Writes config, parameters (parts that are None are left out) and tokenizer to `path`."""
+  """Writes config, parameters and tokenizer to `path`.
+
+  `params` holds parts by name (None parts are left out) and optionally "null_context", the
+  `[1, L, D]` empty-prompt embedding. The text encoder goes to its own folder
+  (`TEXT_PARAMS`), so a model that is given no prompt loads without it.
+  """
   path = pathlib.Path(path).expanduser().absolute()
   path.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   present = {k: v for k, v in params.items() if v is not None}
+  text = present.pop("text_encoder", None)
   checkpointer.save(path / "params", present, force=True)
+  if text is not None:
+    checkpointer.save(path / TEXT_PARAMS, {"text_encoder": text}, force=True)
   checkpointer.wait_until_finished()
   (path / CONFIG_NAME).write_text(
     json.dumps({"format": FORMAT, "version": 1, **config}, indent=1, sort_keys=True)
   )
   tokenizer.save_pretrained(str(path / "tokenizer"))
-  logging.info("Wrote Stable Diffusion checkpoint (%s) to %s", ", ".join(present), path)
+  parts = [*present] + ([] if text is None else ["text_encoder"])
+  logging.info("Wrote Stable Diffusion checkpoint (%s) to %s", ", ".join(parts), path)
 
 
-def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
-  """Reads a folder written by `write_checkpoint`; checks parameter shapes against the config."""
+def read_checkpoint(path: str | pathlib.Path,
+                    text_encoder: bool = True) -> tuple[dict[str, Any], dict[str, Any], Any]:
+  """Reads a folder written by `write_checkpoint`; checks parameter shapes against the config.
+
+  Without `text_encoder` the text encoder is left unread where the checkpoint stores the
+  empty-prompt embedding ("null_context" in the returned parameters).
+  """
   path = pathlib.Path(path).expanduser().absolute()
   config = json.loads((path / CONFIG_NAME).read_text())
   if config.pop("format", None) != FORMAT:
@@ -65,9 +81,17 @@ def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str,
   config.pop("version", None)
   config.setdefault("nets", "diffusers")  # written before our own networks existed
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
-  params = ocp.StandardCheckpointer().restore(path / "params")
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(path / "params")
+  if (text_encoder or "null_context" not in params) and (path / TEXT_PARAMS).is_dir():
+    params.update(checkpointer.restore(path / TEXT_PARAMS))
+  text = config["text_encoder"]
+  null_shape = (1, text.get("max_position_embeddings", 77), text.get("hidden_size", 512))
   for part, tree in params.items():
-    want = jax.tree.map(lambda x: x.shape, sd_nets.abstract_params(arch, part))
+    if part == "null_context":
+      want = null_shape
+    else:
+      want = jax.tree.map(lambda x: x.shape, sd_nets.abstract_params(arch, part))
     if jax.tree.map(lambda x: tuple(x.shape), tree) != want:
       raise WeightsError(f"{path}: the {part} parameters do not match {CONFIG_NAME}")
   return config, params, sd_nets.load_tokenizer(path / "tokenizer")
