@@ -79,7 +79,17 @@ def test_without_a_prompt_the_text_encoder_is_not_read(folders, tmp_path):
   got = sd.load(tmp_path / "ckpt", text_encoder=False)
   assert got.text_params is None
   np.testing.assert_allclose(got.null_context, want.null_context, rtol=0, atol=1e-6)
-  full = sd.with_text_encoder(sd.load(orbax_folder, text_encoder=False), orbax_folder)
+  lazy = sd.load(orbax_folder, text_encoder=False)
+  assert lazy.text_params is None
+  full = sd.with_text_encoder(lazy, orbax_folder)
   for a, b in zip(jax.tree.leaves(full.text_params), jax.tree.leaves(want.text_params),
                   strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_runtime_loads_a_checkpoint_without_its_text_encoder(folders):
+  from upzeroir_jax import loading
+
+  _, orbax_folder = folders
+  backbone = loading._load_backbone(str(orbax_folder))
+  assert backbone.text_params is None and backbone.null_context is not None

@@ -25,7 +25,8 @@ from upzeroir_jax.models import (
 torch = pytest.importorskip("torch")
 sd_reference = pytest.importorskip("tests.sd_reference")
 
-TOL = 1e-4
+TOL = 1e-4  # the real configs
+TINY_TOL = 1e-5  # the tiny ones, where a small departure (tanh GELU) leaves less of a trace
 CONFIGS = {
   "tiny": sd_configs.TINY,
   "tiny_v": sd_configs.TINY_V,
@@ -81,7 +82,8 @@ def test_unet_matches_diffusers(name):
   params = _params("unet", net, module, z, t, ctx)
   del net
   gc.collect()
-  assert _rel(_run(module.apply, {"params": params}, z, t, ctx), ref) < TOL
+  tol = TOL if name in _REAL else TINY_TOL
+  assert _rel(_run(module.apply, {"params": params}, z, t, ctx), ref) < tol
 
 
 @pytest.mark.parity
