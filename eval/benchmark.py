@@ -21,7 +21,8 @@ given host arrays. Measured (`eval/bench/measure.py`):
 - `ldrps` part: the LD-RPS procedure in PyTorch (450 guided steps, then two recurrences of
   225 from t ≈ 500, CFG always on) per restored image (`--ldrps_scale` shortens it, linear
   extrapolation to the full count),
-- `--variants` of our batch-1 step (bf16, remat, CFG, `jax.nn.dot_product_attention`), each
+- `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
+  `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each
   timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
   our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
 - peak memory: JAX `memory_stats()["peak_bytes_in_use"]` on a GPU (never reset: read in

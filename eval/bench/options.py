@@ -9,7 +9,8 @@ from absl import flags
 
 PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
 ATTENTIONS = ("xla", "cudnn", "auto")
-VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", *ATTENTIONS)
+# "diffusers": the step on diffusers' Flax UNet and VAE instead of ours (side by side).
+VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", "diffusers", *ATTENTIONS)
 
 
 class BenchmarkError(ValueError):
