@@ -77,9 +77,22 @@ class Dense(nn.Module):
     return y
 
 
+def _normalize(module: nn.Module, x: jax.Array, h: jax.Array, eps: float) -> jax.Array:
+  """(h − mean) / √(var + eps) over all but h's first and group axes, reshaped as x, times the
+  module's per-channel `scale` plus `bias`; statistics in float32, output in `module.dtype`."""
+  c = x.shape[-1]
+  scale = module.param("scale", nn.initializers.ones, (c,))
+  bias = module.param("bias", nn.initializers.zeros, (c,))
+  h = h.astype(jnp.float32)
+  axes = tuple(range(1, h.ndim - 2)) + (h.ndim - 1,) if h.ndim > x.ndim else (h.ndim - 1,)
+  mean = h.mean(axes, keepdims=True)
+  var = jnp.square(h - mean).mean(axes, keepdims=True)
+  h = ((h - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+  return (h * scale + bias).astype(module.dtype)
+
+
 class GroupNorm(nn.Module):
-  """Group normalisation over (H, W, C / groups) per group, statistics in float32, as
-  `torch.nn.GroupNorm`; output in `dtype`."""
+  """Group normalisation over (H, W, C / groups) per group, as `torch.nn.GroupNorm`."""
 
   groups: int
   eps: float
@@ -87,32 +100,19 @@ class GroupNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    h = x.astype(jnp.float32).reshape(*x.shape[:-1], self.groups, c // self.groups)
-    axes = tuple(range(1, h.ndim - 2)) + (h.ndim - 1,)
-    mean = h.mean(axes, keepdims=True)
-    var = jnp.square(h - mean).mean(axes, keepdims=True)
-    h = ((h - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
-    return (h * scale + bias).astype(self.dtype)
+    groups = x.reshape(*x.shape[:-1], self.groups, x.shape[-1] // self.groups)
+    return _normalize(self, x, groups, self.eps)
 
 
 class LayerNorm(nn.Module):
-  """Layer normalisation over the last axis, statistics in float32; output in `dtype`."""
+  """Layer normalisation over the last axis, as `torch.nn.LayerNorm`."""
 
   eps: float = 1e-5
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    h = x.astype(jnp.float32)
-    mean = h.mean(-1, keepdims=True)
-    var = jnp.square(h - mean).mean(-1, keepdims=True)
-    return ((h - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(self.dtype)
+    return _normalize(self, x, x, self.eps)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, policy: Policy,

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import pathlib
 import tempfile
 import warnings
@@ -179,15 +178,6 @@ class Architecture:
       return FlaxCLIPTextModule(CLIPTextConfig.from_dict(self.config["text_encoder"]), dtype=dtype)
 
 
-def _timestep_embedding(t: jax.Array, dim: int, flip: bool, shift: float) -> jax.Array:
-  """Sinusoidal timestep features computed as diffusers' PyTorch `get_timestep_embedding`."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(10000) * jnp.arange(half, dtype=jnp.float32) / (half - shift))
-  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-  return jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1) if flip else emb
-
-
 def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
   """Method interceptor: the two UNet pieces where diffusers' Flax port departs from PyTorch.
 
@@ -200,7 +190,7 @@ def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) ->
     linear, gate = jnp.split(module.proj(args[0]), 2, axis=-1)
     return linear * jax.nn.gelu(gate, approximate=False)
   if context.method_name == "__call__" and isinstance(module, FlaxTimesteps):
-    return _timestep_embedding(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
+    return unet.timestep_features(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
   return next_fun(*args, **kwargs)
 
 
