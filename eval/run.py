@@ -162,7 +162,13 @@ def ground_truth(gt_dir: pathlib.Path | None, source: pathlib.Path) -> pathlib.P
 def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None:
   if not path.is_file() or overwrite:
     return
-  old = json.loads(path.read_text())
+  try:
+    old = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, RecursionError):
+    old = None
+  if not isinstance(old, dict):
+    raise RunError(f"{path} is not a run record of eval.run; use another --output_dir or "
+                   "--overwrite")
   for key in ("config", "model", "seed", "grid", "size", "input_dir"):
     before, now = old.get(key), settings.get(key)
     if before == now:
@@ -204,8 +210,9 @@ def _main(fv: flags.FlagValues) -> int:
 
   out = pathlib.Path(fv.output_dir)
   inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out)
-  every = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in io.IMAGE_SUFFIXES)
+  every, skipped = jobs_lib.list_images(inputs, f"--dataset_dir={fv.dataset_dir}")
+  for line in skipped:
+    print(f"{PROG}: {line}", file=sys.stderr)
   files = every[:fv.max_images]
   if not files:
     raise RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
@@ -215,7 +222,7 @@ def _main(fv: flags.FlagValues) -> int:
     jobs.append(jobs_lib.Job(name=f.name, source=f, output=out / RESTORED / name,
                              extra={"gt": str(gt) if gt else None}))
   jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
-                                          if j.extra["gt"]])
+                                          if j.extra["gt"]], written=[out / RUN_FILE])
   presets = flags_lib.task_configs(fv, fv.task)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
   with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0

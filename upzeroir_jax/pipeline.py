@@ -48,7 +48,7 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import interrupt, io, sharding
+from upzeroir_jax import interrupt, io, records, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
@@ -120,18 +120,21 @@ class _Batch:
 
 
 def image_key(seed: int, name: str) -> np.ndarray:
-  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`, the CRC of the
+  name's bytes as the filesystem holds them (also when they are not UTF-8)."""
+  raw = name.encode("utf-8", "surrogateescape")
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(raw) & 0x7FFFFFFF)
   return np.asarray(key)
 
 
 def failure(path: pathlib.Path, error: Exception) -> str:
-  """One line naming the file for a per-image failure (an `ImageError` names it already)."""
-  if isinstance(error, io.ImageError):
+  """One line naming the file for a per-image failure (an `ImageError` or `io.WriteError`
+  names it already)."""
+  if isinstance(error, (io.ImageError, io.WriteError)):
     return " ".join(str(error).split())
   if isinstance(error, OSError) and error.strerror:
-    return f"{path}: {error.strerror}"
-  return f"{path}: {' '.join(str(error).split()) or type(error).__name__}"
+    return f"{io.shown(path)}: {error.strerror}"
+  return f"{io.shown(path)}: {' '.join(str(error).split()) or type(error).__name__}"
 
 
 def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -> dict:
@@ -188,7 +191,8 @@ def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
 
 def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
                  overwrite: bool) -> None:
-  """Refuses to keep a finished output (image and sidecar present) made with other settings.
+  """Refuses to keep a finished output (image and sidecar present) made with other settings
+  or from another input (`records.input_change`: the input was replaced since).
 
   `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
 
@@ -200,18 +204,23 @@ def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
   for job in jobs:
     if not is_done(job):
       continue
-    try:
-      before = json.loads(sidecar_path(job.output).read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
-      before = None
+    record = records.read_sidecar(job.output)
+    before = (record or {}).get("settings")
     now = key(job) if callable(key) else key
-    if before != now:
-      raise RunError(f"{job.output} was restored with other settings "
-                     f"({_differences(before, now)}); pass --overwrite to redo such outputs, "
-                     "or choose another output")
+    change = (f"with other settings ({_differences(before, now)})" if before != now else
+              records.input_change(job, record))
+    if change:
+      raise RunError(f"{io.shown(job.output)} was restored {change}; pass --overwrite "
+                     "to redo such outputs, or choose another output")
 
 
-def _check(settings: Settings, multiple: int) -> None:
+def check_settings(settings: Settings, multiple: int) -> None:
+  """Refuses an unknown grid mode, a `size` that is not a positive multiple of `multiple` (the
+  model's grid) in "resize" mode, and a batch under 1.
+
+  Raises:
+    RunError: one line naming the flag.
+  """
   if settings.grid not in GRIDS:
     raise RunError(f"unknown grid mode {settings.grid!r}; choose resize or pad")
   if settings.grid == "resize" and (settings.size <= 0 or settings.size % multiple):
@@ -268,7 +277,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
     RunError: bad grid settings, an output that is an input, or a finished output made with
       other settings (`check_resume`).
   """
-  _check(settings, loaded.multiple)
+  check_settings(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
   configs = config_of(config)
 
@@ -279,7 +288,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(
-      np.asarray([settings.overwrite or not is_done(j) for j in jobs], np.int32))
+      np.asarray([settings.overwrite or not records.finished(j.output) for j in jobs], np.int32))
   summary.skipped = [j.name for j, p in zip(jobs, pending_mask) if not p]
   pending = [j for j, p in zip(jobs, pending_mask) if p]
   groups = _groups(pending, configs, settings, loaded.multiple, summary)
@@ -417,7 +426,7 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
   }
   try:
     io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
-    io.write_json(sidecar_path(job.output), sidecar)
+    io.write_json(sidecar_path(job.output), {**sidecar, "files": records.files_record(job)})
   except IMAGE_FAILURES as e:
     ctx.summary.failed.append((job.name, failure(job.output, e)))
     return

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from upzeroir_jax import io, pipeline
-from upzeroir_jax.jobs import Job, is_done
+from upzeroir_jax import io, pipeline, records
+from upzeroir_jax.jobs import NAME_MAX, Job
 
 
 class Checked(NamedTuple):
@@ -49,6 +49,8 @@ def output_problem(output: pathlib.Path, bits: int) -> str | None:
     return f"{output}: unknown image suffix {output.suffix!r}"
   if bits == 16 and output.suffix.lower() != ".png":
     return f"{output}: --bits=16 needs a .png output"
+  if len(os.fsencode(output.name)) > NAME_MAX:
+    return f"{io.shown(output)}: file name too long (over {NAME_MAX} bytes)"
   if output.is_dir():
     return f"{output}: is a folder, not an image file"
   if not _writable(output.parent):
@@ -91,7 +93,7 @@ def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable
     pipeline.check_resume(jobs, key, settings.overwrite)
   ready, failed, skipped = [], [], []
   for job in jobs:
-    done = not settings.overwrite and is_done(job)
+    done = not settings.overwrite and records.finished(job.output)
     if done and inspect is None:
       ready.append(job)
       continue
