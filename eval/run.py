@@ -90,10 +90,11 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def _find_child(folder: pathlib.Path, name: str) -> pathlib.Path | None:
-  for child in folder.iterdir():
-    if child.is_dir() and child.name.lower() == name:
-      return child
-  return None
+  try:
+    children = list(folder.iterdir())
+  except OSError as e:
+    raise RunError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+  return next((c for c in children if c.is_dir() and c.name.lower() == name), None)
 
 
 def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Path

@@ -170,17 +170,17 @@ def _finished(tmp_path, settings: dict) -> jobs.Job:
 def test_resume_refuses_an_output_whose_input_was_replaced(tmp_path):
   key = {"seed": 0}
   job = _finished(tmp_path, key)
-  pipeline.check_resume([job], key, overwrite=False)
+  records.check_resume([job], key, overwrite=False)
   assert records.finished(job.output)
   os.utime(job.source, ns=(1, 1))  # touched: same content, another time
-  pipeline.check_resume([job], key, overwrite=False)
+  records.check_resume([job], key, overwrite=False)
   _png(job.source, 0.5)  # another image of the same size
   with pytest.raises(RunError, match="another version of its input .same size, other content"):
-    pipeline.check_resume([job], key, overwrite=False)
+    records.check_resume([job], key, overwrite=False)
   _png(job.source, 0.5, shape=(13, 16))
   with pytest.raises(RunError, match=r"another version of its input \(size: \d+ there, \d+ now"):
-    pipeline.check_resume([job], key, overwrite=False)
-  pipeline.check_resume([job], key, overwrite=True)
+    records.check_resume([job], key, overwrite=False)
+  records.check_resume([job], key, overwrite=True)
 
 
 def test_an_image_its_sidecar_does_not_name_is_not_finished(tmp_path):
@@ -196,7 +196,7 @@ def test_a_deeply_nested_sidecar_is_refused_in_one_line(tmp_path):
   job = _finished(tmp_path, {"seed": 0})
   jobs.sidecar_path(job.output).write_text("[" * 200_000 + "]" * 200_000)
   with pytest.raises(RunError, match="was restored with other settings .it has no settings"):
-    pipeline.check_resume([job], {"seed": 0}, overwrite=False)
+    records.check_resume([job], {"seed": 0}, overwrite=False)
   assert not records.finished(job.output)
 
 

@@ -16,7 +16,7 @@ from absl import flags
 from PIL import Image
 
 from eval import run as run_lib
-from upzeroir_jax import cli, io, jobs, loading, pipeline
+from upzeroir_jax import cli, io, jobs, loading, pipeline, records
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax.errors import RunError
 
@@ -268,13 +268,13 @@ def test_resume_is_refused_for_outputs_of_other_settings(tmp_path):
   job = jobs.Job(name="a.png", source=tmp_path / "a.png", output=tmp_path / "out" / "a.png")
   _png(job.output)
   jobs.sidecar_path(job.output).write_text(json.dumps({"settings": key}))
-  pipeline.check_resume([job], key, overwrite=False)
+  records.check_resume([job], key, overwrite=False)
   for other in (pipeline.resume_key(config, settings, "tiny", "niqe"),
                 pipeline.resume_key(config.replace(steps=5), settings, "tiny", "none"),
                 pipeline.resume_key(config, pipeline.Settings(size=128), "tiny", "none")):
     with pytest.raises(RunError, match="was restored with other settings"):
-      pipeline.check_resume([job], other, overwrite=False)
-    pipeline.check_resume([job], other, overwrite=True)
+      records.check_resume([job], other, overwrite=False)
+    records.check_resume([job], other, overwrite=True)
   jobs.sidecar_path(job.output).write_text(json.dumps({"seed": 0}))  # an older sidecar
   with pytest.raises(RunError, match="it has no settings record"):
-    pipeline.check_resume([job], key, overwrite=False)
+    records.check_resume([job], key, overwrite=False)

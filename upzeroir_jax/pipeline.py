@@ -2,11 +2,13 @@
 
 A run is a list of `jobs.Job`s (input file -> output file) and a `RestoreConfig`, one for
 every job or one per job (a function of the job, e.g. the preset of its identified
-degradations, `auto.per_image`). A job whose output image and JSON sidecar both exist is
-finished and skipped, so an interrupted run resumes where it stopped (both files are written
-atomically, the sidecar last); a finished output made with other settings (`resume_key`: the
-job's configuration, seed, grid, bits, model, scorer, code version) is refused rather than
-kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by the
+degradations, `auto.per_image`). A job whose output image and JSON sidecar exist and belong
+together (`records.finished`: the sidecar names the image's content) is finished and skipped,
+so an interrupted run resumes where it stopped (both files are written atomically, the sidecar
+last); a finished output made with other settings (`resume_key`: the job's configuration,
+seed, grid, bits, model, scorer, code version) or from another version of its input
+(`records.input_change`) is refused rather than kept (`records.check_resume`), unless `overwrite`
+redoes it. The other jobs are grouped by the
 static part of their configuration (`sampler.state.weightless`: task presets differ only in
 their per-task settings, which are traced), model-grid shape and prompt and restored
 `settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
@@ -51,7 +53,7 @@ from upzeroir_jax import config as config_lib
 from upzeroir_jax import interrupt, io, records, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
-from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
+from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
 from upzeroir_jax.loading import Loaded
 from upzeroir_jax.sampler import state as state_lib
 
@@ -161,25 +163,12 @@ def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str
                scorer: str) -> dict:
   """What decides a restored image, recorded in its sidecar as "settings": the configuration
   (task, steps, overrides, ...), seed, grid, output bits, model, DQR scorer and code version.
-  A finished output is only kept when its record equals the current run's (`check_resume`)."""
+  A finished output is only kept when its record equals the current run's
+  (`records.check_resume`)."""
   key = {"config": dataclasses.asdict(config), "seed": settings.seed, "grid": settings.grid,
          "size": settings.size if settings.grid == "resize" else None, "bits": settings.bits,
          "model": source, "scorer": scorer, "version": upzeroir_jax.__version__}
   return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
-
-
-def _differences(before: Any, now: dict, prefix: str = "") -> str:
-  """The entries that differ, "name: old there, new now" (nested records as "config.task")."""
-  if not isinstance(before, dict):
-    return "it has no settings record"
-  out = []
-  for k in sorted(set(before) | set(now)):
-    old, new = before.get(k), now.get(k)
-    if isinstance(old, dict) and isinstance(new, dict):
-      out += [_differences(old, new, f"{prefix}{k}.")] if old != new else []
-    elif old != new:
-      out.append(f"{prefix}{k}: {old!r} there, {new!r} now")
-  return "; ".join(out)
 
 
 def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
@@ -187,31 +176,6 @@ def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
   if isinstance(config, config_lib.RestoreConfig):
     return lambda job: config
   return config
-
-
-def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
-                 overwrite: bool) -> None:
-  """Refuses to keep a finished output (image and sidecar present) made with other settings
-  or from another input (`records.input_change`: the input was replaced since).
-
-  `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
-
-  Raises:
-    RunError: one line naming the first such output and what differs; `overwrite` redoes them.
-  """
-  if overwrite:
-    return
-  for job in jobs:
-    if not is_done(job):
-      continue
-    record = records.read_sidecar(job.output)
-    before = (record or {}).get("settings")
-    now = key(job) if callable(key) else key
-    change = (f"with other settings ({_differences(before, now)})" if before != now else
-              records.input_change(job, record))
-    if change:
-      raise RunError(f"{io.shown(job.output)} was restored {change}; pass --overwrite "
-                     "to redo such outputs, or choose another output")
 
 
 def check_settings(settings: Settings, multiple: int) -> None:
@@ -275,7 +239,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
   Raises:
     RunError: bad grid settings, an output that is an input, or a finished output made with
-      other settings (`check_resume`).
+      other settings (`records.check_resume`).
   """
   check_settings(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
@@ -284,7 +248,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   def key_of(job: Job) -> dict:
     return resume_key(configs(job), settings, loaded.source, loaded.scorer)
 
-  check_resume(jobs, key_of, settings.overwrite)
+  records.check_resume(jobs, key_of, settings.overwrite)
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(

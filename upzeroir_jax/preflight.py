@@ -1,6 +1,6 @@
 """Checks of a run that need no model, done before any model is loaded.
 
-`check` refuses finished outputs made with other settings (`pipeline.check_resume`), then opens
+`check` refuses finished outputs made with other settings (`records.check_resume`), then opens
 every input still to restore and decodes it (readable, an image, finite values) and checks
 its output (a known image suffix, 16 bits only for PNG, not a folder, in a writable place). A
 run whose inputs are all unusable thus fails in seconds; the usable ones go on.
@@ -90,7 +90,7 @@ def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable
     RunError: a finished output was made with other settings (and not `settings.overwrite`).
   """
   if inspect is None:
-    pipeline.check_resume(jobs, key, settings.overwrite)
+    records.check_resume(jobs, key, settings.overwrite)
   ready, failed, skipped = [], [], []
   for job in jobs:
     done = not settings.overwrite and records.finished(job.output)
@@ -109,5 +109,5 @@ def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable
     else:
       failed.append((job.name, problem))
   if inspect is not None:
-    pipeline.check_resume(ready, key, settings.overwrite)
+    records.check_resume(ready, key, settings.overwrite)
   return Checked(ready, failed, skipped)

@@ -7,6 +7,7 @@ counts as finished (`finished`) only when its image and sidecar exist and the im
 the one the sidecar names: a sidecar write that failed after a new image replaced the old one
 leaves an older sidecar that names another image, so the job is redone. An input whose size or
 content differs from the record (`input_change`) was replaced since its output was made.
+`check_resume` refuses to keep such outputs, and outputs made with other settings.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from upzeroir_jax.jobs import Job, sidecar_path
+from upzeroir_jax import io
+from upzeroir_jax.errors import RunError
+from upzeroir_jax.jobs import Job, is_done, sidecar_path
 
 _CHUNK = 1 << 20
 
@@ -83,3 +87,42 @@ def input_change(job: Job, record: dict[str, Any] | None) -> str | None:
   if before.get("sha256") != now["sha256"]:
     return "from another version of its input (same size, other content)"
   return None
+
+
+def _differences(before: Any, now: dict, prefix: str = "") -> str:
+  """The entries that differ, "name: old there, new now" (nested records as "config.task")."""
+  if not isinstance(before, dict):
+    return "it has no settings record"
+  out = []
+  for k in sorted(set(before) | set(now)):
+    old, new = before.get(k), now.get(k)
+    if isinstance(old, dict) and isinstance(new, dict):
+      out += [_differences(old, new, f"{prefix}{k}.")] if old != new else []
+    elif old != new:
+      out.append(f"{prefix}{k}: {old!r} there, {new!r} now")
+  return "; ".join(out)
+
+
+def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
+                 overwrite: bool) -> None:
+  """Refuses to keep a finished output (image and sidecar present) made with other settings
+  or from another input (`records.input_change`: the input was replaced since).
+
+  `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
+
+  Raises:
+    RunError: one line naming the first such output and what differs; `overwrite` redoes them.
+  """
+  if overwrite:
+    return
+  for job in jobs:
+    if not is_done(job):
+      continue
+    record = read_sidecar(job.output)
+    before = (record or {}).get("settings")
+    now = key(job) if callable(key) else key
+    change = (f"with other settings ({_differences(before, now)})" if before != now else
+              input_change(job, record))
+    if change:
+      raise RunError(f"{io.shown(job.output)} was restored {change}; pass --overwrite "
+                     "to redo such outputs, or choose another output")
