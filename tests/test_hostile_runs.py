@@ -125,12 +125,13 @@ def test_derived_names_fit_the_filesystem_limit_and_can_be_written(tmp_path):
   longest = os.pathconf(tmp_path, "PC_NAME_MAX")
   src = tmp_path / "in"
   src.mkdir()
-  names = ["p" * 251 + ".jpg", "p" * 251 + ".png", "é" * 125 + ".jpeg"]  # 255 bytes each
+  # 255 bytes each; stems shared, so the outputs are named "<stem>_jpg.png", 259 bytes
+  names = [stem + suffix for stem in ("p" * 251, "a" + "é" * 125) for suffix in (".jpg", ".png")]
   for name in names:
     (src / name).write_bytes(b"")
   got = cli.jobs_for(str(src), str(tmp_path / "out"))
   written = [job.output for job in got] + [jobs.sidecar_path(job.output) for job in got]
-  assert len({p.name for p in written}) == 6
+  assert len({p.name for p in written}) == 8
   for path in written:
     assert len(os.fsencode(path.name)) <= longest, path.name
     path.name.encode("utf-8")  # never cut inside a character

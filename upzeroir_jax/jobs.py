@@ -63,10 +63,19 @@ def fit_name(name: str, limit: int = NAME_MAX) -> str:
     return name
   stem, suffix = os.path.splitext(raw)
   tag = b"~" + hashlib.sha256(raw).hexdigest()[:12].encode()
-  cut = stem[:max(0, limit - len(tag) - len(suffix))]
-  while cut and os.fsdecode(cut).encode("utf-8", "surrogateescape") != cut:
-    cut = cut[:-1]  # never end inside a multi-byte character
+  cut = _whole_characters(stem[:max(0, limit - len(tag) - len(suffix))])
   return os.fsdecode(cut + tag + suffix)
+
+
+def _whole_characters(raw: bytes) -> bytes:
+  """`raw` without a UTF-8 character cut short at its end (the lead byte of the last
+  character says how many bytes it needs)."""
+  for back in range(1, min(4, len(raw)) + 1):
+    lead = raw[-back]
+    if lead & 0xC0 != 0x80:  # not a continuation byte
+      need = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
+      return raw[:-back] if need > back else raw
+  return raw
 
 
 def sidecar_path(output: pathlib.Path) -> pathlib.Path:
