@@ -83,6 +83,16 @@ def test_eval_run_record_never_replaces_an_input(tmp_path):
     jobs.check_outputs(todo, written=[out / run_lib.RUN_FILE])
 
 
+def test_an_input_named_like_a_temporary_file_in_the_output_folder_is_refused(
+    tmp_path, capsys, no_models):
+  _png(tmp_path / "a.png")
+  (tmp_path / "a.png").rename(tmp_path / ".tmpabcdefgh.part")
+  line = _one_line(capsys, f"--input={tmp_path / '.tmpabcdefgh.part'}",
+                   f"--output={tmp_path / 'b.png'}", *TINY)
+  assert f"the input {tmp_path / '.tmpabcdefgh.part'} is named like a temporary file" in line
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".tmpabcdefgh.part"]
+
+
 def test_eval_score_replaces_a_planted_symlink_instead_of_following_it(tmp_path):
   victim = tmp_path / "victim.txt"
   victim.write_text("keep me")

@@ -160,7 +160,8 @@ def check_outputs(jobs: Sequence[Job], *, named_by_run: bool = True,
 
   Every file the run writes is checked: each output image, its sidecar and the `written`
   files (reports such as eval.run's run.json). Temporary files cannot replace anything
-  (`io.atomic` creates them under fresh names).
+  (`io.atomic` creates them under fresh names), but an input named like one in an output
+  folder is refused, since `output_lock` removes those.
 
   Args:
     jobs: the run's jobs, after folder expansion.
@@ -178,6 +179,11 @@ def check_outputs(jobs: Sequence[Job], *, named_by_run: bool = True,
   sources = [j.source for j in jobs] + list(protected)
   inputs = {ident: p for p in sources if (ident := _identity(p)) is not None}
   folders = {ident: p.parent for p in sources if (ident := _identity(p.parent)) is not None}
+  out_folders = {ident for j in jobs if (ident := _identity(j.output.parent)) is not None}
+  for p in sources:
+    if _TEMPORARY.fullmatch(p.name) and _identity(p.parent) in out_folders:
+      raise RunError(f"the input {io.shown(p)} is named like a temporary file of an unfinished "
+                     "write, which the run removes from its output folder; rename or move it")
   for path in [*(sidecar_path(j.output) for j in jobs), *written]:
     ident = _identity(path)
     if ident is not None and ident in inputs:
