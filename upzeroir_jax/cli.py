@@ -98,6 +98,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
                        "on the progress bar (a host callback per step; not cached across "
                        "runs).", flag_values=fv)
+  flags.DEFINE_boolean("report", False, "After the run, write report.html into the output "
+                       "folder: every image there with its input, settings and sampling plots "
+                       "(eval.report).", flag_values=fv)
   return fv
 
 
@@ -238,6 +241,8 @@ def _restore(fv: flags.FlagValues) -> int:
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
+  if fv.report and (summary.done or summary.skipped):
+    _write_reports({job.output.parent for job in jobs})
   if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
@@ -249,6 +254,13 @@ def _restore(fv: flags.FlagValues) -> int:
   for _, message in summary.failed:
     print(f"  {message}", file=sys.stderr)
   return 2
+
+
+def _write_reports(folders: set[pathlib.Path]) -> None:
+  """`report.write` of each output folder; imported only here, so restoring never loads it."""
+  from upzeroir_jax import report
+  for folder in sorted(folders):
+    print(f"{PROG}: report -> {report.write(folder)}")
 
 
 def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | None,
