@@ -71,6 +71,14 @@ def test_a_sidecar_never_replaces_an_input_named_like_it(tmp_path, capsys, no_mo
   assert _snapshot(tmp_path) == before
 
 
+def test_the_report_page_never_replaces_an_input(tmp_path, capsys, no_models):
+  _png(tmp_path / "a.png")
+  (tmp_path / "a.png").rename(tmp_path / "report.html")  # an image named like the page
+  line = _one_line(capsys, f"--input={tmp_path / 'report.html'}",
+                   f"--output={tmp_path / 'b.png'}", "--report", *TINY)
+  assert f"{tmp_path / 'report.html'}, written by this run, is the input" in line
+
+
 def test_eval_run_record_never_replaces_an_input(tmp_path):
   data, out = tmp_path / "data", tmp_path / "run"
   _png(out / "a.png")

@@ -232,6 +232,10 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
 def _restore(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
+  if fv.report:  # the report page is a file the run writes too
+    from upzeroir_jax.report import page
+    jobs_lib.check_outputs(jobs, named_by_run=False, written=[
+        folder / page.REPORT for folder in {job.output.parent for job in jobs}])
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
