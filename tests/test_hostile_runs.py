@@ -20,19 +20,10 @@ import tiny_runs
 
 from eval import run as run_lib
 from eval import score
-from upzeroir_jax import cli, io, jobs, loading, pipeline, records
+from upzeroir_jax import cli, io, jobs, pipeline, records
 from upzeroir_jax.errors import RunError
 
 TINY = tiny_runs.CLI_FLAGS
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-  """Fails the test at once if a run gets as far as loading models."""
-  def load(source, **kwargs):
-    pytest.fail(f"models loaded ({source})")
-
-  monkeypatch.setattr(loading, "load_models", load)
 
 
 def _png(path, value=0.5, shape=(12, 16)):

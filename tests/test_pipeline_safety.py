@@ -17,21 +17,12 @@ from absl import flags
 from PIL import Image
 
 from eval import run as run_lib
-from upzeroir_jax import cli, io, jobs, loading, pipeline, records
+from upzeroir_jax import cli, io, jobs, pipeline, records
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax.errors import RunError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = tiny_runs.CLI_FLAGS
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-  """Fails the test at once if a run gets as far as loading models."""
-  def load(source, **kwargs):
-    pytest.fail(f"models loaded ({source})")
-
-  monkeypatch.setattr(loading, "load_models", load)
 
 
 def _png(path, value=0.5, shape=(12, 16)):
