@@ -202,6 +202,17 @@ def test_an_image_its_sidecar_does_not_name_is_not_finished(tmp_path):
   assert not records.finished(job.output)
 
 
+def test_the_ldrps_final_resize_keeps_a_finished_pair_finished(tmp_path):
+  from eval import protocol
+  job = _finished(tmp_path, {"seed": 0})
+  stale = _finished(tmp_path / "stale", {"seed": 0})
+  _png(stale.output, 0.1)  # its sidecar names another image
+  assert protocol.finish_outputs([job.output, stale.output]) == 2
+  assert io.image_size(job.output) == (protocol.LDRPS_OUTPUT_SIZE,) * 2
+  assert records.finished(job.output) and not records.finished(stale.output)
+  assert records.read_sidecar(job.output)["settings"] == {"seed": 0}
+
+
 def test_a_deeply_nested_sidecar_is_refused_in_one_line(tmp_path):
   job = _finished(tmp_path, {"seed": 0})
   jobs.sidecar_path(job.output).write_text("[" * 200_000 + "]" * 200_000)

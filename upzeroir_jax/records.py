@@ -46,6 +46,19 @@ def files_record(job: Job) -> dict[str, Any]:
   return {"input": fingerprint(job.source), "output": {"sha256": sha256(job.output)}}
 
 
+def note_output(output: pathlib.Path) -> None:
+  """Records in the sidecar of `output` the content the image has now (after a step that
+  changes a finished image in place, e.g. a final resize); the sidecar is rewritten atomically.
+
+  Raises:
+    io.WriteError: the sidecar cannot be written.
+  """
+  record = read_sidecar(output) or {}
+  files = record.get("files") if isinstance(record.get("files"), dict) else {}
+  io.write_json(sidecar_path(output),
+                {**record, "files": {**files, "output": {"sha256": sha256(output)}}})
+
+
 def read_sidecar(output: pathlib.Path) -> dict[str, Any] | None:
   """The sidecar of `output` as a dict, or None when it is missing, unreadable, not JSON (also
   too deeply nested to parse) or not a JSON object."""
