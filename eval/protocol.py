@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from upzeroir_jax import io
+from upzeroir_jax import io, records
 
 NATIVE = "native"
 LDRPS = "ldrps"
@@ -49,11 +49,16 @@ def model_inputs(files: Sequence[pathlib.Path], names: Sequence[str],
 
 def finish_outputs(paths: Sequence[pathlib.Path]) -> int:
   """Resizes each existing restored image to 256² in place (LANCZOS, 8 bits); idempotent, so an
-  interrupted run finishes on its next start. Returns how many files were resized."""
+  interrupted run finishes on its next start. A sidecar that named the image before names the
+  resized one after (`records.note_output`), so the pair stays finished. Returns how many files
+  were resized."""
   done = 0
   for path in paths:
     if path.is_file() and io.image_size(path) != (LDRPS_OUTPUT_SIZE, LDRPS_OUTPUT_SIZE):
+      paired = records.finished(path)
       io.write_image(path, lanczos(io.read_image(path), LDRPS_OUTPUT_SIZE))
+      if paired:
+        records.note_output(path)
       done += 1
   return done
 

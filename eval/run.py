@@ -111,10 +111,11 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 
 
 def _find_child(folder: pathlib.Path, name: str) -> pathlib.Path | None:
-  for child in folder.iterdir():
-    if child.is_dir() and child.name.lower() == name:
-      return child
-  return None
+  try:
+    children = list(folder.iterdir())
+  except OSError as e:
+    raise RunError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
+  return next((c for c in children if c.is_dir() and c.name.lower() == name), None)
 
 
 def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Path,
@@ -186,7 +187,13 @@ def ground_truth(gt_dir: pathlib.Path | None, source: pathlib.Path) -> pathlib.P
 def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None:
   if not path.is_file() or overwrite:
     return
-  old = json.loads(path.read_text())
+  try:
+    old = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, RecursionError):
+    old = None
+  if not isinstance(old, dict):
+    raise RunError(f"{path} is not a run record of eval.run; use another --output_dir or "
+                   "--overwrite")
   for key in ("config", "model", "seed", "grid", "size", "input_dir", "protocol"):
     before, now = old.get(key), settings.get(key)
     if before == now:
@@ -230,8 +237,9 @@ def _main(fv: flags.FlagValues) -> int:
   inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out, fv.tfds_manual_dir)
   if fv.prompts_dir is not None and not pathlib.Path(fv.prompts_dir).is_dir():
     raise RunError(f"--prompts_dir={fv.prompts_dir}: no such folder")
-  every = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in io.IMAGE_SUFFIXES)
+  every, skipped = jobs_lib.list_images(inputs, f"--dataset_dir={fv.dataset_dir}")
+  for line in skipped:
+    print(f"{PROG}: {line}", file=sys.stderr)
   files = every[:fv.max_images]
   if not files:
     raise RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
@@ -245,7 +253,7 @@ def _main(fv: flags.FlagValues) -> int:
                              prompt=cli.prompt_for(f, "", fv.prompts_dir),
                              extra={"gt": str(gt) if gt else None, "source": str(f)}))
   jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
-                                          if j.extra["gt"]])
+                                          if j.extra["gt"]], written=[out / RUN_FILE])
   presets = flags_lib.task_configs(fv, fv.task)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
   with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0

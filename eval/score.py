@@ -21,6 +21,7 @@ run.json records (`native`, each image at its own size, without one); scores.jso
 
 import csv
 import functools
+import io as io_lib
 import json
 import math
 import pathlib
@@ -31,7 +32,8 @@ from typing import Any
 from absl import flags
 
 from eval import protocol as protocol_lib
-from upzeroir_jax import cli, io, loading
+from upzeroir_jax import cli, io, loading, records
+from upzeroir_jax.io import atomic
 
 PROG = "eval.score"
 METRICS = ("psnr", "ssim", "lpips", "niqe", "arniqa")
@@ -87,10 +89,10 @@ def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.P
     raise ValueError(f"--run_dir={run_dir}: no restored/ folder (run python -m eval.run first)")
   pairs = []
   for image in sorted(restored.glob("*.png")):
-    sidecar = image.with_suffix(".json")
-    if not sidecar.is_file():
+    record = records.read_sidecar(image)
+    if record is None:
       continue  # unfinished
-    gt = json.loads(sidecar.read_text()).get("gt")
+    gt = record.get("gt")
     pairs.append((image, pathlib.Path(gt) if gt else None))
   return pairs
 
@@ -168,13 +170,14 @@ def score_pairs(pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]],
 
 def write(rows: Sequence[dict[str, Any]], summary: dict[str, Any], output_dir: pathlib.Path,
           extra: dict[str, Any]) -> None:
-  """Writes `scores.csv` (empty cells for missing values) and `scores.json`."""
-  output_dir.mkdir(parents=True, exist_ok=True)
-  with open(output_dir / "scores.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["name", *METRICS, "restored", "gt"])
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  """Writes `scores.csv` (empty cells for missing values) and `scores.json`, each atomically
+  (`io.atomic`: a planted file or link there is replaced, never followed)."""
+  text = io_lib.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=["name", *METRICS, "restored", "gt"])
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  atomic.write(output_dir / "scores.csv", lambda f: f.write(text.getvalue().encode("utf-8")))
   io.write_json(output_dir / "scores.json", {**summary, **extra})
 
 

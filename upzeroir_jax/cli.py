@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from absl import flags, logging
 
 import upzeroir_jax
-from upzeroir_jax import auto, interrupt, io, loading, pipeline, preflight, smoke, startup
+from upzeroir_jax import auto, interrupt, io, loading, pipeline, preflight, records, smoke, startup
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -122,7 +122,11 @@ def prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
   if prompt_dir is None:
     return prompt
   path = pathlib.Path(prompt_dir) / f"{src.stem}.txt"
-  return path.read_text().strip() if path.is_file() else ""
+  try:
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+  except UnicodeDecodeError:
+    raise RunError(f"{io.shown(path)}: the prompt file is not UTF-8 text; save it as "
+                   "UTF-8") from None
 
 
 def jobs_for(input_path: str, output_path: str, prompt: str = "",
@@ -149,8 +153,9 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
     raise RunError(f"--output={output_path} is the input itself; choose another "
                             "output so that the originals are kept")
   if src.is_dir():
-    files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in io.IMAGE_SUFFIXES)
+    files, skipped = jobs_lib.list_images(src, f"--input={input_path}")
+    for line in skipped:
+      print(f"{PROG}: {line}", file=sys.stderr)
     if not files:
       raise RunError(f"--input={input_path}: no image files "
                               f"({', '.join(sorted(io.IMAGE_SUFFIXES))}) in this folder")
@@ -162,12 +167,15 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
            for f, name in zip(files, jobs_lib.output_names(files))]
     jobs_lib.check_outputs(out)
     return out
+  kind = io.kind_of(src.stat().st_mode)
+  if kind is not None:
+    raise RunError(f"--input={input_path}: is {kind}, not a regular file")
   named_by_run = dst.suffix.lower() not in io.IMAGE_SUFFIXES
   if named_by_run:
     if dst.suffix and not dst.is_dir():
       raise RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
                      f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
-    dst = dst / f"{src.stem}.png"
+    dst = dst / jobs_lib.output_names([src])[0]
   out = [jobs_lib.Job(name=src.name, source=src, output=dst,
                       prompt=prompt_for(src, prompt, prompt_dir))]
   jobs_lib.check_outputs(out, named_by_run=named_by_run)
@@ -206,7 +214,7 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
       jobs, settings, lambda job: pipeline.resume_key(configs(job), settings, fv.model,
                                                       fv.scorer),
       inspect=auto.inspect if task == auto.AUTO else None)
-  if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
+  if all(records.finished(job.output) and not settings.overwrite for job in checked.ready):
     return pipeline.Summary(skipped=[job.name for job in checked.ready] + list(checked.skipped),
                             failed=list(checked.failed))
   for _, message in checked.failed:
@@ -226,6 +234,10 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
 def _restore(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
+  if fv.report:  # the report page is a file the run writes too
+    from upzeroir_jax.report import page
+    jobs_lib.check_outputs(jobs, named_by_run=False, written=[
+        folder / page.REPORT for folder in {job.output.parent for job in jobs}])
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):

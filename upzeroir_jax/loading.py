@@ -25,6 +25,10 @@ from upzeroir_jax.sampler import models as models_lib
 
 DEFAULT_MODEL = places.SD_HUB_ID
 SMOKE_TEST_MODEL = "tiny"
+# The model grid of every supported backbone (SD 1.x/2.x and the tiny test model: a factor-8
+# VAE times 8), so that --size is checked before a model is loaded; the loaded model's own
+# `grid_multiple` is checked again before restoring.
+GRID_MULTIPLE = 64
 SCORERS = ("arniqa", "niqe", "none")
 CHECKPOINT_DIR = places.CHECKPOINT_DIR
 DEFAULT_VGG = f"{CHECKPOINT_DIR}/{vgg.CHECKPOINT_FILE}"

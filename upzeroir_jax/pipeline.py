@@ -2,11 +2,13 @@
 
 A run is a list of `jobs.Job`s (input file -> output file) and a `RestoreConfig`, one for
 every job or one per job (a function of the job, e.g. the preset of its identified
-degradations, `auto.per_image`). A job whose output image and JSON sidecar both exist is
-finished and skipped, so an interrupted run resumes where it stopped (both files are written
-atomically, the sidecar last); a finished output made with other settings (`resume_key`: the
-job's configuration, seed, grid, bits, model, scorer, code version) is refused rather than
-kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by the
+degradations, `auto.per_image`). A job whose output image and JSON sidecar exist and belong
+together (`records.finished`: the sidecar names the image's content) is finished and skipped,
+so an interrupted run resumes where it stopped (both files are written atomically, the sidecar
+last); a finished output made with other settings (`resume_key`: the job's configuration,
+seed, grid, bits, model, scorer, code version) or from another version of its input
+(`records.input_change`) is refused rather than kept (`records.check_resume`), unless `overwrite`
+redoes it. The other jobs are grouped by the
 static part of their configuration (`sampler.state.weightless`: task presets differ only in
 their per-task settings, which are traced), model-grid shape and prompt and restored
 `settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
@@ -48,10 +50,10 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import interrupt, io, sharding
+from upzeroir_jax import interrupt, io, records, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
-from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
+from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
 from upzeroir_jax.loading import Loaded
 from upzeroir_jax.sampler import state as state_lib
 
@@ -120,18 +122,21 @@ class _Batch:
 
 
 def image_key(seed: int, name: str) -> np.ndarray:
-  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`, the CRC of the
+  name's bytes as the filesystem holds them (also when they are not UTF-8)."""
+  raw = name.encode("utf-8", "surrogateescape")
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(raw) & 0x7FFFFFFF)
   return np.asarray(key)
 
 
 def failure(path: pathlib.Path, error: Exception) -> str:
-  """One line naming the file for a per-image failure (an `ImageError` names it already)."""
-  if isinstance(error, io.ImageError):
+  """One line naming the file for a per-image failure (an `ImageError` or `io.WriteError`
+  names it already)."""
+  if isinstance(error, (io.ImageError, io.WriteError)):
     return " ".join(str(error).split())
   if isinstance(error, OSError) and error.strerror:
-    return f"{path}: {error.strerror}"
-  return f"{path}: {' '.join(str(error).split()) or type(error).__name__}"
+    return f"{io.shown(path)}: {error.strerror}"
+  return f"{io.shown(path)}: {' '.join(str(error).split()) or type(error).__name__}"
 
 
 def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -> dict:
@@ -158,25 +163,12 @@ def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str
                scorer: str) -> dict:
   """What decides a restored image, recorded in its sidecar as "settings": the configuration
   (task, steps, overrides, ...), seed, grid, output bits, model, DQR scorer and code version.
-  A finished output is only kept when its record equals the current run's (`check_resume`)."""
+  A finished output is only kept when its record equals the current run's
+  (`records.check_resume`)."""
   key = {"config": dataclasses.asdict(config), "seed": settings.seed, "grid": settings.grid,
          "size": settings.size if settings.grid == "resize" else None, "bits": settings.bits,
          "model": source, "scorer": scorer, "version": upzeroir_jax.__version__}
   return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
-
-
-def _differences(before: Any, now: dict, prefix: str = "") -> str:
-  """The entries that differ, "name: old there, new now" (nested records as "config.task")."""
-  if not isinstance(before, dict):
-    return "it has no settings record"
-  out = []
-  for k in sorted(set(before) | set(now)):
-    old, new = before.get(k), now.get(k)
-    if isinstance(old, dict) and isinstance(new, dict):
-      out += [_differences(old, new, f"{prefix}{k}.")] if old != new else []
-    elif old != new:
-      out.append(f"{prefix}{k}: {old!r} there, {new!r} now")
-  return "; ".join(out)
 
 
 def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
@@ -186,32 +178,13 @@ def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
   return config
 
 
-def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
-                 overwrite: bool) -> None:
-  """Refuses to keep a finished output (image and sidecar present) made with other settings.
-
-  `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
+def check_settings(settings: Settings, multiple: int) -> None:
+  """Refuses an unknown grid mode, a `size` that is not a positive multiple of `multiple` (the
+  model's grid) in "resize" mode, and a batch under 1.
 
   Raises:
-    RunError: one line naming the first such output and what differs; `overwrite` redoes them.
+    RunError: one line naming the flag.
   """
-  if overwrite:
-    return
-  for job in jobs:
-    if not is_done(job):
-      continue
-    try:
-      before = json.loads(sidecar_path(job.output).read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
-      before = None
-    now = key(job) if callable(key) else key
-    if before != now:
-      raise RunError(f"{job.output} was restored with other settings "
-                     f"({_differences(before, now)}); pass --overwrite to redo such outputs, "
-                     "or choose another output")
-
-
-def _check(settings: Settings, multiple: int) -> None:
   if settings.grid not in GRIDS:
     raise RunError(f"unknown grid mode {settings.grid!r}; choose resize or pad")
   if settings.grid == "resize" and (settings.size <= 0 or settings.size % multiple):
@@ -266,20 +239,20 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
   Raises:
     RunError: bad grid settings, an output that is an input, or a finished output made with
-      other settings (`check_resume`).
+      other settings (`records.check_resume`).
   """
-  _check(settings, loaded.multiple)
+  check_settings(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
   configs = config_of(config)
 
   def key_of(job: Job) -> dict:
     return resume_key(configs(job), settings, loaded.source, loaded.scorer)
 
-  check_resume(jobs, key_of, settings.overwrite)
+  records.check_resume(jobs, key_of, settings.overwrite)
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(
-      np.asarray([settings.overwrite or not is_done(j) for j in jobs], np.int32))
+      np.asarray([settings.overwrite or not records.finished(j.output) for j in jobs], np.int32))
   summary.skipped = [j.name for j, p in zip(jobs, pending_mask) if not p]
   pending = [j for j, p in zip(jobs, pending_mask) if p]
   groups = _groups(pending, configs, settings, loaded.multiple, summary)
@@ -418,7 +391,7 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
   }
   try:
     io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
-    io.write_json(sidecar_path(job.output), sidecar)
+    io.write_json(sidecar_path(job.output), {**sidecar, "files": records.files_record(job)})
   except IMAGE_FAILURES as e:
     ctx.summary.failed.append((job.name, failure(job.output, e)))
     return
