@@ -6,7 +6,7 @@ makes from LOLv1, `lol_noise` and `lol_haze_noise`. None downloads anything: eac
 from the files in `<manual_dir>/<NAME>/` (tfds's manual folder, `<data_dir>/downloads/manual/`
 unless `DownloadConfig(manual_dir=...)` or eval.run's `--tfds_manual_dir` says otherwise), laid
 out as the benchmark ships them or as eval.run reads folders: degraded and clean images in one
-of the sub-folder pairs of `eval.run.LAYOUTS` (`low/` + `high/`, `Low/` + `Normal/`, `hazy/` +
+of the sub-folder pairs of `eval.folders.LAYOUTS` (`low/` + `high/`, `Low/` + `Normal/`, `hazy/` +
 `gt/`, `input/` + `gt/`, ...), matched by file stem as eval.run matches them. One split, `test`;
 features `image` (degraded), `gt` (clean), both 8-bit RGB, and `name` (the input's file name).
 """
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from eval import run
+from eval import folders
 from upzeroir_jax import io
 
 SPLIT = "test"
@@ -35,16 +35,16 @@ def pairs(folder: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
   """(degraded, clean) files of a benchmark folder, sorted by the degraded file's name.
 
   Raises:
-    ValueError: no sub-folder pair of `eval.run.LAYOUTS`, or a degraded image without its
+    ValueError: no sub-folder pair of `eval.folders.LAYOUTS`, or a degraded image without its
       clean one.
   """
-  inputs, truth = run.resolve_dataset(str(folder), None, folder)
+  inputs, truth = folders.resolve(str(folder), None)
   if truth is None:
-    layouts = ", ".join(f"{a}/ + {b}/" for a, b in run.LAYOUTS)
+    layouts = ", ".join(f"{a}/ + {b}/" for a, b in folders.LAYOUTS)
     raise ValueError(f"{folder}: no degraded and clean sub-folders ({layouts})")
   out = []
   for src in sorted(p for p in inputs.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES):
-    gt = run.ground_truth(truth, src)
+    gt = folders.ground_truth(truth, src)
     if gt is None:
       raise ValueError(f"{src}: no clean image of that stem in {truth}")
     out.append((src, gt))

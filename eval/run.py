@@ -51,6 +51,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from eval import folders, tfds_source
 from eval import protocol as protocol_lib
 from upzeroir_jax import auto, cli, io, loading, smoke
 from upzeroir_jax import config as config_lib
@@ -61,10 +62,6 @@ from upzeroir_jax.errors import RunError
 PROG = "eval.run"
 RUN_FILE = "run.json"
 RESTORED = "restored"
-# (degraded, ground truth) sub-folder names of the benchmarks' own layouts, case-insensitive.
-LAYOUTS = (("low", "high"), ("low", "normal"), ("hazy", "gt"), ("hazy", "clear"),
-           ("input", "gt"), ("input", "target"), ("lq", "gt"))
-_TFDS_GT_KEYS = ("gt", "high", "target", "clean", "clear", "hq")
 USAGE = f"""\
 usage: python -m {PROG} --dataset_dir=DIR|tfds:NAME --output_dir=DIR --task=TASK [flags]
 
@@ -110,78 +107,17 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   return fv
 
 
-def _find_child(folder: pathlib.Path, name: str) -> pathlib.Path | None:
-  try:
-    children = list(folder.iterdir())
-  except OSError as e:
-    raise RunError(f"{folder}: cannot list this folder ({e.strerror or e})") from None
-  return next((c for c in children if c.is_dir() and c.name.lower() == name), None)
-
-
 def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Path,
                     manual_dir: str | None = None) -> tuple[pathlib.Path, pathlib.Path | None]:
-  """(folder of degraded inputs, folder of ground truth or None) for `--dataset_dir`.
+  """(folder of degraded inputs, folder of ground truth or None) for `--dataset_dir`: a folder
+  (`eval.folders.resolve`) or `tfds:NAME[:SPLIT]` written out under `output_dir`.
 
   Raises:
     RunError: missing folders, or tfds without its extra.
   """
   if dataset_dir.startswith("tfds:"):
-    return _materialize_tfds(dataset_dir[len("tfds:"):], output_dir, gt_dir, manual_dir)
-  folder = pathlib.Path(dataset_dir)
-  if not folder.is_dir():
-    raise RunError(f"--dataset_dir={dataset_dir}: no such folder")
-  if gt_dir is not None and not pathlib.Path(gt_dir).is_dir():
-    raise RunError(f"--gt_dir={gt_dir}: no such folder")
-  for low, high in LAYOUTS:
-    inputs, truth = _find_child(folder, low), _find_child(folder, high)
-    if inputs is not None and truth is not None:
-      return inputs, pathlib.Path(gt_dir) if gt_dir else truth
-  return folder, pathlib.Path(gt_dir) if gt_dir else None
-
-
-def _materialize_tfds(spec: str, output_dir: pathlib.Path, gt_dir: str | None,
-                      manual_dir: str | None = None) -> tuple[pathlib.Path, pathlib.Path | None]:
-  """Writes a tfds split's images as PNGs (process 0; the others wait) and returns the folders."""
-  import jax
-  try:
-    import tensorflow_datasets as tfds
-
-    from eval import datasets  # registers the builders of the paper's sets
-  except ImportError:
-    raise RunError("tfds: datasets need the tfds extra: pip install -e '.[tfds]'"
-                            ) from None
-  name, _, split = spec.partition(":")
-  inputs, truth = output_dir / "inputs", output_dir / "gt"
-  if jax.process_index() == 0 and not (inputs / ".complete").exists():
-    for i, example in enumerate(tfds.as_numpy(tfds.load(
-        name, split=split or "test", shuffle_files=False,
-        download_and_prepare_kwargs=datasets.prepare_kwargs(manual_dir)))):
-      images = {k: v for k, v in example.items() if getattr(v, "ndim", 0) == 3}
-      if not images:
-        raise RunError(f"tfds:{spec} has no image feature")
-      gt_key = next((k for k in images if k.lower() in _TFDS_GT_KEYS), None)
-      in_key = "image" if "image" in images and gt_key != "image" else next(
-          k for k in images if k != gt_key)
-      io.write_image(inputs / f"{i:05d}.png", images[in_key])
-      if gt_key is not None:
-        io.write_image(truth / f"{i:05d}.png", images[gt_key])
-    (inputs / ".complete").touch()
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("tfds materialized")
-  if gt_dir:
-    return inputs, pathlib.Path(gt_dir)
-  return inputs, truth if truth.is_dir() else None
-
-
-def ground_truth(gt_dir: pathlib.Path | None, source: pathlib.Path) -> pathlib.Path | None:
-  """The ground-truth file of `source`: same stem, or the stem's part before the first `_`
-  (RESIDE names hazy images `<id>_<A>_<beta>`); None when there is none."""
-  if gt_dir is None:
-    return None
-  candidates = {p.stem: p for p in gt_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES}
-  return candidates.get(source.stem) or candidates.get(source.stem.split("_")[0])
+    return tfds_source.materialize(dataset_dir[len("tfds:"):], output_dir, gt_dir, manual_dir)
+  return folders.resolve(dataset_dir, gt_dir)
 
 
 def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None:
@@ -248,7 +184,7 @@ def _main(fv: flags.FlagValues) -> int:
              if fv.protocol == protocol_lib.LDRPS else files)
   jobs = []
   for f, source, name in zip(files, sources, names):
-    gt = ground_truth(gt_dir, f)
+    gt = folders.ground_truth(gt_dir, f)
     jobs.append(jobs_lib.Job(name=f.name, source=source, output=out / RESTORED / name,
                              prompt=cli.prompt_for(f, "", fv.prompts_dir),
                              extra={"gt": str(gt) if gt else None, "source": str(f)}))
