@@ -110,8 +110,8 @@ def test_zero_strides_claiming_37_gib_are_refused_without_allocating(tmp_path):
     "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
     "resource.setrlimit(resource.RLIMIT_AS, (used + (2 << 30), resource.RLIM_INFINITY))\n"
     f"sys.exit(convert_arniqa.main(['p', '--regressor={path}', '--output_dir={tmp_path}/o']))\n")
-  proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"{convert_arniqa.PROG}: error: {path}: "), proc.stderr
