@@ -114,7 +114,8 @@ def test_zero_strides_claiming_37_gib_are_refused_without_allocating(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{convert_arniqa.PROG}: error: {path}: "), proc.stderr
+  assert len(lines) == 1, proc.stderr
+  assert lines[0].startswith(f"{convert_arniqa.PROG}: error: {path}: ")
   assert "storage" in lines[0]
   assert not (tmp_path / "o" / "arniqa_regressor_kadid10k.safetensors").exists()
 
