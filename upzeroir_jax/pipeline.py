@@ -20,9 +20,9 @@ The last batch of a group is filled up to the full batch with copies of its last
 grid or written fails alone (`failure` names the file); the others are restored.
 
 Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
-batch, announced as "compiling (first run only; cached afterwards)" (JAX's persistent cache,
-`startup`, makes later runs load it), so the per-image rate and time left count restore time
-only. Images are counted per batch; with `report_steps` a host callback inside the compiled
+batch, or loaded from JAX's persistent cache (`startup`) when an earlier run compiled it; the
+progress says which (`progress.Progress.compiling`), and the per-image rate and time left count
+restore time only. Images are counted per batch; with `report_steps` a host callback inside the compiled
 loop reports each sampling step (costs a host round trip per step; off by default).
 
 Ctrl-C: compiling and restoring run through `interrupt.call`, so KeyboardInterrupt reaches
@@ -306,7 +306,7 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   try:
     for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
-      with progress.phase(progress_lib.COMPILING):
+      with progress.compiling(cacheable=ctx.on_step is None):
         t0 = time.perf_counter()
         compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
         compile_s = time.perf_counter() - t0
