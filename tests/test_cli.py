@@ -21,9 +21,9 @@ from upzeroir_jax.sampler import state
 
 TINY = tiny_runs.CLI_FLAGS
 # The closing line of a program's preparation, whichever way it was prepared.
-PREPARED = (r"compiled in [\d.]+ s; saved in the compilation cache for later runs"
-            r"|loaded compiled program from cache in [\d.]+ s"
-            r"|program ready in [\d.]+ s \(compiled earlier in this process\)")
+PREPARED = (r"compiled in [\d.]+ s.*; saved in the compilation cache for later runs"
+            r"|loaded compiled program from cache in [\d.]+ s.*"
+            r"|program ready in [\d.]+ s, compiled earlier in this process")
 
 
 def _inputs(folder):

@@ -83,7 +83,8 @@ def test_disabled_progress_says_nothing(caplog):
   with caplog.at_level(logging.INFO):
     with p.phase(progress.LOADING):
       pass
-    with p.compiling():
+    with p.compiling() as lowered:
+      lowered()
       jax.monitoring.record_event(HIT)
     p.images_done(["a"], 1.0)
     p.on_step(np.int32(0), np.int32(4))
@@ -141,19 +142,22 @@ def cache(monkeypatch):
 def test_a_miss_shows_compiling_with_a_spinner_and_the_elapsed_time(cache):
   clock, out = FakeClock(), Tty()
   p = progress.Progress(1, stream=out, clock=clock)
-  with p.compiling():
+  with p.compiling() as lowered:
+    _miss()  # a small program run while tracing: not the one being prepared
+    clock.now += 5.0
     _wait_for_tick()
     assert out.getvalue().rsplit("\r", 1)[-1].startswith("upzeroir: preparing the program ")
+    lowered()
     _miss()
-    clock.now += 95.0
+    clock.now += 90.0
     _wait_for_tick()
     live = out.getvalue().rsplit("\r", 1)[-1]
     assert re.fullmatch(r"upzeroir: compiling [|/\\-] 1:35\x1b\[K", live), live
     jax.monitoring.record_event_duration_secs(COMPILE_STEP, 95.0)
     jax.monitoring.record_event(SAVED)
   text = out.getvalue()
-  assert text.endswith("\rupzeroir: compiled in 95.0 s; saved in the compilation cache for "
-                       "later runs\x1b[K\n")
+  assert text.endswith("\rupzeroir: compiled in 95.0 s (5.0 s of it tracing the model); saved in "
+                       "the compilation cache for later runs\x1b[K\n")
   frames = set(re.findall(r"upzeroir: compiling ([|/\\-]) ", text))
   assert len(frames) >= 2, text  # the spinner turns
   assert "loading compiled program" not in text.rsplit("\r", 2)[-2]
@@ -162,7 +166,8 @@ def test_a_miss_shows_compiling_with_a_spinner_and_the_elapsed_time(cache):
 def test_a_hit_says_loading_compiled_program_from_cache(cache):
   clock, out = FakeClock(), Tty()
   p = progress.Progress(1, stream=out, clock=clock)
-  with p.compiling():
+  with p.compiling() as lowered:
+    lowered()
     jax.monitoring.record_event(LOOKUP)
     clock.now += 2.0
     assert out.getvalue().rsplit("\r", 1)[-1].startswith(
@@ -176,16 +181,17 @@ def test_a_hit_says_loading_compiled_program_from_cache(cache):
 
 def test_without_any_signal_the_program_was_compiled_earlier_in_the_process(cache):
   out = Tty()
-  with progress.Progress(1, stream=out, clock=FakeClock()).compiling():
-    pass
-  assert out.getvalue().endswith("program ready in 0.0 s (compiled earlier in this process)"
+  with progress.Progress(1, stream=out, clock=FakeClock()).compiling() as lowered:
+    lowered()
+  assert out.getvalue().endswith("program ready in 0.0 s, compiled earlier in this process"
                                  "\x1b[K\n")
 
 
 def test_log_lines_off_a_terminal_say_compiling_and_once_a_minute_how_long(cache, caplog):
   clock = FakeClock()
   p = progress.Progress(1, stream=std_io.StringIO(), clock=clock)
-  with caplog.at_level(logging.INFO), p.compiling():
+  with caplog.at_level(logging.INFO), p.compiling() as lowered:
+    lowered()
     _miss()
     clock.now += 61.0
     _wait_for_tick()
@@ -198,19 +204,22 @@ def test_log_lines_off_a_terminal_say_compiling_and_once_a_minute_how_long(cache
   assert p.stream.getvalue() == ""
 
 
-def test_with_the_cache_off_it_says_compiling_from_the_start(cache, caplog):
+def test_with_the_cache_off_it_says_compiling_once_the_program_is_traced(cache, caplog):
   cache["on"] = False
   p = progress.Progress(1, stream=std_io.StringIO(), clock=FakeClock())
-  with caplog.at_level(logging.INFO), p.compiling():
-    pass
-  assert [r.getMessage() for r in caplog.records] == ["compiling ...", "compiled in 0.0 s"]
+  with caplog.at_level(logging.INFO), p.compiling() as lowered:
+    lowered()
+    jax.monitoring.record_event_duration_secs(COMPILE_STEP, 0.0)
+  assert [r.getMessage() for r in caplog.records] == [
+    "preparing the program ...", "compiling ...", "compiled in 0.0 s"]
 
 
 def test_an_interrupted_preparation_clears_the_live_line_and_leaves_no_listener(cache):
   out = Tty()
   compiler_log = logging.getLogger("jax._src.compiler")
   level = compiler_log.level
-  with pytest.raises(KeyboardInterrupt), progress.Progress(1, stream=out).compiling():
+  with pytest.raises(KeyboardInterrupt), progress.Progress(1, stream=out).compiling() as lowered:
+    lowered()
     _miss()
     raise KeyboardInterrupt
   text = out.getvalue()

@@ -96,7 +96,10 @@ _WATCH = """
   for attempt in ("first", "again"):
     seen = []
     with compile_watch.watch(seen.append) as w:
-      f.lower(x).compile()
+      jax.jit(lambda a: a * 2)(jnp.ones(3))  # run while tracing: not the program watched
+      program = f.lower(x)
+      w.lowered()
+      program.compile()
     print(attempt, seen, w.state, w.compile_called, w.saved)
 """
 
@@ -115,7 +118,7 @@ def test_jax_tells_compiling_from_loading_the_cache_as_it_happens(tmp_path):
                                         "again [] preparing False False"]
   assert "CACHE MISS" not in first.stderr and "cache hit" not in second.stderr
   off = _python(_WATCH.format(arg=""))
-  assert off.stdout.splitlines()[0] == "first [] compiling True False", off.stdout
+  assert off.stdout.splitlines()[0] == "first ['compiling'] compiling True False", off.stdout
 
 
 class _Tty(io.StringIO):

@@ -15,6 +15,9 @@ as it happens, through:
   there, so nothing new reaches any log.
 
 A program compiled earlier in the same process is reused from memory without any of these.
+Tracing a program can run small programs of its own (constants, key derivations), each with
+these signals; only the signals after `Watch.lowered()` (called between `.lower()` and
+`.compile()`) count.
 """
 
 from __future__ import annotations
@@ -53,9 +56,16 @@ class Watch:
   compile_called: bool = False
   saved: bool = False
   on_change: Callable[[str], None] | None = None
+  listening: bool = False
+
+  def lowered(self) -> None:
+    """The program is traced and lowered; what follows is its compilation (or loading)."""
+    self.listening = True
+    if not cache_on():
+      self._set(COMPILING)
 
   def _set(self, state: str) -> None:
-    if state != self.state:
+    if self.listening and state != self.state:
       self.state = state
       if self.on_change is not None:
         self.on_change(state)
@@ -83,14 +93,13 @@ def cache_on() -> bool:
 
 @contextlib.contextmanager
 def watch(on_change: Callable[[str], None] | None = None) -> Iterator[Watch]:
-  """Watches the compilations inside the block; `on_change(state)` on each change of state.
-
-  The state starts at `COMPILING` when the persistent cache is off (nothing can be loaded),
-  else at `PREPARING`.
+  """Watches the compilation of one program inside the block; `on_change(state)` on each
+  change of state. The state is `PREPARING` until `Watch.lowered()`, then `COMPILING` at once
+  when the persistent cache is off (nothing can be loaded), else as JAX reports.
   """
   import jax
 
-  w = Watch(state=PREPARING if cache_on() else COMPILING, on_change=on_change)
+  w = Watch(on_change=on_change)
   lock = threading.Lock()
 
   def event(name: str, **_) -> None:
@@ -99,11 +108,11 @@ def watch(on_change: Callable[[str], None] | None = None) -> Iterator[Watch]:
         w._set(LOOKING_UP)
       elif name == _HIT:
         w._set(LOADED)
-      elif name == _SAVED:
+      elif name == _SAVED and w.listening:
         w.saved = True
 
   def duration(name: str, _seconds: float, **_) -> None:
-    if name == _COMPILE_STEP:
+    if name == _COMPILE_STEP and w.listening:
       w.compile_called = True
 
   logger = std_logging.getLogger(_COMPILER_LOGGER)

@@ -306,9 +306,10 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   try:
     for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
-      with progress.compiling(cacheable=ctx.on_step is None):
+      with progress.compiling(cacheable=ctx.on_step is None) as lowered:
         t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static,
+                                  lowered)
         compile_s = time.perf_counter() - t0
       progress.start_images()
       for start in range(0, len(group), global_batch):
@@ -322,16 +323,19 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
 
 def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
-             config: config_lib.RestoreConfig) -> Any:
+             config: config_lib.RestoreConfig, lowered: Callable[[], None]) -> Any:
   """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
-  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it)."""
+  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it);
+  `lowered()` is called between lowering and compiling (`progress.Progress.compiling`)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
   weights = jax.tree.map(
       lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
       state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
-  return sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
-                                        mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
+  program = sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
+                                           mesh=ctx.rows.mesh, on_step=ctx.on_step)
+  lowered()
+  return program.compile()
 
 
 def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]

@@ -116,14 +116,16 @@ class Progress:
     self._say(f"{name}: done in {self.clock() - start:.1f} s")
 
   @contextlib.contextmanager
-  def compiling(self, cacheable: bool = True) -> Iterator[None]:
-    """Reports the preparation of a batch program inside the block: compiled by XLA, loaded
-    from JAX's persistent cache, or reused from this process (`compile_watch`). A terminal
-    gets a live line with a spinner and the elapsed time, a log one line per state and one a
-    minute while compiling; the end says what happened and how long it took. `cacheable`
-    False: a program JAX never saves (host callbacks of per-step progress), said at the end."""
+  def compiling(self, cacheable: bool = True) -> Iterator[Callable[[], None]]:
+    """Reports the preparation of a batch program inside the block: traced, then compiled by
+    XLA, loaded from JAX's persistent cache, or reused from this process (`compile_watch`).
+    The block calls the function it is given once the program is lowered (between `.lower()`
+    and `.compile()`). A terminal gets a live line with a spinner and the elapsed time, a log
+    one line per state and one a minute while compiling; the end says what happened and how
+    long it took. `cacheable` False: a program JAX never saves (host callbacks of per-step
+    progress), said at the end."""
     if not self.enabled:
-      yield
+      yield lambda: None
       return
     report = _CompileReport(self, cacheable)
     with compile_watch.watch(report.changed) as watch:
@@ -132,7 +134,7 @@ class Progress:
       ticker = threading.Thread(target=report.run, args=(stop,), daemon=True)
       ticker.start()
       try:
-        yield
+        yield report.lowered
       except BaseException:
         report.abandon()
         raise
@@ -221,6 +223,7 @@ class _CompileReport:
   def __init__(self, progress: Progress, cacheable: bool):
     self.p, self.cacheable = progress, cacheable
     self.start = self.last_log = progress.clock()
+    self.traced_s = 0.0
     self.watch: compile_watch.Watch | None = None
     self.frame = 0
     self.lock = threading.Lock()
@@ -230,6 +233,11 @@ class _CompileReport:
     if not self.p.interactive:
       logging.info("%s ...", LIVE_TEXT[watch.state])
     self.tick()
+
+  def lowered(self) -> None:
+    """The program is traced and lowered (called from the compiling thread)."""
+    self.traced_s = self.p.clock() - self.start
+    self.watch.lowered()
 
   def changed(self, state: str) -> None:
     """Called by the watch (from the compiling thread) when JAX reports a new state."""
@@ -259,14 +267,17 @@ class _CompileReport:
   def outcome(self) -> str:
     """What happened, with the time it took (the phase's closing line)."""
     seconds = self.p.clock() - self.start
+    took = f"{seconds:.1f} s"
+    if self.traced_s >= 1.0:
+      took += f" ({self.traced_s:.1f} s of it tracing the model)"
     if self.watch.state == compile_watch.LOADED:
-      return f"loaded compiled program from cache in {seconds:.1f} s"
-    if self.watch.compile_called or self.watch.state == compile_watch.COMPILING:
+      return f"loaded compiled program from cache in {took}"
+    if self.watch.compile_called:
       note = ("; saved in the compilation cache for later runs" if self.watch.saved else
               "" if self.cacheable else
-              " (not saved in the compilation cache: per-step progress is on)")
-      return f"compiled in {seconds:.1f} s{note}"
-    return f"program ready in {seconds:.1f} s (compiled earlier in this process)"
+              "; not saved in the compilation cache: per-step progress is on")
+      return f"compiled in {took}{note}"
+    return f"program ready in {took}, compiled earlier in this process"
 
   def finish(self) -> None:
     with self.lock:
