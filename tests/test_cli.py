@@ -183,8 +183,9 @@ def record_runs(monkeypatch):
       models=None, source=source, smoke_test=True, scorer="none",
       text_context=lambda p: None, multiple=64, notes={}))
 
-  def compile_(ctx, full_shape, text, config):
+  def compile_(ctx, full_shape, text, config, lowered):
     del ctx, full_shape, text
+    lowered()
     compiled.append(config)
 
     def restored(models, ys, keys, weights, ctx):

@@ -78,6 +78,7 @@ def _convert_regressor(path: pathlib.Path, out: pathlib.Path, capsys) -> str:
   argv = [convert_arniqa.PROG, f"--regressor={path}", "--dataset=kadid10k",
           f"--output_dir={out}"]
   assert convert_arniqa.main(argv) == 2
+  assert not out.exists()  # nothing written, not even the folder
   return _one_line(capsys, convert_arniqa.PROG, path)
 
 
