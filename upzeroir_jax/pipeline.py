@@ -418,6 +418,7 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
              "input_shape": [meta.height, meta.width]},
     "timings": timings,
     "sampling": dqr_summary(info, config),
+    "trace": state_lib.trace_rows(info),
   }
   try:
     io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)

@@ -27,6 +27,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from upzeroir_jax import config as config_lib
@@ -186,6 +187,18 @@ def empty_trace(length: int) -> dict[str, jax.Array]:
   trace["t"] = jnp.full((length,), -1, jnp.int32)
   trace["stage"] = jnp.zeros((length,), jnp.int32)
   return trace
+
+
+def trace_rows(info: dict[str, Any]) -> dict[str, list]:
+  """The written rows of one image's trace (`info` of `restore`, `[trace_len]` per key) as
+  JSON-ready lists, one entry per step taken: ints for t and stage, floats to 4 significant
+  digits elsewhere (what a sidecar records and a report plots). Empty when `info` has no
+  trace."""
+  if "t" not in info:
+    return {}
+  written = np.asarray(info["t"]) >= 0
+  return {k: [int(v) if k in ("t", "stage") else float(f"{v:.4g}")
+              for v in np.asarray(info[k])[written]] for k in TRACE_KEYS if k in info}
 
 
 def init(models: models_lib.Models, config: config_lib.RestoreConfig, y: jax.Array,
