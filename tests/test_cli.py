@@ -185,7 +185,7 @@ def record_runs(monkeypatch):
 
   def compile_(ctx, full_shape, text, config, lowered):
     del ctx, full_shape, text
-    lowered()
+    lowered("jit_restore_sharded")
     compiled.append(config)
 
     def restored(models, ys, keys, weights, ctx):

@@ -122,9 +122,16 @@ SAVED = "/jax/compilation_cache/cache_misses"
 COMPILE_STEP = "/jax/core/compile/backend_compile_duration"
 
 
-def _miss():
+def _miss(program="jit_f"):
   jax.monitoring.record_event(LOOKUP)
-  logging.getLogger("jax._src.compiler").debug("PERSISTENT COMPILATION CACHE MISS for 'jit_f'")
+  logging.getLogger("jax._src.compiler").debug(
+      "PERSISTENT COMPILATION CACHE MISS for '%s' with key %r", program, "k")
+
+
+def _hit(program="jit_f"):
+  logging.getLogger("jax._src.compiler").debug(
+      "Persistent compilation cache hit for '%s' with key %r", program, "k")
+  jax.monitoring.record_event(HIT)
 
 
 def _wait_for_tick():
@@ -177,6 +184,20 @@ def test_a_hit_says_loading_compiled_program_from_cache(cache):
   assert out.getvalue().endswith("\rupzeroir: loaded compiled program from cache in 2.0 s"
                                  "\x1b[K\n")
   assert "compiling" not in out.getvalue()
+
+
+def test_only_the_named_program_counts(cache):
+  """Compiling a program can compile small ones of its own (a type conversion): their misses
+  must not turn a cache hit of the program into "compiling"."""
+  clock, out = FakeClock(), Tty()
+  with progress.Progress(1, stream=out, clock=clock).compiling() as lowered:
+    lowered("jit_restore_sharded")
+    _miss("jit_convert_element_type")
+    _hit("jit_restore_sharded")
+    clock.now += 1.0
+  text = out.getvalue()
+  assert "compiling" not in text
+  assert text.endswith("\rupzeroir: loaded compiled program from cache in 1.0 s\x1b[K\n")
 
 
 def test_without_any_signal_the_program_was_compiled_earlier_in_the_process(cache):

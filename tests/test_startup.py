@@ -98,7 +98,7 @@ _WATCH = """
     with compile_watch.watch(seen.append) as w:
       jax.jit(lambda a: a * 2)(jnp.ones(3))  # run while tracing: not the program watched
       program = f.lower(x)
-      w.lowered()
+      w.lowered("jit__lambda")  # JAX's module name: jit_<function name>
       program.compile()
     print(attempt, seen, w.state, w.compile_called, w.saved)
 """

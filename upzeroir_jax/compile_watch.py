@@ -9,15 +9,17 @@ as it happens, through:
   `/jax/compilation_cache/cache_misses` when a compiled program was saved to the cache, and
   the duration event `/jax/core/compile/backend_compile_duration` after a program was compiled
   or loaded (not when it was reused from memory);
-- the log record "PERSISTENT COMPILATION CACHE MISS" of its `jax._src.compiler` logger, at
-  DEBUG level: the only signal given before XLA starts compiling. While watching, that logger is
+- the log records "PERSISTENT COMPILATION CACHE MISS for '<program>'" and "Persistent
+  compilation cache hit for '<program>'" of its `jax._src.compiler` logger, at DEBUG level: the
+  miss is the only signal given before XLA starts compiling, and both name the program. While watching, that logger is
   opened to DEBUG and a filter reads its records; the ones below its former level are dropped
   there, so nothing new reaches any log.
 
 A program compiled earlier in the same process is reused from memory without any of these.
-Tracing a program can run small programs of its own (constants, key derivations), each with
-these signals; only the signals after `Watch.lowered()` (called between `.lower()` and
-`.compile()`) count.
+Tracing and compiling a program can run small programs of their own (constants, key
+derivations, type conversions), each with these signals; only the signals after
+`Watch.lowered()` (called between `.lower()` and `.compile()`) count, and of the named ones
+only those of the program it names.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ LOADED = "loaded"  # loaded from the persistent cache
 
 _COMPILER_LOGGER = "jax._src.compiler"
 _MISS_RECORD = "PERSISTENT COMPILATION CACHE MISS"
+_HIT_RECORD = "Persistent compilation cache hit"
 _LOOKUP = "/jax/compilation_cache/compile_requests_use_cache"
 _HIT = "/jax/compilation_cache/cache_hits"
 _SAVED = "/jax/compilation_cache/cache_misses"
@@ -57,10 +60,12 @@ class Watch:
   saved: bool = False
   on_change: Callable[[str], None] | None = None
   listening: bool = False
+  program: str | None = None
 
-  def lowered(self) -> None:
-    """The program is traced and lowered; what follows is its compilation (or loading)."""
-    self.listening = True
+  def lowered(self, program: str | None = None) -> None:
+    """The program is traced and lowered; what follows is its compilation (or loading).
+    `program`: its module name as JAX logs it (`jit_<function name>`); None: any."""
+    self.program, self.listening = program, True
     if not cache_on():
       self._set(COMPILING)
 
@@ -72,15 +77,19 @@ class Watch:
 
 
 class _MissFilter(std_logging.Filter):
-  """Notes the cache-miss record; passes only records the logger's former level let through."""
+  """Notes the cache miss and hit records; passes only records the logger's former level let
+  through."""
 
   def __init__(self, watch: Watch, level: int):
     super().__init__()
     self.watch, self.level = watch, level
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if str(record.msg).startswith(_MISS_RECORD):
-      self.watch._set(COMPILING)
+    message = str(record.msg)
+    if message.startswith((_MISS_RECORD, _HIT_RECORD)):
+      name = record.args[0] if isinstance(record.args, tuple) and record.args else None
+      if self.watch.program in (None, name):
+        self.watch._set(COMPILING if message.startswith(_MISS_RECORD) else LOADED)
     return record.levelno >= self.level
 
 
@@ -106,7 +115,7 @@ def watch(on_change: Callable[[str], None] | None = None) -> Iterator[Watch]:
     with lock:
       if name == _LOOKUP and w.state == PREPARING:
         w._set(LOOKING_UP)
-      elif name == _HIT:
+      elif name == _HIT and w.program is None:
         w._set(LOADED)
       elif name == _SAVED and w.listening:
         w.saved = True

@@ -323,10 +323,11 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
 
 def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
-             config: config_lib.RestoreConfig, lowered: Callable[[], None]) -> Any:
+             config: config_lib.RestoreConfig, lowered: Callable[[str], None]) -> Any:
   """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
   configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it);
-  `lowered()` is called between lowering and compiling (`progress.Progress.compiling`)."""
+  `lowered(module name)` is called between lowering and compiling
+  (`progress.Progress.compiling`)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
   weights = jax.tree.map(
@@ -334,7 +335,7 @@ def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
       state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
   program = sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
                                            mesh=ctx.rows.mesh, on_step=ctx.on_step)
-  lowered()
+  lowered(f"jit_{sharding.restore_sharded.__name__}")
   return program.compile()
 
 

@@ -116,16 +116,16 @@ class Progress:
     self._say(f"{name}: done in {self.clock() - start:.1f} s")
 
   @contextlib.contextmanager
-  def compiling(self, cacheable: bool = True) -> Iterator[Callable[[], None]]:
+  def compiling(self, cacheable: bool = True) -> Iterator[Callable[..., None]]:
     """Reports the preparation of a batch program inside the block: traced, then compiled by
     XLA, loaded from JAX's persistent cache, or reused from this process (`compile_watch`).
     The block calls the function it is given once the program is lowered (between `.lower()`
-    and `.compile()`). A terminal gets a live line with a spinner and the elapsed time, a log
+    and `.compile()`), with the program's module name (`compile_watch.Watch.lowered`). A terminal gets a live line with a spinner and the elapsed time, a log
     one line per state and one a minute while compiling; the end says what happened and how
     long it took. `cacheable` False: a program JAX never saves (host callbacks of per-step
     progress), said at the end."""
     if not self.enabled:
-      yield lambda: None
+      yield lambda program=None: None
       return
     report = _CompileReport(self, cacheable)
     with compile_watch.watch(report.changed) as watch:
@@ -234,10 +234,11 @@ class _CompileReport:
       logging.info("%s ...", LIVE_TEXT[watch.state])
     self.tick()
 
-  def lowered(self) -> None:
-    """The program is traced and lowered (called from the compiling thread)."""
+  def lowered(self, program: str | None = None) -> None:
+    """The program (JAX's module name, `compile_watch.Watch.lowered`) is traced and lowered;
+    called from the compiling thread."""
     self.traced_s = self.p.clock() - self.start
-    self.watch.lowered()
+    self.watch.lowered(program)
 
   def changed(self, state: str) -> None:
     """Called by the watch (from the compiling thread) when JAX reports a new state."""
