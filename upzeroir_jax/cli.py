@@ -119,7 +119,9 @@ def help_text(usage: str, fv: flags.FlagValues) -> str:
   return usage + "\nflags:\n" + "\n".join(body) + "\n"
 
 
-def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
+def prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
+  """The prompt of input `src`: `prompt`, or with a `prompt_dir` the stripped text of
+  `<prompt_dir>/<src stem>.txt` ("" when that file does not exist)."""
   if prompt_dir is None:
     return prompt
   path = pathlib.Path(prompt_dir) / f"{src.stem}.txt"
@@ -159,7 +161,7 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
       raise RunError(f"--output={output_path}: the input is a folder, so the output "
                               "must be a folder too")
     out = [jobs_lib.Job(name=f.name, source=f, output=dst / name,
-                        prompt=_prompt_for(f, prompt, prompt_dir))
+                        prompt=prompt_for(f, prompt, prompt_dir))
            for f, name in zip(files, jobs_lib.output_names(files))]
     jobs_lib.check_outputs(out)
     return out
@@ -170,7 +172,7 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
                      f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
     dst = dst / f"{src.stem}.png"
   out = [jobs_lib.Job(name=src.name, source=src, output=dst,
-                      prompt=_prompt_for(src, prompt, prompt_dir))]
+                      prompt=prompt_for(src, prompt, prompt_dir))]
   jobs_lib.check_outputs(out, named_by_run=named_by_run)
   return out
 

@@ -22,7 +22,9 @@ MODEL_FLAGS = ("model", "scorer", "arniqa", "vgg", "steps", "seed", "batch", "gr
 def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """Defines the model and sampling flags (`MODEL_FLAGS`) and `--compilation_cache` on `fv`."""
   flags.DEFINE_string("model", loading.DEFAULT_MODEL, "Diffusion prior: hub id (downloaded on "
-                      "first use), diffusers folder, our checkpoint, or 'tiny' (random "
+                      "first use; the default is a mirror of SD 2.1-base's files), diffusers "
+                      "folder, our checkpoint (e.g. checkpoints/sd21_base from `python -m "
+                      "weights.fetch`), or 'tiny' (random "
                       "weights: a smoke test of the pipeline, not a restoration; "
                       f"{smoke.COST} on a 2-core CPU, with its own defaults "
                       f"{smoke.describe()}, each overridable).", flag_values=fv)

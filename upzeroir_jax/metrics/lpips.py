@@ -31,8 +31,13 @@ NETS = {
   "alex": (("relu1", "relu2", "relu3", "relu4", "relu5"), (64, 192, 384, 256, 256), 31),
 }
 CHECKPOINT_FILE = "lpips_vgg.safetensors"
-CONVERTER = ("python -m weights.convert_lpips --net=vgg --backbone=vgg16-397923af.pth "
-             f"--output={CHECKPOINT_FILE} (or --net=alex --backbone=alexnet-owt-7be5be79.pth)")
+
+
+def converter(output: str = CHECKPOINT_FILE) -> str:
+  """The command that writes an LPIPS-VGG checkpoint to `output` (`--net=alex
+  --backbone=alexnet-owt-7be5be79.pth` writes the AlexNet variant)."""
+  return ("python -m weights.convert_lpips --net=vgg --backbone=vgg16-397923af.pth "
+          f"--output={output}")
 
 
 def _check_net(net: str) -> None:
@@ -72,7 +77,7 @@ def _expected(path: str | os.PathLike, metadata: dict[str, str]) -> dict:
   if metadata.get("net") not in NETS:
     raise flat_checkpoint.CheckpointError(
         f"{os.fspath(path)}: LPIPS checkpoint for an unknown net {metadata.get('net')!r}; "
-        f"rebuild it with `{CONVERTER}`")
+        f"rebuild it with `{converter(os.fspath(path))}`")
   return abstract_params(metadata["net"])
 
 
@@ -80,12 +85,13 @@ def load(path: str | os.PathLike) -> dict:
   """Reads LPIPS params written by `weights/convert_lpips.py`, checked against the architecture.
 
   Raises:
-    flat_checkpoint.MissingCheckpointError: the file is absent (the message names the converter).
+    flat_checkpoint.MissingCheckpointError: the file is absent (the message names the path and
+      the commands that create it).
     flat_checkpoint.CheckpointError: the file is unreadable, not an LPIPS checkpoint, or a tensor
       is missing, unexpected, misshaped, not float or not finite (one line naming file and key).
   """
-  tree, _ = flat_checkpoint.load(path, CONVERTER, "lpips", "LPIPS",
-                                 lambda meta: _expected(path, meta))
+  tree, _ = flat_checkpoint.load(path, converter(os.fspath(path)), "lpips", "LPIPS",
+                                 lambda meta: _expected(path, meta), CHECKPOINT_FILE)
   return jax.tree.map(jnp.asarray, tree)
 
 

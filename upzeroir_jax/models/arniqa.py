@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from upzeroir_jax.models import flat_checkpoint, random_init, resnet, vgg
+from upzeroir_jax.models import flat_checkpoint, places, random_init, resnet, vgg
 
 # Opinion-score range and type of the regressor datasets, from miccunifi/ARNIQA `hubconf.py`
 # (`available_datasets_ranges`, `available_datasets_mos_types`).
@@ -124,16 +124,20 @@ def load(
     dataset: the regressor's dataset; must match the one recorded in `regressor_ckpt`.
 
   Raises:
-    flat_checkpoint.MissingCheckpointError: a file is absent (the message names the converter).
+    flat_checkpoint.MissingCheckpointError: a file is absent (the message names the path and
+      the commands that create it).
     flat_checkpoint.CheckpointError: a file is unreadable, of the wrong kind, or a tensor is
       missing, unexpected, misshaped, not float or not finite (one line naming file and key).
     ValueError: unknown dataset, or a regressor of another dataset.
   """
   score_bounds = bounds(dataset)
-  encoder, _ = flat_checkpoint.load(encoder_ckpt, converter(), "arniqa_encoder",
-                                    "ARNIQA encoder", lambda _: abstract_encoder())
-  regressor, reg_meta = flat_checkpoint.load(regressor_ckpt, converter(), "arniqa_regressor",
-                                             "ARNIQA regressor", lambda _: abstract_regressor())
+  encoder, _ = flat_checkpoint.load(
+      encoder_ckpt, converter(os.path.dirname(os.fspath(encoder_ckpt)) or "."), "arniqa_encoder",
+      "ARNIQA encoder", lambda _: abstract_encoder(), f"{places.ARNIQA_DIR}/{ENCODER_FILE}")
+  regressor, reg_meta = flat_checkpoint.load(
+      regressor_ckpt, converter(os.path.dirname(os.fspath(regressor_ckpt)) or "."),
+      "arniqa_regressor", "ARNIQA regressor", lambda _: abstract_regressor(),
+      f"{places.ARNIQA_DIR}/{regressor_file(dataset)}")
   if reg_meta.get("dataset") != dataset:
     raise ValueError(
       f"{os.fspath(regressor_ckpt)!r} holds the {reg_meta.get('dataset')!r} "

@@ -17,11 +17,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from upzeroir_jax.models import places
 from upzeroir_jax.models.weights_check import CheckpointError, check
 
 
 class MissingCheckpointError(FileNotFoundError, CheckpointError):
-  """A converted checkpoint is absent; the message names the converter to run."""
+  """A converted checkpoint is absent; the message names the path and the commands to run."""
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,7 +55,8 @@ def save(path: str | os.PathLike, tree: Mapping[str, Any],
   safetensors.numpy.save_file(flat, os.fspath(path), metadata=dict(metadata or {}))
 
 
-def _read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read(path: str | os.PathLike, converter: str, title: str,
+          place: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """The flat tensors and metadata of a safetensors file, unchecked.
 
   Raises:
@@ -63,7 +65,7 @@ def _read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise MissingCheckpointError(f"checkpoint {path!r} not found; create it with `{converter}`")
+    raise MissingCheckpointError(places.not_found(f"{title} checkpoint", path, place, converter))
   try:
     with safetensors.safe_open(path, framework="numpy") as f:
       metadata = dict(f.metadata() or {})
@@ -74,7 +76,8 @@ def _read(path: str | os.PathLike, converter: str) -> tuple[dict[str, np.ndarray
 
 
 def load(path: str | os.PathLike, converter: str, model: str, title: str,
-         expected: Callable[[dict[str, str]], Any]) -> tuple[dict[str, Any], dict[str, str]]:
+         expected: Callable[[dict[str, str]], Any],
+         place: str) -> tuple[dict[str, Any], dict[str, str]]:
   """Reads a file written by `save` and checks it -> (nested dict of numpy arrays, metadata).
 
   Args:
@@ -85,12 +88,14 @@ def load(path: str | os.PathLike, converter: str, model: str, title: str,
     expected: metadata -> nested dict whose leaves have `.shape` (e.g. `jax.eval_shape` of the
       model's init): the file must hold exactly these keys, as finite float tensors of these
       shapes (`weights_check.check`). It may raise `CheckpointError` for unusable metadata.
+    place: where weights.fetch writes this file in its output folder (`places.fetch_output`),
+      for the message when `path` is absent.
 
   Raises:
     MissingCheckpointError: `path` does not exist.
     CheckpointError: the file is unreadable, of another model, or does not fit `expected`.
   """
-  flat, metadata = _read(path, converter)
+  flat, metadata = _read(path, converter, title, place)
   if metadata.get("model") != model:
     raise CheckpointError(f"{os.fspath(path)}: not a {title} checkpoint (its metadata says "
                           f"model={metadata.get('model')!r}); rebuild it with `{converter}`")

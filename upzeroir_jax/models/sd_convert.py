@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import sd_nets, torch_state, weights_check
+from upzeroir_jax.models import places, sd_nets, torch_state, weights_check
 
 CONFIG_NAME = "sd_config.json"
 FORMAT = "upzeroir-sd"
@@ -259,7 +259,7 @@ def download(repo_id: str) -> pathlib.Path:
       return pathlib.Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001
       raise WeightsError(
-        f"cannot download {repo_id} ({type(online_error).__name__}; offline?): pass a local "
-        f"diffusers folder, or a folder from `python -m weights.convert_sd --source={repo_id} "
-        "--output=DIR` run where the hub is reachable"
+        f"cannot download the hub id {repo_id} ({type(online_error).__name__}; offline?): pass "
+        f"a local diffusers folder, or run `{places.fetch_command()}` where the hub is reachable "
+        f"and pass --model={places.CHECKPOINT_DIR}/{places.SD_DIR}"
       ) from None

@@ -98,11 +98,13 @@ def load(path: str | os.PathLike) -> dict:
   Every tensor is checked against the architecture first (`weights_check`).
 
   Raises:
-    flat_checkpoint.MissingCheckpointError: the file is absent (the message names the converter).
+    flat_checkpoint.MissingCheckpointError: the file is absent (the message names the path and
+      the commands that create it).
     flat_checkpoint.CheckpointError: the file is unreadable, not a VGG16 checkpoint, or a tensor is
       missing, unexpected, misshaped, not float or not finite (one line naming file and key).
   """
-  tree, _ = flat_checkpoint.load(path, converter(), "vgg16", "VGG16", lambda _: abstract_params())
+  tree, _ = flat_checkpoint.load(path, converter(os.fspath(path)), "vgg16", "VGG16",
+                                 lambda _: abstract_params(), CHECKPOINT_FILE)
   return jax.tree.map(jnp.asarray, tree)
 
 
