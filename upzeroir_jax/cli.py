@@ -20,10 +20,12 @@ an input, outputs named after their inputs never go into a folder holding inputs
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
 
-Progress goes to stderr: "loading models", "compiling (first run only; cached afterwards)",
-then the images with their rate and time left (on a terminal a bar that also shows the
-sampling step, `--step_progress`; otherwise one log line per image). Compiled programs are
-kept in JAX's persistent compilation cache (`--compilation_cache`, default
+Progress goes to stderr: "loading models", then "compiling" or "loading compiled program from
+cache" as JAX reports it (on a terminal with a spinner and the elapsed time), then the images
+with their rate and time left (on a terminal a bar that also shows the sampling step,
+`--step_progress`; otherwise one log line per image). On a terminal every line reads
+`upzeroir: ...`; `--verbose` and log files keep absl's log format. Compiled programs are kept
+in JAX's persistent compilation cache (`--compilation_cache`, default
 `$XDG_CACHE_HOME/upzeroir-jax/jax` or `~/.cache/upzeroir-jax/jax`), so only the first run of a
 model, size and setting compiles. `--model=tiny` is a smoke test on random weights with small
 defaults of its own (`upzeroir_jax.smoke`), fast on a 2-core CPU. Ctrl-C stops within
@@ -96,8 +98,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Redo outputs that already exist.", flag_values=fv)
   flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
-                       "on the progress bar (a host callback per step; not cached across "
-                       "runs).", flag_values=fv)
+                       "on the progress bar (a host callback per step: JAX does not keep "
+                       "such programs in the compilation cache, so every run compiles).",
+                       flag_values=fv)
   flags.DEFINE_boolean("report", False, "After the run, write report.html into the output "
                        "folder: every image there with its input, settings and sampling plots "
                        "(eval.report).", flag_values=fv)
@@ -198,7 +201,7 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
   there) and restored with its own task's preset; each resume check uses the image's own
   settings, so a changed identification or `--task` is noticed. The caller holds the output
   folders (`jobs.lock_outputs`).
-  `progress` reports the phases ("loading models", compiling) and images (default: a
+  `progress` reports the phases ("loading models", compiling or loading) and images (default: a
   `progress.Progress` on stderr of process 0); `report_steps` adds each sampling step.
 
   Returns:
@@ -244,6 +247,13 @@ def _restore(fv: flags.FlagValues) -> int:
     summary = restore_checked(PROG, fv, jobs, fv.task, settings,
                               record={"command": "upzeroir restore"}, progress=report,
                               report_steps=fv.step_progress and report.interactive)
+  # The failures first, then the summary and the smoke-test notice: the run's last words.
+  if len(summary.failed) == 1:
+    _error(PROG, summary.failed[0][1])
+  elif summary.failed:
+    _error(PROG, f"{len(summary.failed)} images could not be restored:")
+    for _, message in summary.failed:
+      print(f"  {message}", file=sys.stderr)
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
@@ -252,14 +262,7 @@ def _restore(fv: flags.FlagValues) -> int:
   if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
-  if not summary.failed:
-    return 0
-  if len(summary.failed) == 1:
-    return _error(PROG, summary.failed[0][1])
-  _error(PROG, f"{len(summary.failed)} images could not be restored:")
-  for _, message in summary.failed:
-    print(f"  {message}", file=sys.stderr)
-  return 2
+  return 2 if summary.failed else 0
 
 
 def _write_reports(folders: set[pathlib.Path]) -> None:
@@ -277,7 +280,8 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   `--help` prints the help (exit 0), no arguments print it too (exit 2), `--version` the
   versions (exit 0). The positional arguments must be `command` alone (`upzeroir restore`) or,
   with `command` None, none. After parsing, `startup.configure` applies `--compilation_cache`
-  and hides XLA's logs unless `--verbose`. Flag errors and `ValueError`s (bad input, missing or
+  and hides XLA's logs unless `--verbose`; on a terminal, log lines read `<prog>: ...` unless
+  `--verbose` (`startup.terminal_logs`). Flag errors and `ValueError`s (bad input, missing or
   unreadable weights) print one line `<prog>: error: ...` (exit 2; all missing weights files
   are listed on the lines after it); other exceptions one line (exit 1); a traceback only with
   `--verbose`. Ctrl-C prints one line and exits 130: with `argv` None (the process's own
@@ -308,7 +312,8 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
     logging.set_verbosity(logging.INFO)
     startup.configure(fv)
     _check_positional(prog, command, rest[1:])
-    return body(fv)
+    with startup.terminal_logs(prog, verbose):
+      return body(fv)
   except flags.Error as e:
     return _error(prog, f"{e} (see `{prog} --help`)")
   except (ValueError, FileNotFoundError) as e:

@@ -22,9 +22,9 @@ The last batch of a group is filled up to the full batch with copies of its last
 grid or written fails alone (`failure` names the file); the others are restored.
 
 Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
-batch, announced as "compiling (first run only; cached afterwards)" (JAX's persistent cache,
-`startup`, makes later runs load it), so the per-image rate and time left count restore time
-only. Images are counted per batch; with `report_steps` a host callback inside the compiled
+batch, or loaded from JAX's persistent cache (`startup`) when an earlier run compiled it; the
+progress says which (`progress.Progress.compiling`), and the per-image rate and time left count
+restore time only. Images are counted per batch; with `report_steps` a host callback inside the compiled
 loop reports each sampling step (costs a host round trip per step; off by default).
 
 Ctrl-C: compiling and restoring run through `interrupt.call`, so KeyboardInterrupt reaches
@@ -279,9 +279,10 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   try:
     for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
-      with progress.phase(progress_lib.COMPILING):
+      with progress.compiling(cacheable=ctx.on_step is None) as lowered:
         t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static,
+                                  lowered)
         compile_s = time.perf_counter() - t0
       progress.start_images()
       for start in range(0, len(group), global_batch):
@@ -295,16 +296,20 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
 
 def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
-             config: config_lib.RestoreConfig) -> Any:
+             config: config_lib.RestoreConfig, lowered: Callable[[str], None]) -> Any:
   """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
-  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it)."""
+  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it);
+  `lowered(module name)` is called between lowering and compiling
+  (`progress.Progress.compiling`)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
   weights = jax.tree.map(
       lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
       state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
-  return sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
-                                        mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
+  program = sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
+                                           mesh=ctx.rows.mesh, on_step=ctx.on_step)
+  lowered(f"jit_{sharding.restore_sharded.__name__}")
+  return program.compile()
 
 
 def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]

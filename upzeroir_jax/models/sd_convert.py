@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import places, sd_nets, sd_params, weights_check
+from upzeroir_jax.models import places, sd_nets, sd_params, torch_state, weights_check
 
 CONFIG_NAME = "sd_config.json"
 TEXT_PARAMS = "text_encoder_params"
@@ -191,11 +191,15 @@ def _read_tensors(files: Sequence[pathlib.Path]) -> tuple[dict[str, Any], dict[s
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except (safetensors.SafetensorError, OSError, RuntimeError, pickle.UnpicklingError,
             EOFError, ValueError) as e:
-      problem = " ".join(str(e).split())[:200]
-      raise WeightsError(f"{file}: not a readable weights file ({problem}); {_FIX}") from None
+      raise WeightsError(f"{file}: not a readable weights file ({torch_state.reason(e)}); "
+                         f"{_FIX}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
       raise WeightsError(f"{file}: not a state dict of named tensors; {_FIX}")
+    too_big = [k for k, v in state.items() if not torch_state.fits_storage(v)]
+    if too_big:
+      raise WeightsError(f"{file}: tensor {too_big[0]!r} claims more values than its storage "
+                         f"holds (a malformed file); {_FIX}")
     for name, tensor in state.items():
       if name in tensors:
         raise WeightsError(f"{file}: tensor {name!r} is also in {origin[name]}; {_FIX}")
