@@ -18,10 +18,13 @@ given host arrays. Measured (`eval/bench/measure.py`):
   image and flops at batch B over batch 1,
 - `torch_step` / `torch_batch` parts: the same steps in PyTorch (`eval/torch_reference.py`),
   and, with `step` and `torch_step` in float32, one-step parity of the two from the same state,
-- `ldrps` part: the LD-RPS procedure in PyTorch (450 guided steps, then two recurrences of
-  225 from t ≈ 500, CFG always on) per restored image (`--ldrps_scale` shortens it, linear
-  extrapolation to the full count),
-- `--variants` of our batch-1 step (bf16, remat, CFG, `jax.nn.dot_product_attention`), each
+- `ldrps` part: the LD-RPS procedure in PyTorch per restored image for each of
+  `--ldrps_tasks`, as its script for that task runs it (450 guided steps, then 2 / 0 / 1
+  recurrences of 225 from t ≈ 500 for low light / dehaze / denoise, CFG always on, the guidance
+  terms that script computes; `eval/torch_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
+  it, with linear extrapolation to the full count,
+- `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
+  `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each
   timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
   our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
 - peak memory: JAX `memory_stats()["peak_bytes_in_use"]` on a GPU (never reset: read in
@@ -173,10 +176,12 @@ def run_benchmark(opts: Options,
     done()
   elif opts.profile and base is None:
     meta["skipped"].append("profile (needs the step part)")
-  if due("ldrps" in parts, f"LD-RPS procedure at scale {opts.ldrps_scale}"):
-    res["torch"]["ldrps"] = measure.torch_ldrps(setup, opts.ldrps_scale)
-    res["memory"]["torch_ldrps"] = measure.memory(setup)
-    done()
+  for task in opts.ldrps_tasks:
+    if due("ldrps" in parts, f"LD-RPS procedure for {task} at scale {opts.ldrps_scale}"):
+      res["torch"].setdefault("ldrps", {})[task] = measure.torch_ldrps(setup, opts.ldrps_scale,
+                                                                       task)
+      res["memory"][f"torch_ldrps_{task}"] = measure.memory(setup)
+      done()
   if setup.device.type == "cuda":
     torch.cuda.empty_cache()
   if due("dqr" in parts, f"JAX restore with DQR, {opts.restore_steps} steps"):

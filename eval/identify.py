@@ -19,16 +19,11 @@ The thresholds of `physics.identify.Thresholds` were tuned on `cbsd68:first`; re
 on `kodak24` + `cbsd68:second`.
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import csv
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 
@@ -38,9 +33,9 @@ from absl import flags
 from upzeroir_jax import cli, io
 from upzeroir_jax.physics import identify
 
-PROG = "eval/identify.py"
+PROG = "eval.identify"
 USAGE = f"""\
-usage: {PROG} --input=DIR[:first|:second] [--input=...] --output_dir=DIR [flags]
+usage: python -m {PROG} --input=DIR[:first|:second] [--input=...] --output_dir=DIR [flags]
 
 Synthesizes degraded copies of clean images over a grid of strengths, identifies their
 degradations, and writes confusion.csv/.png, accuracy.json and features.csv.
@@ -232,7 +227,7 @@ def _main(fv: flags.FlagValues) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs eval/identify.py with `argv` (default `sys.argv`); returns the exit code."""
+  """Runs eval.identify with `argv` (default `sys.argv`); returns the exit code."""
   return cli.run_main(PROG, USAGE, define_flags(flags.FlagValues()), argv, _main)
 
 

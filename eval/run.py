@@ -26,6 +26,17 @@ the cluster, e.g. on Cloud TPU or SLURM). Each process reads and writes its own 
 result equals a single-device run. Process 0 holds the run folder (`jobs.lock_outputs`) so that
 no second run writes into it at the same time.
 
+`--protocol=ldrps` runs LD-RPS's evaluation protocol (`eval/protocol.py`; docs/evaluation.md):
+each input LANCZOS-resized to 512² (written to `<output_dir>/ldrps_inputs/`), the restored
+images saved LANCZOS-resized to 256²; the default `native` restores at the input's size. The
+protocol is recorded in run.json, and eval.score and eval.tables follow it. `--prompts_dir`
+conditions each image on `<prompts_dir>/<input stem>.txt` (LD-RPS's `--text_dir` layout;
+images without one get no prompt); each prompt is recorded in the image's sidecar.
+
+`tfds:NAME` also serves the paper's sets as builders of this project (`eval/datasets.py`:
+lolv1, lolv2, hsts, kodak24, lol_noise, lol_haze_noise), prepared from the files in
+`--tfds_manual_dir` (default: tfds's own manual folder).
+
 `--override=field=value` (repeatable) changes any `RestoreConfig` field of the task preset,
 e.g. `--override=dqr=false` (eval.ablate builds the ablations of docs/method.md §8 this way).
 The model and sampling flags are those of `upzeroir restore` (`upzeroir_jax.flags`).
@@ -40,6 +51,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from eval import folders, tfds_source
+from eval import protocol as protocol_lib
 from upzeroir_jax import auto, cli, io, loading, smoke
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
@@ -49,10 +62,6 @@ from upzeroir_jax.errors import RunError
 PROG = "eval.run"
 RUN_FILE = "run.json"
 RESTORED = "restored"
-# (degraded, ground truth) sub-folder names of the benchmarks' own layouts, case-insensitive.
-LAYOUTS = (("low", "high"), ("low", "normal"), ("hazy", "gt"), ("hazy", "clear"),
-           ("input", "gt"), ("input", "target"), ("lq", "gt"))
-_TFDS_GT_KEYS = ("gt", "high", "target", "clean", "clear", "hq")
 USAGE = f"""\
 usage: python -m {PROG} --dataset_dir=DIR|tfds:NAME --output_dir=DIR --task=TASK [flags]
 
@@ -77,6 +86,15 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       flag_values=fv)
   flags.DEFINE_string("variant", "full", "Method variant for eval.tables (full, no_pcdm, "
                       "no_degloss, no_dqr).", flag_values=fv)
+  flags.DEFINE_enum("protocol", protocol_lib.NATIVE, list(protocol_lib.PROTOCOLS),
+                    "native: restore at the input's size; ldrps: LD-RPS's protocol (input "
+                    "LANCZOS-resized to 512², output saved LANCZOS-resized to 256²).",
+                    flag_values=fv)
+  flags.DEFINE_string("prompts_dir", None, "Folder of per-image prompts, <input stem>.txt "
+                      "(images without one get no prompt).", flag_values=fv)
+  flags.DEFINE_string("tfds_manual_dir", None, "Folder holding the files the tfds: builders "
+                      "of eval/datasets.py prepare from (default: tfds's manual folder).",
+                      flag_values=fv)
   flags_lib.define_model_flags(fv)
   flags.DEFINE_integer("max_images", None, "Restore only the first N images (by name).",
                        flag_values=fv, lower_bound=1)
@@ -89,81 +107,30 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   return fv
 
 
-def _find_child(folder: pathlib.Path, name: str) -> pathlib.Path | None:
-  for child in folder.iterdir():
-    if child.is_dir() and child.name.lower() == name:
-      return child
-  return None
-
-
-def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Path
-                    ) -> tuple[pathlib.Path, pathlib.Path | None]:
-  """(folder of degraded inputs, folder of ground truth or None) for `--dataset_dir`.
+def resolve_dataset(dataset_dir: str, gt_dir: str | None, output_dir: pathlib.Path,
+                    manual_dir: str | None = None) -> tuple[pathlib.Path, pathlib.Path | None]:
+  """(folder of degraded inputs, folder of ground truth or None) for `--dataset_dir`: a folder
+  (`eval.folders.resolve`) or `tfds:NAME[:SPLIT]` written out under `output_dir`.
 
   Raises:
     RunError: missing folders, or tfds without its extra.
   """
   if dataset_dir.startswith("tfds:"):
-    return _materialize_tfds(dataset_dir[len("tfds:"):], output_dir, gt_dir)
-  folder = pathlib.Path(dataset_dir)
-  if not folder.is_dir():
-    raise RunError(f"--dataset_dir={dataset_dir}: no such folder")
-  if gt_dir is not None and not pathlib.Path(gt_dir).is_dir():
-    raise RunError(f"--gt_dir={gt_dir}: no such folder")
-  for low, high in LAYOUTS:
-    inputs, truth = _find_child(folder, low), _find_child(folder, high)
-    if inputs is not None and truth is not None:
-      return inputs, pathlib.Path(gt_dir) if gt_dir else truth
-  return folder, pathlib.Path(gt_dir) if gt_dir else None
-
-
-def _materialize_tfds(spec: str, output_dir: pathlib.Path, gt_dir: str | None
-                      ) -> tuple[pathlib.Path, pathlib.Path | None]:
-  """Writes a tfds split's images as PNGs (process 0; the others wait) and returns the folders."""
-  import jax
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError:
-    raise RunError("tfds: datasets need the tfds extra: pip install -e '.[tfds]'"
-                            ) from None
-  name, _, split = spec.partition(":")
-  inputs, truth = output_dir / "inputs", output_dir / "gt"
-  if jax.process_index() == 0 and not (inputs / ".complete").exists():
-    for i, example in enumerate(tfds.as_numpy(tfds.load(name, split=split or "test",
-                                                        shuffle_files=False))):
-      images = {k: v for k, v in example.items() if getattr(v, "ndim", 0) == 3}
-      if not images:
-        raise RunError(f"tfds:{spec} has no image feature")
-      gt_key = next((k for k in images if k.lower() in _TFDS_GT_KEYS), None)
-      in_key = "image" if "image" in images and gt_key != "image" else next(
-          k for k in images if k != gt_key)
-      io.write_image(inputs / f"{i:05d}.png", images[in_key])
-      if gt_key is not None:
-        io.write_image(truth / f"{i:05d}.png", images[gt_key])
-    (inputs / ".complete").touch()
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("tfds materialized")
-  if gt_dir:
-    return inputs, pathlib.Path(gt_dir)
-  return inputs, truth if truth.is_dir() else None
-
-
-def ground_truth(gt_dir: pathlib.Path | None, source: pathlib.Path) -> pathlib.Path | None:
-  """The ground-truth file of `source`: same stem, or the stem's part before the first `_`
-  (RESIDE names hazy images `<id>_<A>_<beta>`); None when there is none."""
-  if gt_dir is None:
-    return None
-  candidates = {p.stem: p for p in gt_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES}
-  return candidates.get(source.stem) or candidates.get(source.stem.split("_")[0])
+    return tfds_source.materialize(dataset_dir[len("tfds:"):], output_dir, gt_dir, manual_dir)
+  return folders.resolve(dataset_dir, gt_dir)
 
 
 def _check_same_run(path: pathlib.Path, settings: dict, overwrite: bool) -> None:
   if not path.is_file() or overwrite:
     return
-  old = json.loads(path.read_text())
-  for key in ("config", "model", "seed", "grid", "size", "input_dir"):
+  try:
+    old = json.loads(path.read_text(encoding="utf-8"))
+  except (ValueError, RecursionError):
+    old = None
+  if not isinstance(old, dict):
+    raise RunError(f"{path} is not a run record of eval.run; use another --output_dir or "
+                   "--overwrite")
+  for key in ("config", "model", "seed", "grid", "size", "input_dir", "protocol"):
     before, now = old.get(key), settings.get(key)
     if before == now:
       continue
@@ -203,19 +170,26 @@ def _main(fv: flags.FlagValues) -> int:
   import jax
 
   out = pathlib.Path(fv.output_dir)
-  inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out)
-  every = sorted(p for p in inputs.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in io.IMAGE_SUFFIXES)
+  inputs, gt_dir = resolve_dataset(fv.dataset_dir, fv.gt_dir, out, fv.tfds_manual_dir)
+  if fv.prompts_dir is not None and not pathlib.Path(fv.prompts_dir).is_dir():
+    raise RunError(f"--prompts_dir={fv.prompts_dir}: no such folder")
+  every, skipped = jobs_lib.list_images(inputs, f"--dataset_dir={fv.dataset_dir}")
+  for line in skipped:
+    print(f"{PROG}: {line}", file=sys.stderr)
   files = every[:fv.max_images]
   if not files:
     raise RunError(f"no images ({', '.join(sorted(io.IMAGE_SUFFIXES))}) in {inputs}")
+  names = jobs_lib.output_names(files)
+  sources = (protocol_lib.model_inputs(files, names, out / protocol_lib.LDRPS_INPUTS)
+             if fv.protocol == protocol_lib.LDRPS else files)
   jobs = []
-  for f, name in zip(files, jobs_lib.output_names(files)):
-    gt = ground_truth(gt_dir, f)
-    jobs.append(jobs_lib.Job(name=f.name, source=f, output=out / RESTORED / name,
-                             extra={"gt": str(gt) if gt else None}))
+  for f, source, name in zip(files, sources, names):
+    gt = folders.ground_truth(gt_dir, f)
+    jobs.append(jobs_lib.Job(name=f.name, source=source, output=out / RESTORED / name,
+                             prompt=cli.prompt_for(f, "", fv.prompts_dir),
+                             extra={"gt": str(gt) if gt else None, "source": str(f)}))
   jobs_lib.check_outputs(jobs, protected=[pathlib.Path(j.extra["gt"]) for j in jobs
-                                          if j.extra["gt"]])
+                                          if j.extra["gt"]], written=[out / RUN_FILE])
   presets = flags_lib.task_configs(fv, fv.task)
   benchmark = fv.benchmark or pathlib.Path(fv.dataset_dir.rstrip("/")).name
   with (jobs_lib.lock_outputs([out, out / RESTORED]) if jax.process_index() == 0
@@ -229,11 +203,15 @@ def _main(fv: flags.FlagValues) -> int:
       "smoke_test": smoke_test, "scorer": fv.scorer, "overrides": fv.override,
       "config": ({t: dataclasses.asdict(c) for t, c in presets.items()} if fv.task == auto.AUTO
                  else dataclasses.asdict(presets[fv.task])),
-      "seed": fv.seed, "grid": fv.grid, "size": fv.size,
+      "seed": fv.seed, "grid": fv.grid, "size": fv.size, "protocol": fv.protocol,
+      "prompts_dir": fv.prompts_dir,
     }, fv.overwrite)
     summary = cli.restore_checked(PROG, fv, jobs, fv.task,
                                   flags_lib.settings_from_flags(fv),
-                                  record={"benchmark": benchmark, "variant": fv.variant})
+                                  record={"benchmark": benchmark, "variant": fv.variant,
+                                          "protocol": fv.protocol})
+    if fv.protocol == protocol_lib.LDRPS:
+      protocol_lib.finish_outputs([j.output for j in jobs])
   print(f"{PROG}: {benchmark}/{fv.variant}: restored {len(summary.done)}, skipped "
         f"{len(summary.skipped)} finished, failed {len(summary.failed)} -> {out / RESTORED}")
   if smoke_test:

@@ -13,10 +13,15 @@ With `--run_dir` (an eval.run folder) the restored images are `<run_dir>/restore
 and each one's ground truth is the one eval.run recorded in its sidecar; otherwise ground
 truth is matched by file stem in `--gt_dir`. Writes `scores.csv` and `scores.json` to
 `--output_dir` (default: the run folder, or the restored folder).
+
+`--protocol=ldrps` scores as LD-RPS does (`eval/protocol.py`): restored images and references
+at 256 × 256, LANCZOS-resized to it where they have another size. Its default is the protocol
+run.json records (`native`, each image at its own size, without one); scores.json records it.
 """
 
 import csv
 import functools
+import io as io_lib
 import json
 import math
 import pathlib
@@ -26,7 +31,9 @@ from typing import Any
 
 from absl import flags
 
-from upzeroir_jax import cli, io, loading
+from eval import protocol as protocol_lib
+from upzeroir_jax import cli, io, loading, records
+from upzeroir_jax.io import atomic
 
 PROG = "eval.score"
 METRICS = ("psnr", "ssim", "lpips", "niqe", "arniqa")
@@ -82,10 +89,10 @@ def _pairs_from_run(run_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.P
     raise ValueError(f"--run_dir={run_dir}: no restored/ folder (run python -m eval.run first)")
   pairs = []
   for image in sorted(restored.glob("*.png")):
-    sidecar = image.with_suffix(".json")
-    if not sidecar.is_file():
+    record = records.read_sidecar(image)
+    if record is None:
       continue  # unfinished
-    gt = json.loads(sidecar.read_text()).get("gt")
+    gt = record.get("gt")
     pairs.append((image, pathlib.Path(gt) if gt else None))
   return pairs
 
@@ -116,9 +123,11 @@ def _pairs_from_dirs(restored_dir: pathlib.Path, gt_dir: pathlib.Path | None
 
 
 def score_pairs(pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]],
-                fns: dict[str, Callable], missing: dict[str, str]
+                fns: dict[str, Callable], missing: dict[str, str],
+                protocol: str = protocol_lib.NATIVE
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """Per-image rows and the summary (means over the images that have each metric).
+  """Per-image rows and the summary (means over the images that have each metric), both
+  images brought to the size `protocol` scores at (`protocol.reference`).
 
   A non-finite value (e.g. NIQE of a flat image) counts as missing for that image.
 
@@ -132,8 +141,8 @@ def score_pairs(pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]],
   for restored, gt in pairs:
     row: dict[str, Any] = {"name": restored.stem, "restored": str(restored),
                            "gt": str(gt) if gt else ""}
-    x = io.read_image(restored)
-    y = io.read_image(gt) if gt is not None else None
+    x = protocol_lib.reference(io.read_image(restored), protocol)
+    y = protocol_lib.reference(io.read_image(gt), protocol) if gt is not None else None
     if y is not None and y.shape != x.shape:
       raise ValueError(f"{restored}: size {x.shape[:2]} differs from its ground truth {gt} "
                        f"{y.shape[:2]}")
@@ -161,13 +170,14 @@ def score_pairs(pairs: Sequence[tuple[pathlib.Path, pathlib.Path | None]],
 
 def write(rows: Sequence[dict[str, Any]], summary: dict[str, Any], output_dir: pathlib.Path,
           extra: dict[str, Any]) -> None:
-  """Writes `scores.csv` (empty cells for missing values) and `scores.json`."""
-  output_dir.mkdir(parents=True, exist_ok=True)
-  with open(output_dir / "scores.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["name", *METRICS, "restored", "gt"])
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  """Writes `scores.csv` (empty cells for missing values) and `scores.json`, each atomically
+  (`io.atomic`: a planted file or link there is replaced, never followed)."""
+  text = io_lib.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=["name", *METRICS, "restored", "gt"])
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+  atomic.write(output_dir / "scores.csv", lambda f: f.write(text.getvalue().encode("utf-8")))
   io.write_json(output_dir / "scores.json", {**summary, **extra})
 
 
@@ -180,6 +190,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                       "--restored_dir).", flag_values=fv)
   flags.DEFINE_string("output_dir", None, "Where scores.csv/json go (default: the run or "
                       "restored folder).", flag_values=fv)
+  flags.DEFINE_enum("protocol", None, list(protocol_lib.PROTOCOLS), "Scoring protocol "
+                    "(default: the run's, else native); ldrps: at 256² as LD-RPS.",
+                    flag_values=fv)
   flags.DEFINE_string("lpips", loading.DEFAULT_LPIPS, "Converted LPIPS "
                       "checkpoint.", flag_values=fv)
   flags.DEFINE_string("arniqa", loading.DEFAULT_ARNIQA, "Folder of the converted ARNIQA "
@@ -195,17 +208,21 @@ def _main(fv: flags.FlagValues) -> int:
     pairs = _pairs_from_run(run_dir)
     out = pathlib.Path(fv.output_dir or run_dir)
     gt_dir = run_gt_dir(run_dir, pairs)
+    run_file = run_dir / "run.json"
+    recorded = json.loads(run_file.read_text()).get("protocol") if run_file.is_file() else None
   else:
     gt_dir = fv.gt_dir
     pairs = _pairs_from_dirs(pathlib.Path(fv.restored_dir),
                              pathlib.Path(fv.gt_dir) if fv.gt_dir else None)
     out = pathlib.Path(fv.output_dir or fv.restored_dir)
+    recorded = None
   if not pairs:
     raise ValueError("no restored images to score")
   fns, missing = metric_functions(fv.lpips, fv.arniqa)
-  rows, summary = score_pairs(pairs, fns, missing)
+  protocol = fv.protocol or recorded or protocol_lib.NATIVE
+  rows, summary = score_pairs(pairs, fns, missing, protocol)
   write(rows, summary, out, {"run_dir": fv.run_dir, "restored_dir": fv.restored_dir,
-                             "gt_dir": gt_dir})
+                             "gt_dir": gt_dir, "protocol": protocol})
   means = ", ".join(f"{m} {'missing' if v is None else f'{v:.4f}'}"
                     for m, v in summary["means"].items())
   print(f"{PROG}: {summary['count']} images: {means} -> {out / 'scores.json'}")

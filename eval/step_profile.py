@@ -24,7 +24,7 @@ from typing import Any
 import jax
 
 PART_KEYS = (
-  ("UNet", ("UNet2DConditionModel",)),
+  ("UNet", ("UNet",)),
   ("VAE decoder", ("decoder",)),
   ("VAE encoder", ("encoder",)),
   ("VGG16", ("VGG16Features",)),

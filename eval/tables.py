@@ -18,7 +18,9 @@ al.'s learned score) is not implemented, so its cells are "—". NIQE is on scik
 pristine-model scale (metrics/niqe.py), not the paper's MATLAB one. Runs with random weights
 are marked as smoke tests, and rows whose scores cover fewer images than the run's dataset
 holds (`dataset_images` in run.json, else the image files of its `input_dir`; e.g. a run with
-`--max_images=3` of Kodak24's 24) as partial, with "3 of 24 images" in the notes. With several runs for one benchmark and variant, the most recently
+`--max_images=3` of Kodak24's 24) as partial, with "3 of 24 images" in the notes; runs
+scored under LD-RPS's protocol (`--protocol=ldrps`: 512² model input, 256² outputs and
+references) are labelled "LD-RPS protocol, 256²". With several runs for one benchmark and variant, the most recently
 scored one is used.
 """
 
@@ -46,6 +48,7 @@ METRICS = {"psnr": ("PSNR", 2, "↑"), "ssim": ("SSIM", 3, "↑"), "lpips": ("LP
            "pi": ("PI", 2, "↓"), "niqe": ("NIQE", 2, "↓")}
 FULL_REF = ("psnr", "ssim", "lpips")
 LOW_LIGHT = ("psnr", "ssim", "lpips", "pi", "niqe")
+LDRPS_LABEL = "LD-RPS protocol, 256²"
 VARIANTS = {"no_pcdm": "w/o PCDM", "no_degloss": "w/o DegLoss", "no_dqr": "w/o DQR",
             "full": "Full Version"}
 
@@ -122,6 +125,7 @@ class Run:
   means: Mapping[str, float | None]
   scored_at: float
   expected: int | None = None
+  protocol: str = "native"
 
   @property
   def partial(self) -> bool:
@@ -154,7 +158,8 @@ def find_runs(root: str | os.PathLike) -> list[Run]:
                     variant=settings.get("variant", "full"),
                     smoke_test=bool(settings.get("smoke_test")), count=int(scores.get("count", 0)),
                     means=scores.get("means", {}), scored_at=scores_file.stat().st_mtime,
-                    expected=_dataset_images(settings)))
+                    expected=_dataset_images(settings),
+                    protocol=scores.get("protocol") or settings.get("protocol") or "native"))
   return runs
 
 
@@ -165,9 +170,10 @@ def _latest(runs: Sequence[Run], benchmark: str, variant: str) -> Run | None:
 
 
 def _images(run: Run) -> str:
+  protocol = f" ({LDRPS_LABEL})" if run.protocol == "ldrps" else ""
   if run.partial:
-    return f"{run.count} of {run.expected} images (partial)"
-  return f"{run.count} images"
+    return f"{run.count} of {run.expected} images (partial){protocol}"
+  return f"{run.count} images{protocol}"
 
 
 def _report_links(found: Sequence[Run | None], links_from: str | os.PathLike) -> str:
@@ -201,7 +207,9 @@ def render(table: Table, runs: Sequence[Run], links_from: str | os.PathLike = ".
     cells = [_cell(run.means.get(m) if run else None, m)
              for (_, metrics), run in zip(table.columns, found) for m in metrics]
     marks = [mark for mark, flag in (("smoke test", any(r and r.smoke_test for r in found)),
-                                     ("partial", any(r and r.partial for r in found))) if flag]
+                                     ("partial", any(r and r.partial for r in found)),
+                                     (LDRPS_LABEL, any(r and r.protocol == "ldrps"
+                                                       for r in found))) if flag]
     name = f"{VARIANTS[variant]} ({OURS})" if table.ablation else OURS
     label = name + "".join(f" — {mark}" for mark in marks)
     lines.append(f"| **{label}**{_report_links(found, links_from)} | " + " | ".join(cells)

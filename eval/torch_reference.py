@@ -12,13 +12,17 @@ Two procedures:
   (`upzeroir_jax.sampler.step.step`): one latent per image, one UNet pass (two, batched, when a
   text context is given), one DDIM update, one PCDM/discriminator Adam step, one guidance
   gradient through the VAE decoder (and encoder, for DegLoss). docs/method.md §3–§6.
-- `LDRPSProcedure`: the end-to-end procedure of LD-RPS: 450 guided DDIM steps, then two
-  recurrences of 225 steps from t = 500 (strength 0.5), TWO latents per image, classifier-free
-  guidance always on (two UNet calls of batch 2 per step), the scheduler's `step` called twice
-  per latent (once for z_{t-1}, once more for x̂0), LD-RPS's dynamic thresholding on (clamp to
-  ±s without dividing by s, `ClampDDIMScheduler`), and the guidance gradient taken through the
-  decoder of both latents. The losses and per-task settings (discriminator learning rates,
-  exposure patch, stage-3 boundary) are those of the config, docs/method.md §4–§6.
+- `LDRPSProcedure`: the end-to-end procedure of LD-RPS as its per-task scripts run it
+  (`LDRPS_RECIPES`): 450 guided DDIM steps, then 2 / 0 / 1 recurrences (low light / dehaze /
+  denoise) of 225 steps from t = 500 (img2img strength 0.5), TWO latents per image,
+  classifier-free guidance with weight 8 always on (two UNet calls of batch 2 per step; the
+  per-image caption for low light, the empty prompt for the others), the scheduler's `step`
+  called twice per latent (once for z_{t-1}, once more for x̂0), LD-RPS's dynamic thresholding
+  on (clamp to ±s without dividing by s, `ClampDDIMScheduler`), and the guidance gradient
+  taken through the decoder of both latents, with only the guidance terms the task's script
+  computes (no DegLoss; dehaze without the adversarial term; denoise with the pixel MSE
+  alone). Loss weights and per-task settings (discriminator learning rates, exposure patch,
+  stage-3 boundary) are those of the config, docs/method.md §4–§6.
 
 Images are NCHW float32 in [0, 1] inside this module; `from_nhwc` / `to_nhwc` convert.
 """
@@ -338,6 +342,8 @@ class ClampDDIMScheduler(diffusers.DDIMScheduler):
 # ---------------------------------------------------------------------------------------------
 # The guided step at equal work with upzeroir_jax/sampler/step.py.
 
+GUIDANCE_TERMS = frozenset(("deg", "mse", "per", "adv", "quality"))
+
 
 @dataclasses.dataclass
 class ImageState:
@@ -439,33 +445,45 @@ class GuidedStep:
             "pcdm_adv": l_adv.detach(), "disc_loss": d_loss.detach()}
 
   def objective(self, ims: list[ImageState], x0: torch.Tensor, y_hat: torch.Tensor, t: int,
-                z_hat: torch.Tensor | None = None
+                z_hat: torch.Tensor | None = None, terms: frozenset[str] = GUIDANCE_TERMS
                 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
     """Σ over images of D(ŷ, y) + [t < stage3_t]·Q(x̂0), after the Adv discriminator steps
-    (docs/method.md §5–§6). y_hat = PCDM(x̂0) with graph; z_hat = E(ŷ) if already computed."""
+    (docs/method.md §5–§6). y_hat = PCDM(x̂0) with graph; z_hat = E(ŷ) if already computed.
+
+    terms: the terms computed, a subset of `GUIDANCE_TERMS` ("deg", "mse", "per", "adv",
+    "quality" = exposure + colour); the others are 0 and not computed at all (without "adv" the
+    Adv discriminator takes no step), as LD-RPS's scripts leave out the terms they zero.
+    """
     c = self.config
-    for i, im in enumerate(ims):
-      im.disc2_opt.zero_grad()
-      real, fake = (x0[i:i + 1] - y_hat[i:i + 1]).detach(), (x0[i:i + 1] - im.y).detach()
-      p = im.disc2(torch.cat([real, fake]))
-      (bce(p[:1], 1.0) + bce(p[1:], 0.0)).backward()
-      im.disc2_opt.step()
-    if c.deg_loss == "kl":
+    if "adv" in terms:
+      for i, im in enumerate(ims):
+        im.disc2_opt.zero_grad()
+        real, fake = (x0[i:i + 1] - y_hat[i:i + 1]).detach(), (x0[i:i + 1] - im.y).detach()
+        p = im.disc2(torch.cat([real, fake]))
+        (bce(p[:1], 1.0) + bce(p[1:], 0.0)).backward()
+        im.disc2_opt.step()
+    if "deg" in terms and c.deg_loss == "kl":
       alpha, beta = ggd_fit(self.sd.encode(y_hat) if z_hat is None else z_hat, (2, 3))
     total, rows = 0.0, []
+    zero = torch.zeros((), device=x0.device)
     for i, im in enumerate(ims):
       yh, x = y_hat[i:i + 1], x0[i:i + 1]
-      if c.deg_loss == "kl":
-        deg = ggd_kl(alpha[i:i + 1], beta[i:i + 1], im.zy_alpha, im.zy_beta).mean()
-      else:
-        deg = (yh - im.y).abs().mean()
-      row = {"deg": c.lambda_deg * deg, "mse": c.lambda_mse * mse(yh, im.y),
-             "per": c.lambda_per * mse(self.vgg(yh), im.y_feats),
-             "adv": c.lambda_adv * bce(im.disc2(x - im.y), 1.0)}
+      row = dict.fromkeys(("deg", "mse", "per", "adv", "quality"), zero)
+      if "deg" in terms:
+        row["deg"] = c.lambda_deg * (
+          ggd_kl(alpha[i:i + 1], beta[i:i + 1], im.zy_alpha, im.zy_beta).mean()
+          if c.deg_loss == "kl" else (yh - im.y).abs().mean())
+      if "mse" in terms:
+        row["mse"] = c.lambda_mse * mse(yh, im.y)
+      if "per" in terms:
+        row["per"] = c.lambda_per * mse(self.vgg(yh), im.y_feats)
+      if "adv" in terms:
+        row["adv"] = c.lambda_adv * bce(im.disc2(x - im.y), 1.0)
       row["distance"] = row["deg"] + row["mse"] + row["per"] + row["adv"]
-      q = (c.w_exp * exposure_loss(x, min(c.exp_patch, x.shape[2], x.shape[3]), c.exp_target)
-           + c.w_col * color_loss(x))
-      row["quality"] = q if t < c.stage3_t else torch.zeros_like(q)
+      if "quality" in terms:
+        q = (c.w_exp * exposure_loss(x, min(c.exp_patch, x.shape[2], x.shape[3]), c.exp_target)
+             + c.w_col * color_loss(x))
+        row["quality"] = q if t < c.stage3_t else torch.zeros_like(q)
       total = total + row["distance"] + row["quality"]
       rows.append(row)
     return total, rows
@@ -519,10 +537,34 @@ def _kaiming_init(module: nn.Module) -> None:
 
 LDRPS_FIRST_STEPS = 450
 LDRPS_STRENGTH = 0.5
-LDRPS_RECURRENCES = 2
 LDRPS_LATENTS = 2
 LDRPS_THRESHOLD_RATIO = 0.995
 LDRPS_THRESHOLD_MAX = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LDRPSRecipe:
+  """What LD-RPS's script for one task does (docs/performance.md, "The LD-RPS anchor").
+
+  Attributes:
+    recurrences: img2img recurrences after the first pass (the script's `--iter` default).
+    terms: the guidance terms its `cond_fn` computes (`GUIDANCE_TERMS` less those it zeroes;
+      LD-RPS has no DegLoss).
+    prompt: whether the per-image caption reaches the text encoder (the dehaze and denoise
+      scripts read it, then encode the empty prompt; CFG with weight 8 runs either way).
+  """
+
+  recurrences: int
+  terms: frozenset[str]
+  prompt: bool
+
+
+LDRPS_RECIPES = {
+  "lowlight": LDRPSRecipe(2, frozenset(("mse", "per", "adv", "quality")), True),
+  "dehaze": LDRPSRecipe(0, frozenset(("mse", "per", "quality")), False),
+  "denoise": LDRPSRecipe(1, frozenset(("mse",)), False),
+}
+LDRPS_RECIPES["mixed"] = LDRPS_RECIPES["lowlight"]  # our mixed preset is the low-light row
 
 
 def ldrps_step_counts(scale: float = 1.0) -> tuple[int, int]:
@@ -531,30 +573,41 @@ def ldrps_step_counts(scale: float = 1.0) -> tuple[int, int]:
   return n, min(int(n * LDRPS_STRENGTH), n)
 
 
-class LDRPSProcedure:
-  """The restoration procedure as LD-RPS's code runs it, with the losses of docs/method.md §4–§6.
+def ldrps_total_steps(task: str, scale: float = 1.0) -> int:
+  """Guided steps per restored image of LD-RPS's `task` script at `scale` (full: 900 for low
+  light, 450 for dehaze, 675 for denoise)."""
+  first, recurrence = ldrps_step_counts(scale)
+  return first + LDRPS_RECIPES[task].recurrences * recurrence
 
-  Per image: two latents, 450 DDIM steps from pure noise, then two recurrences: re-noise both
-  latents to t ≈ 500 (img2img strength 0.5) and run the remaining 225 steps again; the image
-  of the first latent after the last recurrence is the output. Every step, for each latent
-  separately, the UNet runs on a batch of two (CFG always on, weight `cfg_scale`) and the
-  scheduler's `step` is called twice (z_{t−1}, then x̂0 from a second call on the new latent,
-  exactly as LD-RPS's loop); dynamic thresholding is on as LD-RPS's scheduler does it (clamp to
-  ±s, s = clip(quantile(|ẑ0|, 0.995), 1, 100), no division), whatever `config.threshold`
-  says. The guidance
-  function then decodes both latents with graph, trains PCDM and its discriminator on both,
-  encodes both ŷ, and takes the gradient of the first latent's losses (LD-RPS slices its loss
-  terms to `[:batch_size]`) back through the decoder; below t = 700 the distance terms are
-  active, below t = 100 also Q. In the first stage LD-RPS still back-propagates (a loss times
-  0), so every step costs the same.
+
+class LDRPSProcedure:
+  """The restoration procedure as LD-RPS's scripts run it, with the losses of docs/method.md
+  §4–§6 restricted to the terms its script for `config.task` computes (`LDRPS_RECIPES`).
+
+  Per image: two latents, 450 DDIM steps from pure noise, then the task's recurrences (2 for
+  low light, 0 for dehaze, 1 for denoise): re-noise both latents to t ≈ 500 (img2img strength
+  0.5 of the 450-step grid) and run the remaining 225 steps again; the image of the first
+  latent after the last pass is the output. Every step, for each latent separately, the UNet
+  runs on a batch of two (CFG always on, weight `cfg_scale`: the per-image caption for low
+  light, the empty prompt for dehaze and denoise, whose scripts discard the caption they
+  read) and the scheduler's `step` is called twice (z_{t−1}, then x̂0 from a second call on
+  the new latent, exactly as LD-RPS's loop); dynamic thresholding is on as LD-RPS's scheduler
+  does it (clamp to ±s, s = clip(quantile(|ẑ0|, 0.995), 1, 100), no division), whatever
+  `config.threshold` says. The guidance function then decodes both latents with graph, trains
+  PCDM and its discriminator on both, encodes both ŷ (forward only: LD-RPS has no DegLoss),
+  and takes the gradient of the first latent's losses (LD-RPS slices its loss terms to
+  `[:batch_size]`) back through the decoder; below t = 700 the distance terms are active,
+  below `config.stage3_t` also Q. In the first stage LD-RPS still back-propagates (a loss
+  times 0), so every step costs the same.
 
   `scale` < 1 shortens both passes proportionally (for smoke runs); the work per step is
   unchanged.
   """
 
   def __init__(self, sd: TorchSD, vgg: VGGRelu22, config: Any, num_pixels: int,
-               ctx: torch.Tensor, scale: float = 1.0):
-    self.sd, self.vgg, self.config, self.ctx = sd, vgg, config, ctx
+               scale: float = 1.0):
+    self.sd, self.vgg, self.config = sd, vgg, config
+    self.recipe = LDRPS_RECIPES[config.task]
     self.first_steps, self.recurrence_steps = ldrps_step_counts(scale)
     self.step_impl = GuidedStep(sd, vgg, config, num_pixels)
     self.guidance_scale = self.step_impl.guidance_scale
@@ -562,7 +615,14 @@ class LDRPSProcedure:
 
   def total_steps(self) -> int:
     """Guided steps per restored image."""
-    return self.first_steps + LDRPS_RECURRENCES * self.recurrence_steps
+    return self.first_steps + self.recipe.recurrences * self.recurrence_steps
+
+  def context(self, prompt_ctx: torch.Tensor | None) -> torch.Tensor:
+    """The `[2, L, D]` CFG context of one image: (empty, caption) where the task's script
+    uses the caption `prompt_ctx` `[1, L, D]`, else (empty, empty)."""
+    null = self.sd.null_context
+    cond = prompt_ctx if self.recipe.prompt and prompt_ctx is not None else null
+    return torch.cat([null, cond])
 
   def _cond(self, im: ImageState, z0: torch.Tensor, t: int) -> torch.Tensor:
     """LD-RPS's `cond_fn`: −s·∇ of the first latent's losses with respect to both ẑ0."""
@@ -576,43 +636,45 @@ class LDRPSProcedure:
     x_lq = im.pcdm(x_hq, theta)
     z_lq = self.sd.encode(x_lq)
     if t < c.stage2_t:
-      total, _ = self.step_impl.objective([im], x_hq[:1], x_lq[:1], t, z_hat=z_lq[:1])
+      total, _ = self.step_impl.objective([im], x_hq[:1], x_lq[:1], t, z_hat=z_lq[:1],
+                                          terms=self.recipe.terms)
     else:
       total = 0.0 * mse(x_lq[:1], im.y)
     (grad,) = torch.autograd.grad(-self.guidance_scale * total, x_in)
     return grad
 
   def _pass(self, im: ImageState, latents: torch.Tensor, timesteps: torch.Tensor,
-            scheduler) -> torch.Tensor:
+            scheduler, ctx: torch.Tensor) -> torch.Tensor:
     c = self.config
     lat = list(latents.split(1))
     for t in timesteps.tolist():
       preds = []
       for k in range(len(lat)):
         with torch.no_grad():
-          out = self.sd.model_output(lat[k], t, self.ctx, c.cfg_scale)
+          out = self.sd.model_output(lat[k], t, ctx, c.cfg_scale)
         lat[k] = scheduler.step(out, t, lat[k]).prev_sample
         preds.append(scheduler.step(out, t, lat[k]).pred_original_sample)
       latents = torch.cat(lat) + self._cond(im, torch.cat(preds), t)
       lat = list(latents.split(1))
     return latents
 
-  def run(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Restores y `[1, 3, H, W]` in [0, 1]; returns `[1, 3, H, W]` in [0, 1]."""
+  def run(self, y: torch.Tensor, generator: torch.Generator,
+          prompt_ctx: torch.Tensor | None = None) -> torch.Tensor:
+    """Restores y `[1, 3, H, W]` in [0, 1] with the caption embedding `prompt_ctx`
+    `[1, L, D]` (None: none); returns `[1, 3, H, W]` in [0, 1]."""
     h, w = y.shape[2] // 8, y.shape[3] // 8
     channels = self.sd.unet.config.in_channels
     shape = (LDRPS_LATENTS, channels, h, w)
+    ctx = self.context(prompt_ctx)
     latents = torch.randn(shape, generator=generator, device=y.device)
     im = self.step_impl.init_image(y, latents[:1])
     sched = self.scheduler
     sched.set_timesteps(self.first_steps)
-    latents = self._pass(im, latents * sched.init_noise_sigma, sched.timesteps, sched)
-    start = self.first_steps - self.recurrence_steps
-    timesteps = sched.timesteps[start:]
-    for _ in range(LDRPS_RECURRENCES):
+    latents = self._pass(im, latents * sched.init_noise_sigma, sched.timesteps, sched, ctx)
+    timesteps = sched.timesteps[self.first_steps - self.recurrence_steps:]
+    for _ in range(self.recipe.recurrences):
       noise = torch.randn(shape, generator=generator, device=y.device)
       latents = sched.add_noise(latents, noise, timesteps[:1])
-      latents = self._pass(im, latents, timesteps, sched)
-      with torch.no_grad():
-        image = self.sd.decode(latents).clamp(0.0, 1.0)
-    return image[:1]
+      latents = self._pass(im, latents, timesteps, sched, ctx)
+    with torch.no_grad():
+      return self.sd.decode(latents[:1]).clamp(0.0, 1.0)

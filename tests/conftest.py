@@ -1,5 +1,5 @@
 """Shared fixtures: the benchmark image folder, skipped cleanly where absent; a temporary user
-cache folder; the tiny random models for command-line tests."""
+cache folder; the tiny random models for command-line tests, or none at all."""
 
 import pathlib
 
@@ -53,3 +53,11 @@ def use_tiny(tiny, monkeypatch):
   monkeypatch.setattr(loading, "load_models", load)
   return calls
 
+
+@pytest.fixture
+def no_models(monkeypatch):
+  """Fails the test at once if a run gets as far as loading models."""
+  def load(source, **kwargs):
+    pytest.fail(f"models loaded ({source})")
+
+  monkeypatch.setattr(loading, "load_models", load)

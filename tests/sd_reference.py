@@ -10,27 +10,30 @@ import transformers
 from upzeroir_jax.models import sd_nets
 
 
-def torch_networks(config: dict[str, Any], seed: int) -> dict[str, Any]:
-  """Random diffusers / transformers PyTorch networks of the config, in eval mode.
+def torch_network(config: dict[str, Any], part: str, seed: int) -> Any:
+  """One random diffusers / transformers PyTorch network of the config, in eval mode.
 
   Every 1-D parameter (biases, norm scales) gets N(0, 0.1²) added, so that a converter that
   mixed up or dropped one of them is caught (their defaults are 0 and 1).
   """
   torch.manual_seed(seed)
-  nets = {
-    "unet": diffusers.UNet2DConditionModel(**config["unet"]),
-    "vae": diffusers.AutoencoderKL(**config["vae"]),
-    "text_encoder": transformers.CLIPTextModel(
-      transformers.CLIPTextConfig(**config["text_encoder"])
-    ),
-  }
+  if part == "unet":
+    net = diffusers.UNet2DConditionModel(**config["unet"])
+  elif part == "vae":
+    net = diffusers.AutoencoderKL(**config["vae"])
+  else:
+    net = transformers.CLIPTextModel(transformers.CLIPTextConfig(**config["text_encoder"]))
+  net.eval()
   with torch.no_grad():
-    for net in nets.values():
-      net.eval()
-      for p in net.parameters():
-        if p.ndim == 1:
-          p.add_(0.1 * torch.randn_like(p))
-  return nets
+    for p in net.parameters():
+      if p.ndim == 1:
+        p.add_(0.1 * torch.randn_like(p))
+  return net
+
+
+def torch_networks(config: dict[str, Any], seed: int) -> dict[str, Any]:
+  """The three random networks of the config (`torch_network`), by part."""
+  return {part: torch_network(config, part, seed) for part in sd_nets.PARTS}
 
 
 def save_folder(

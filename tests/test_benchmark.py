@@ -1,8 +1,8 @@
 """The speed benchmark (eval/benchmark.py, eval/bench/) and the PyTorch reference it times.
 
 One smoke run of the benchmark binary (`main` with its command line, in this process) at
-`--size=tiny`, 64 px, one timed step, a 2-step restore of a batch of 2, LD-RPS at 1 % of its
-steps, is shared by the tests below: the JSON it writes must be self-consistent, and its
+`--size=tiny`, 64 px, one timed step, a 2-step restore of a batch of 2, LD-RPS's dehaze recipe
+at 0.5 % of its steps, is shared by the tests below: the JSON it writes must be self-consistent, and its
 one-step parity record (our JAX step and the PyTorch eager reference, run from the same state
 on the same random weights) must agree within the tolerances stated here. No timing is
 asserted. The arrays the benchmark gives its compiled functions must all be on the device.
@@ -46,7 +46,8 @@ def bench(tmp_path_factory) -> dict:
   out = tmp_path_factory.mktemp("bench") / "bench.json"
   argv = ["benchmark", "--size=tiny", "--resolution=64",
           "--parts=step,torch_step,ldrps,restore", "--timed_steps=1", "--repeats=1",
-          "--warmup_steps=1", "--ldrps_scale=0.01", "--restore_batches=2",
+          "--warmup_steps=1", "--ldrps_scale=0.005", "--ldrps_tasks=dehaze",
+          "--restore_batches=2",
           "--restore_scale=0.005", "--profile", f"--out={out}"]
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # a shared 2-core machine: no OpenMP oversubscription.
@@ -88,12 +89,19 @@ def test_profile_attributes_the_guided_step_to_its_parts(bench):
 
 @pytest.mark.slow
 def test_ldrps_extrapolation_and_step_counts(bench):
-  ld = bench["torch"]["ldrps"]
-  # 1 % of 450 steps -> round(4.5) = 4, recurrences of 4 // 2 = 2 steps: 4 + 2·2 guided steps.
-  assert ld["steps"] == 8
-  assert ld["full_steps"] == 450 + 2 * 225
-  assert ld["per_image_s_full"] == pytest.approx(ld["run_s"] * 900 / 8, rel=1e-12)
-  assert ld["finite"]
+  """LD-RPS's scripts: `--iter` 2 / 0 / 1 recurrences for low light / dehaze / denoise, each
+  the last 225 steps of its 450-step grid (img2img strength 0.5)."""
+  # 0.5 % of 450 steps -> round(2.25) = 2, recurrences of 2 // 2 = 1 step.
+  assert [tr.ldrps_total_steps(t, 0.005) for t in ("lowlight", "dehaze", "denoise")] == [
+    2 + 2 * 1, 2, 2 + 1]
+  assert [tr.ldrps_total_steps(t) for t in ("lowlight", "dehaze", "denoise")] == [
+    450 + 2 * 225, 450, 450 + 225]
+  (task, r), = bench["torch"]["ldrps"].items()
+  assert task == "dehaze" and (r["recurrences"], r["steps"], r["full_steps"]) == (0, 2, 450)
+  assert r["terms"] == ["mse", "per", "quality"] and r["prompt"] is False
+  assert r["per_image_s_full"] == pytest.approx(r["run_s"] * 450 / 2, rel=1e-12)
+  assert r["finite"]
+  assert "torch LD-RPS dehaze:" in bench["stdout"]
   counts = bench["meta"]["stage_counts"]
   assert counts["stage1"] + counts["guided"] == 450
   # Leading spacing, stride 2, offset 1: t = 899, 897, …, 1; t ≥ 700 for 100 of them.
@@ -191,7 +199,7 @@ def test_ldrps_procedure_clamps_z0_without_dividing():
             "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
   torch_sd = tr.TorchSD(unet=None, vae=None, scheduler_config=sd_cfg, null_context=None)
   cfg = config_lib.preset("lowlight", threshold="divide")
-  proc = tr.LDRPSProcedure(torch_sd, None, cfg, 64 * 64, None)
+  proc = tr.LDRPSProcedure(torch_sd, None, cfg, 64 * 64)
   x = 20.0 * np.random.default_rng(0).standard_normal((2, 4, 32, 32)).astype(np.float32)
   x[1] *= 1e-3
   s = np.clip(np.quantile(np.abs(x.reshape(2, -1)), 0.995, axis=1), 1.0, 100.0)[:, None, None, None]
@@ -202,6 +210,57 @@ def test_ldrps_procedure_clamps_z0_without_dividing():
   divide = tr.GuidedStep(torch_sd, None, cfg, 64 * 64).scheduler._threshold_sample(
     torch.from_numpy(x)).numpy()
   np.testing.assert_allclose(divide, np.clip(x, -s, s) / s, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("task", ["lowlight", "denoise"])
+def test_ldrps_procedure_does_the_work_of_its_task_script(tiny_setup, task):
+  """Counted on LD-RPS's procedure for `task` at 0.5 % of its steps (2-step grid t = 501, 1;
+  recurrences of 1 step, t = 1): per step two UNet calls of batch 2 (two latents, CFG) whose
+  conditional half is the caption for low light and the empty prompt for denoise (its script
+  discards the caption); one PCDM and one PCDM-discriminator step; VGG16 once for PCDM's own
+  perceptual loss, once more for the guidance's where the script keeps it (low light, not
+  denoise); the Adv discriminator steps only where the script keeps the adversarial term.
+  At t < stage3_t denoise's objective has no perceptual, adversarial or quality term."""
+  setup = tiny_setup
+  config = setup_lib.task_config(setup, task)
+  proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, config, setup.num_pixels, 0.005)
+  recurrences = {"lowlight": 2, "denoise": 1}[task]
+  steps = 2 + recurrences  # every step below t = 700: all guided
+  assert proc.total_steps() == steps
+  unet_ctx, vgg_calls, states = [], [], []
+  hooks = [
+    setup.torch_sd.unet.register_forward_hook(
+      lambda m, args, kwargs, out: unet_ctx.append(kwargs["encoder_hidden_states"]),
+      with_kwargs=True),
+    setup.torch_vgg.register_forward_hook(lambda m, args, out: vgg_calls.append(1))]
+  init_image = proc.step_impl.init_image
+  proc.step_impl.init_image = lambda *a, **k: states.append(init_image(*a, **k)) or states[-1]
+  try:
+    image = proc.run(setup.torch_y, torch.Generator().manual_seed(0), setup.torch_prompt)
+  finally:
+    for h in hooks:
+      h.remove()
+  assert torch.isfinite(image).all() and image.shape == setup.torch_y.shape
+  assert len(unet_ctx) == 2 * steps and all(c.shape[0] == 2 for c in unet_ctx)
+  null, prompt = setup.torch_sd.null_context[0], setup.torch_prompt[0]
+  cond = prompt if task == "lowlight" else null
+  for ctx in unet_ctx:
+    assert torch.equal(ctx[0], null) and torch.equal(ctx[1], cond)
+  with_per = task == "lowlight"
+  assert len(vgg_calls) == 1 + steps + (steps if with_per else 0)
+  (im,) = states
+
+  def adam_steps(opt):
+    return max((int(st["step"]) for st in opt.state.values()), default=0)
+
+  assert adam_steps(im.pcdm_opt) == adam_steps(im.disc_opt) == steps
+  assert adam_steps(im.disc2_opt) == (steps if task == "lowlight" else 0)
+  x0 = setup.torch_y.clamp(0.05, 0.95)
+  _, (row,) = proc.step_impl.objective([im], x0, im.pcdm(x0, im.y_stats.repeat(1, 2)), 1,
+                                       terms=proc.recipe.terms)
+  assert float(row["mse"].detach()) > 0 and float(row["deg"]) == 0.0
+  for term in ("per", "adv", "quality"):
+    assert (float(row[term].detach()) != 0.0) == (task == "lowlight"), term
 
 
 def test_bad_flags_give_one_line_errors(capsys):

@@ -288,9 +288,17 @@ def test_truncated_and_pickled_sd_weights_are_refused(tmp_path, sd_folder):
   with pytest.raises(sd.WeightsError) as err:
     sd.load(folder)
   _assert_one_line(err, folder / "vae" / "diffusion_pytorch_model.bin", "not a readable")
+  assert "weights_only" not in str(err.value)  # never the advice to load it unsafely
   assert not marker.exists()
   torch.load(folder / "vae" / "diffusion_pytorch_model.bin", weights_only=False)
   assert marker.exists()  # the payload is real: an unrestricted load runs it
+  # Zero strides: one stored number claiming 37 GiB of values once copied.
+  torch.save({"conv_in.weight": torch.ones(1).expand(100000, 100000)},
+             folder / "vae" / "diffusion_pytorch_model.bin")
+  with pytest.raises(sd.WeightsError) as err:
+    sd.load(folder)
+  _assert_one_line(err, folder / "vae" / "diffusion_pytorch_model.bin",
+                   "'conv_in.weight' claims more values than its storage holds")
 
 
 class _Payload:

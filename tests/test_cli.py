@@ -1,9 +1,11 @@
 """The `upzeroir` console script end to end on the tiny random SD, and its error handling."""
 
 import dataclasses
+import io as std_io
 import json
 import logging
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -19,6 +21,10 @@ from upzeroir_jax import auto, cli, config, io, loading, pipeline
 from upzeroir_jax.sampler import state
 
 TINY = tiny_runs.CLI_FLAGS
+# The closing line of a program's preparation, whichever way it was prepared.
+PREPARED = (r"compiled in [\d.]+ s.*; saved in the compilation cache for later runs"
+            r"|loaded compiled program from cache in [\d.]+ s.*"
+            r"|program ready in [\d.]+ s, compiled earlier in this process")
 
 
 def _inputs(folder):
@@ -37,15 +43,18 @@ def _inputs(folder):
 
 
 @pytest.mark.slow
-def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, capsys, caplog):
+def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, capsys, caplog,
+                                                        monkeypatch):
   sizes = _inputs(tmp_path / "in")
   out = tmp_path / "out"
   argv = ["upzeroir", "restore", f"--input={tmp_path / 'in'}", f"--output={out}", *TINY]
   with caplog.at_level(logging.INFO):
     assert cli.main(argv) == 2  # broken.png cannot be read; the others are restored
-  # stderr is not a terminal here: phases and one plain log line per image.
+  # stderr is not a terminal here: phases and one plain log line per image. The program was
+  # compiled here, or by an earlier test of this process (from its memory or the disk cache).
   logged = [r.getMessage() for r in caplog.records]
-  assert "compiling (first run only; cached afterwards) ..." in logged
+  assert "preparing the program ..." in logged
+  assert any(re.fullmatch(PREPARED, m) for m in logged), logged
   assert sorted(m.split(" (")[0] for m in logged if m.startswith("restored ")) == [
       "restored 1/4 deep.png", "restored 2/4 gray.png", "restored 3/4 odd.jpg",
       "restored 4/4 rgba.png"]  # broken.png is named up front, not counted
@@ -71,14 +80,31 @@ def test_restores_any_input_to_its_own_size_and_resumes(tmp_path, use_tiny, caps
   assert not (out / "broken.png").exists()
 
   stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-  assert cli.main(argv) == 2
-  assert "restored 0, skipped 4" in capsys.readouterr().out
+  both = std_io.StringIO()  # stdout and stderr as a terminal shows them, in order
+  with monkeypatch.context() as m:
+    m.setattr(sys, "stdout", both)
+    m.setattr(sys, "stderr", both)
+    assert cli.main(argv) == 2
+  # The failure, then the summary and the smoke-test notice close the run.
+  last = both.getvalue().splitlines()[-3:]
+  assert last[0].startswith(f"upzeroir: error: {broken}")
+  assert last[1] == ("upzeroir: restored 0, skipped 4 already finished (--overwrite redoes "
+                     f"them), failed 1; outputs in {out}")
+  assert last[2].startswith("upzeroir: SMOKE TEST: ")
   assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
-  # Alone (batch filled with copies of itself) it gets the same key, so the same result.
+  # Alone (batch filled with copies of itself) it gets the same key, so the same result. With
+  # this process's in-memory programs dropped, as in a new run, the same program is loaded
+  # from the compilation cache folder that the first run used.
+  jax.clear_caches()
+  caplog.clear()
   single = tmp_path / "single.png"
-  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in' / 'odd.jpg'}",
-                   f"--output={single}", *TINY]) == 0
+  with caplog.at_level(logging.INFO):
+    assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'in' / 'odd.jpg'}",
+                     f"--output={single}", *TINY]) == 0
+  logged = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("loaded compiled program from cache in ") for m in logged), logged
+  assert "compiling ..." not in logged
   diff = np.abs(io.read_image(single) - io.read_image(out / "odd.png"))
   assert diff.max() <= 1 / 255 + 1e-6
 
@@ -160,8 +186,9 @@ def record_runs(monkeypatch, fail_rows=()):
       models=None, source=source, smoke_test=True, scorer="none",
       text_context=lambda p: None, multiple=64, notes={}))
 
-  def compile_(ctx, full_shape, text, config):
+  def compile_(ctx, full_shape, text, config, lowered):
     del ctx, full_shape, text
+    lowered("jit_restore_sharded")
     compiled.append(config)
 
     def restored(models, ys, keys, weights, ctx):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tiny_runs
 
-from eval import run
+from eval import folders, run
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import io, loading, pipeline
 
@@ -126,9 +126,9 @@ def test_benchmark_layouts_and_ground_truth_matching(tmp_path):
   io.write_image(tmp_path / "hsts" / "gt" / "0586.jpg", np.zeros((4, 4, 3)))
   inputs, gt = run.resolve_dataset(str(tmp_path / "hsts"), None, tmp_path)
   assert (inputs.name, gt.name) == ("hazy", "gt")
-  assert run.ground_truth(gt, inputs / "0586.png") == gt / "0586.jpg"
-  assert run.ground_truth(gt, inputs / "0586_0.8_0.2.jpg") == gt / "0586.jpg"
-  assert run.ground_truth(gt, inputs / "0001.png") is None
+  assert folders.ground_truth(gt, inputs / "0586.png") == gt / "0586.jpg"
+  assert folders.ground_truth(gt, inputs / "0586_0.8_0.2.jpg") == gt / "0586.jpg"
+  assert folders.ground_truth(gt, inputs / "0001.png") is None
   inputs, gt = run.resolve_dataset(str(tmp_path / "hsts" / "hazy"), None, tmp_path)
   assert inputs.name == "hazy" and gt is None
 

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from io import BytesIO
@@ -76,11 +77,15 @@ def test_float_tiff_with_non_finite_samples_is_an_image_error(tmp_path, bad):
   _assert_image_error(tmp_path / "f.tif", match="NaN or infinite")
 
 
-def test_float_tiff_is_clipped_to_unit_range(tmp_path):
-  x = np.array([[-0.5, 0.25], [0.75, 3.0]], np.float32)
-  tifffile.imwrite(tmp_path / "f.tif", x)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_float_tiff_is_clipped_to_unit_range(tmp_path, dtype, channels):
+  x = np.random.default_rng(2).uniform(-0.5, 1.5, (4, 5, channels)).astype(dtype)
+  tifffile.imwrite(tmp_path / "f.tif", x[..., 0] if channels == 1 else x)
   got = io.read_image(tmp_path / "f.tif")
-  np.testing.assert_array_equal(got[..., 0], np.clip(x, 0, 1))
+  want = np.clip(x.astype(np.float64), 0, 1).astype(np.float32)
+  np.testing.assert_array_equal(got, np.broadcast_to(want, (4, 5, 3)))
+  assert io.image_size(tmp_path / "f.tif") == (4, 5)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int16, np.uint32])
@@ -155,6 +160,46 @@ def test_unreadable_file_or_unsearchable_folder_is_an_image_error(where):
       run.stdout + run.stderr)
 
 
+def _read_in_thread(fn, path):
+  """(outcome of `fn(path)` in a thread, whether it returned within 10 s); a reader blocked on
+  a FIFO is released by opening its other end."""
+  outcome = []
+
+  def target():
+    try:
+      outcome.append(fn(path))
+    except Exception as e:  # noqa: BLE001 (the outcome under test)
+      outcome.append(e)
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(10)
+  blocked = thread.is_alive()
+  if blocked:
+    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    thread.join(10)
+  return outcome[0] if outcome else None, not blocked
+
+
+@pytest.mark.parametrize("fn", [io.read_image, io.image_size], ids=["read", "size"])
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path, fn):
+  fifo = tmp_path / "pipe.png"
+  os.mkfifo(fifo)
+  outcome, returned = _read_in_thread(fn, fifo)
+  assert returned, "the reader waited for a writer"
+  assert isinstance(outcome, io.ImageError)
+  assert str(outcome) == f"{fifo}: is a FIFO (named pipe), not a regular file"
+
+
+def test_a_name_with_non_utf8_bytes_is_shown_escaped(tmp_path):
+  path = pathlib.Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png"))
+  path.write_bytes(b"not an image")
+  with pytest.raises(io.ImageError) as err:
+    io.read_image(path)
+  assert str(err.value) == f"{tmp_path}/caf\\xe9.png: {io.files._NOT_AN_IMAGE}"
+  str(err.value).encode("utf-8")  # printable as it is
+
+
 # ---- reader: PNG structure, the same rules for 8 and 16 bits ------------------------------------
 
 def _image(bits: int) -> bytes:
@@ -197,6 +242,21 @@ def test_png_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypat
   with pytest.raises(io.ImageError, match=f"^{path}: ") as err:
     io.read_image(path)
   assert "decompression bomb" in str(err.value)
+
+
+def test_malformed_text_chunks_print_nothing_on_stderr(tmp_path):
+  """20,000 malformed zTXt chunks in a 16-bit PNG: libpng would warn once for each."""
+  good = _png16(np.full((2, 3, 3), 40000, np.uint16))
+  parts = _chunks(good)
+  bad_text = _chunk(b"zTXt", b"k\x00\x00")  # keyword, method, no compressed text
+  path = tmp_path / "texts.png"
+  path.write_bytes(SIGNATURE + parts[0] + bad_text * 20000 + b"".join(parts[1:]))
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+  run = subprocess.run([sys.executable, "-c", ("import sys; from upzeroir_jax import io; "
+                        "print(io.read_image(sys.argv[1]).mean())"), str(path)],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert run.returncode == 0 and float(run.stdout) == pytest.approx(40000 / 65535, abs=1e-7)
+  assert run.stderr == ""
 
 
 def _best_time(fn, repeats: int = 3) -> float:

@@ -14,7 +14,7 @@ import tiny_runs
 from PIL import Image
 
 from eval import identify as eval_identify
-from upzeroir_jax import auto, config
+from upzeroir_jax import auto, config, io
 from upzeroir_jax.physics import degrade, identify
 from upzeroir_jax.sampler import state
 
@@ -240,3 +240,43 @@ def test_auto_configs_are_the_presets_of_the_batched_restore_test(kodak_dir):
   assert configs[1] == tiny_runs.BATCH_CONFIGS[2]
   assert configs[2] == config.preset("denoise", steps=tiny_runs.STEPS, **tiny_runs.NARROW)
   assert len({state.weightless(c) for c in configs}) == 1  # one compiled function for all
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_noise_sigma_of_grey_photos_read_from_files(kodak_dir, tmp_path, bits):
+  """A grey photo saved as an 8- or 16-bit grey PNG is read as three equal channels, whose
+  5×5×3 patches span 25 of 75 dimensions: without the one-channel estimate σ̂ = 0 at every
+  level. Against the known σ (textured kodim05 and kodim13, noise added before quantisation;
+  docs/method.md §6 has the errors over all 24 grey Kodak photos), and the clean grey photo
+  under the noise threshold (the one-channel PCA alone reads kodim13 at 11/255)."""
+  scale = 2**bits - 1
+  for name in ("kodim05.png", "kodim13.png"):
+    grey = np.asarray(Image.open(kodak_dir / name).convert("L"), np.float32) / 255.0
+    for k, (sigma_255, rel) in enumerate(((0, None), (10, 0.25), (25, 0.1), (50, 0.1))):
+      noisy = _noisy(grey, sigma_255 / 255, 20 + k)
+      path = tmp_path / f"grey{bits}_{sigma_255}.png"
+      Image.fromarray(np.round(noisy * scale).astype(np.uint8 if bits == 8 else np.uint16)
+                      ).save(path)
+      x = io.read_image(path)
+      assert identify.is_grey(x)
+      found = identify.identify(x)
+      if rel is None:
+        assert found.sigma < identify.Thresholds().noise_sigma, name
+        continue
+      assert found.sigma == pytest.approx(sigma_255 / 255, rel=rel), (name, sigma_255)
+      assert found.noise, (name, sigma_255)
+
+
+def test_images_too_small_to_identify_get_the_undetermined_preset():
+  """Under 16 pixels a side `configs_for` does not raise: the image gets the documented
+  preset and is recorded as undetermined; a 16-pixel image beside it is identified."""
+  tiny = np.full((12, 40, 3), 0.5, np.float32)
+  small = _noisy(np.full((16, 16, 3), 0.5, np.float32), 0.1, 3)
+  configs, records = auto.configs_for([tiny, small], steps=3)
+  assert records[0]["detected"] == auto.UNDETERMINED == "undetermined"
+  assert records[0]["task"] == auto.UNDETERMINED_TASK == "denoise"
+  assert "12x40" in records[0]["note"]
+  assert configs[0] == config.preset("denoise", steps=3)
+  assert records[1]["detected"] == identify.identify(small).composition != auto.UNDETERMINED
+  with pytest.raises(ValueError, match="shape"):
+    auto.configs_for([np.zeros((32, 32))])

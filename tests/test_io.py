@@ -266,3 +266,33 @@ def test_grid_accepts_uint8_and_rejects_bad_mode():
   np.testing.assert_allclose(grid, np.full((8, 8, 3), 0.2), atol=1e-7)
   with pytest.raises(ValueError, match="grid mode"):
     io.to_model_grid(u8, size=512, mode="crop", multiple=8)
+
+
+# The stored pixels of an upright image U under each EXIF orientation, from the tag's meaning
+# (where the stored row 0 and column 0 lie in the upright view): 2 mirrored, 3 turned 180°,
+# 4 flipped, 5 transposed, 6 turned 90° counter-clockwise (shown turned clockwise), 7 transposed
+# and turned 180°, 8 turned 90° clockwise.
+STORED = {1: lambda u: u, 2: lambda u: u[:, ::-1], 3: lambda u: u[::-1, ::-1],
+          4: lambda u: u[::-1], 5: lambda u: u.transpose(1, 0, 2),
+          6: lambda u: np.rot90(u, 1), 7: lambda u: u.transpose(1, 0, 2)[::-1, ::-1],
+          8: lambda u: np.rot90(u, -1)}
+FORMATS = {"JPEG": (".jpg", {"quality": 100, "subsampling": 0}, 0.03),
+           "PNG": (".png", {}, 0.0), "WEBP": (".webp", {"lossless": True}, 0.0),
+           "TIFF": (".tif", {}, 0.0)}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_format_is_read_upright_for_every_orientation(tmp_path, fmt, orientation):
+  upright = np.zeros((32, 48, 3), np.uint8)  # quadrants of distinct colours, 16-pixel blocks
+  upright[:16, :16], upright[:16, 16:] = (230, 20, 20), (20, 200, 20)
+  upright[16:, :32], upright[16:, 32:] = (20, 20, 230), (240, 240, 240)
+  suffix, options, tol = FORMATS[fmt]
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  path = tmp_path / f"o{suffix}"
+  stored = np.ascontiguousarray(STORED[orientation](upright))
+  Image.fromarray(stored).save(path, format=fmt, exif=exif, **options)
+  got = io.read_image(path)
+  assert got.shape == upright.shape and io.image_size(path) == upright.shape[:2]
+  assert np.abs(got - upright / 255.0).max() <= tol + 1e-7

@@ -1,5 +1,6 @@
 """Batch runs keep inputs safe: no output replaces an input, names never collide, one bad
-image never stops the others, and one run at a time writes an output folder."""
+image never stops the others, one run at a time writes an output folder, and resume trusts
+only image and sidecar pairs that belong together and to the same input."""
 
 import json
 import os
@@ -16,21 +17,12 @@ from absl import flags
 from PIL import Image
 
 from eval import run as run_lib
-from upzeroir_jax import cli, io, jobs, loading, pipeline
+from upzeroir_jax import cli, io, jobs, pipeline, records
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax.errors import RunError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = tiny_runs.CLI_FLAGS
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-  """Fails the test at once if a run gets as far as loading models."""
-  def load(source, **kwargs):
-    pytest.fail(f"models loaded ({source})")
-
-  monkeypatch.setattr(loading, "load_models", load)
 
 
 def _png(path, value=0.5, shape=(12, 16)):
@@ -268,13 +260,70 @@ def test_resume_is_refused_for_outputs_of_other_settings(tmp_path):
   job = jobs.Job(name="a.png", source=tmp_path / "a.png", output=tmp_path / "out" / "a.png")
   _png(job.output)
   jobs.sidecar_path(job.output).write_text(json.dumps({"settings": key}))
-  pipeline.check_resume([job], key, overwrite=False)
+  records.check_resume([job], key, overwrite=False)
   for other in (pipeline.resume_key(config, settings, "tiny", "niqe"),
                 pipeline.resume_key(config.replace(steps=5), settings, "tiny", "none"),
                 pipeline.resume_key(config, pipeline.Settings(size=128), "tiny", "none")):
     with pytest.raises(RunError, match="was restored with other settings"):
-      pipeline.check_resume([job], other, overwrite=False)
-    pipeline.check_resume([job], other, overwrite=True)
+      records.check_resume([job], other, overwrite=False)
+    records.check_resume([job], other, overwrite=True)
   jobs.sidecar_path(job.output).write_text(json.dumps({"seed": 0}))  # an older sidecar
   with pytest.raises(RunError, match="it has no settings record"):
-    pipeline.check_resume([job], key, overwrite=False)
+    records.check_resume([job], key, overwrite=False)
+
+
+def _restore(capsys, argv):
+  """(exit code, stdout, stderr lines) of `cli.main(argv)`."""
+  code = cli.main(argv)
+  std = capsys.readouterr()
+  return code, std.out, std.err.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_odd_names_restore_and_resume_trusts_only_matching_pairs(tmp_path, use_tiny, capsys,
+                                                                 monkeypatch):
+  src, out = tmp_path / "in", tmp_path / "out"
+  rng = np.random.default_rng(0)
+  odd = pathlib.Path(os.fsdecode(bytes(src) + b"/caf\xe9.png"))
+  longest = src / ("p" * 251 + ".png")  # 255 bytes: its sidecar name would have 256
+  for path in (odd, longest, src / "good.png"):
+    io.write_image(path, rng.random((12, 16, 3)))
+  argv = ["upzeroir", "restore", f"--input={src}", f"--output={out}", *TINY]
+  code, text, err = _restore(capsys, argv)
+  assert code == 0 and "restored 3, skipped 0" in text, err
+  for path in (odd, longest, src / "good.png"):
+    output = out / jobs.output_names([path])[0]
+    assert records.finished(output)
+    assert records.read_sidecar(output)["input"] == str(path)
+  first = (out / "good.png").read_bytes()
+
+  # Redone with another seed, the sidecar write of good.png fails (disk full) after its new
+  # image is in place: the old sidecar (seed 0) stays beside an image it does not describe.
+  write_json = io.write_json
+
+  def disk_full(path, record):
+    if pathlib.Path(path).name == "good.json":
+      raise io.WriteError(f"{path}: cannot write (No space left on device)")
+    write_json(path, record)
+
+  monkeypatch.setattr(io, "write_json", disk_full)
+  code, text, err = _restore(capsys, argv + ["--seed=1", "--overwrite"])
+  assert code == 2 and "restored 2, skipped 0" in text
+  assert err[-1] == f"upzeroir: error: {out / 'good.json'}: cannot write (No space left on device)"
+  assert (out / "good.png").read_bytes() != first
+  monkeypatch.setattr(io, "write_json", write_json)
+
+  # Seed 0 again: the two pairs of seed 1 are refused, so redo them; good.png's image is not
+  # the one its seed-0 sidecar names, so it is redone, not skipped.
+  for path in (odd, longest):
+    (out / jobs.output_names([path])[0]).unlink()
+  code, text, err = _restore(capsys, argv)
+  assert code == 0 and "restored 3, skipped 0" in text, err
+  assert (out / "good.png").read_bytes() == first  # the same key gives the same image
+
+  # A replaced input is noticed although its name, size and settings are the same.
+  io.write_image(src / "good.png", rng.random((12, 16, 3)))
+  code, _, err = _restore(capsys, argv)
+  assert code == 2 and len(err) == 1
+  assert f"{out / 'good.png'} was restored from another version of its input" in err[0]
+  assert [source for source, _ in use_tiny] == ["tiny"] * 3

@@ -2,12 +2,15 @@
 
 import io as std_io
 import logging
+import re
 import threading
+import time
 
+import jax
 import numpy as np
 import pytest
 
-from upzeroir_jax import progress
+from upzeroir_jax import compile_watch, progress
 
 
 class FakeClock:
@@ -37,7 +40,7 @@ def test_rate_and_time_left_exclude_compilation_and_are_right_after_the_first_im
   with p.phase(progress.LOADING):
     clock.now += 7.0
   p.total = 5
-  with p.phase(progress.COMPILING):
+  with p.phase("compiling"):
     clock.now += 300.0  # a long first compilation must not enter the rate
   assert p.seconds_per_image is None and p.eta_seconds is None
   p.images_done(["a.png"], 12.0)
@@ -51,8 +54,7 @@ def test_rate_and_time_left_exclude_compilation_and_are_right_after_the_first_im
   text = out.getvalue()
   assert "upzeroir: loading models ..." in text
   assert "upzeroir: loading models: done in 7.0 s" in text
-  assert f"upzeroir: {progress.COMPILING}: done in 300.0 s" in text
-  assert "compiling (first run only; cached afterwards)" in text
+  assert "upzeroir: compiling: done in 300.0 s" in text
   assert "3/5" in text and "14.0 s/img" in text and "0:28 left" in text
 
 
@@ -61,15 +63,15 @@ def test_one_log_line_per_image_when_not_a_terminal(caplog):
   p = progress.Progress(3, stream=out)
   assert not p.interactive
   with caplog.at_level(logging.INFO):
-    with p.phase(progress.COMPILING):
+    with p.phase(progress.LOADING):
       pass
     p.images_done(["x.png", "y.png"], 20.0)
     p.images_done(["z.png"], 4.0)
   p.close()
   assert out.getvalue() == ""  # no bar, no terminal control characters
   lines = [r.getMessage() for r in caplog.records]
-  assert lines[0] == f"{progress.COMPILING} ..."
-  assert lines[1].startswith(f"{progress.COMPILING}: done in ")
+  assert lines[0] == f"{progress.LOADING} ..."
+  assert lines[1].startswith(f"{progress.LOADING}: done in ")
   assert lines[2:] == ["restored 1/3 x.png (10.0 s per image; 0:10 left)",
                        "restored 2/3 y.png (10.0 s per image; 0:10 left)",
                        "restored 3/3 z.png (4.0 s per image; 0:00 left)"]
@@ -81,6 +83,9 @@ def test_disabled_progress_says_nothing(caplog):
   with caplog.at_level(logging.INFO):
     with p.phase(progress.LOADING):
       pass
+    with p.compiling() as lowered:
+      lowered()
+      jax.monitoring.record_event(HIT)
     p.images_done(["a"], 1.0)
     p.on_step(np.int32(0), np.int32(4))
   p.close()
@@ -105,6 +110,145 @@ def test_step_callback_shows_the_furthest_step_of_a_batch_from_any_thread():
   assert p.step_text == ""  # the next batch starts again
   p.close()
   assert "step 5/10" in out.getvalue()
+
+
+# ---- preparing a batch program: compiling, or loading it from the cache --------------------------
+# JAX's own signals (compile_watch), given here through JAX's public monitoring API and the
+# compiler's logger exactly as JAX gives them; tests/test_startup.py checks that JAX gives them.
+
+LOOKUP = "/jax/compilation_cache/compile_requests_use_cache"
+HIT = "/jax/compilation_cache/cache_hits"
+SAVED = "/jax/compilation_cache/cache_misses"
+COMPILE_STEP = "/jax/core/compile/backend_compile_duration"
+
+
+def _miss(program="jit_f"):
+  jax.monitoring.record_event(LOOKUP)
+  logging.getLogger("jax._src.compiler").debug(
+      "PERSISTENT COMPILATION CACHE MISS for '%s' with key %r", program, "k")
+
+
+def _hit(program="jit_f"):
+  logging.getLogger("jax._src.compiler").debug(
+      "Persistent compilation cache hit for '%s' with key %r", program, "k")
+  jax.monitoring.record_event(HIT)
+
+
+def _wait_for_tick():
+  time.sleep(3 * progress.TICK_SECONDS)
+
+
+@pytest.fixture
+def cache(monkeypatch):
+  """Whether the persistent cache is on, as `compile_watch` sees it (default: on)."""
+  state = {"on": True}
+  monkeypatch.setattr(compile_watch, "cache_on", lambda: state["on"])
+  return state
+
+
+def test_a_miss_shows_compiling_with_a_spinner_and_the_elapsed_time(cache):
+  clock, out = FakeClock(), Tty()
+  p = progress.Progress(1, stream=out, clock=clock)
+  with p.compiling() as lowered:
+    _miss()  # a small program run while tracing: not the one being prepared
+    clock.now += 5.0
+    _wait_for_tick()
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith("upzeroir: preparing the program ")
+    lowered()
+    _miss()
+    clock.now += 90.0
+    _wait_for_tick()
+    live = out.getvalue().rsplit("\r", 1)[-1]
+    assert re.fullmatch(r"upzeroir: compiling [|/\\-] 1:35\x1b\[K", live), live
+    jax.monitoring.record_event_duration_secs(COMPILE_STEP, 95.0)
+    jax.monitoring.record_event(SAVED)
+  text = out.getvalue()
+  assert text.endswith("\rupzeroir: compiled in 95.0 s (5.0 s of it tracing the model); saved in "
+                       "the compilation cache for later runs\x1b[K\n")
+  frames = set(re.findall(r"upzeroir: compiling ([|/\\-]) ", text))
+  assert len(frames) >= 2, text  # the spinner turns
+  assert "loading compiled program" not in text.rsplit("\r", 2)[-2]
+
+
+def test_a_hit_says_loading_compiled_program_from_cache(cache):
+  clock, out = FakeClock(), Tty()
+  p = progress.Progress(1, stream=out, clock=clock)
+  with p.compiling() as lowered:
+    lowered()
+    jax.monitoring.record_event(LOOKUP)
+    clock.now += 2.0
+    assert out.getvalue().rsplit("\r", 1)[-1].startswith(
+        "upzeroir: loading compiled program from cache ")
+    jax.monitoring.record_event(HIT)
+    jax.monitoring.record_event_duration_secs(COMPILE_STEP, 2.0)
+  assert out.getvalue().endswith("\rupzeroir: loaded compiled program from cache in 2.0 s"
+                                 "\x1b[K\n")
+  assert "compiling" not in out.getvalue()
+
+
+def test_only_the_named_program_counts(cache):
+  """Compiling a program can compile small ones of its own (a type conversion): their misses
+  must not turn a cache hit of the program into "compiling"."""
+  clock, out = FakeClock(), Tty()
+  with progress.Progress(1, stream=out, clock=clock).compiling() as lowered:
+    lowered("jit_restore_sharded")
+    _miss("jit_convert_element_type")
+    _hit("jit_restore_sharded")
+    clock.now += 1.0
+  text = out.getvalue()
+  assert "compiling" not in text
+  assert text.endswith("\rupzeroir: loaded compiled program from cache in 1.0 s\x1b[K\n")
+
+
+def test_without_any_signal_the_program_was_compiled_earlier_in_the_process(cache):
+  out = Tty()
+  with progress.Progress(1, stream=out, clock=FakeClock()).compiling() as lowered:
+    lowered()
+  assert out.getvalue().endswith("program ready in 0.0 s, compiled earlier in this process"
+                                 "\x1b[K\n")
+
+
+def test_log_lines_off_a_terminal_say_compiling_and_once_a_minute_how_long(cache, caplog):
+  clock = FakeClock()
+  p = progress.Progress(1, stream=std_io.StringIO(), clock=clock)
+  with caplog.at_level(logging.INFO), p.compiling() as lowered:
+    lowered()
+    _miss()
+    clock.now += 61.0
+    _wait_for_tick()
+    clock.now += 9.0
+    _wait_for_tick()  # not yet another minute: no new line
+    jax.monitoring.record_event_duration_secs(COMPILE_STEP, 70.0)
+  assert [r.getMessage() for r in caplog.records] == [
+    "preparing the program ...", "compiling ...", "compiling: 1:01 so far",
+    "compiled in 70.0 s"]
+  assert p.stream.getvalue() == ""
+
+
+def test_with_the_cache_off_it_says_compiling_once_the_program_is_traced(cache, caplog):
+  cache["on"] = False
+  p = progress.Progress(1, stream=std_io.StringIO(), clock=FakeClock())
+  with caplog.at_level(logging.INFO), p.compiling() as lowered:
+    lowered()
+    jax.monitoring.record_event_duration_secs(COMPILE_STEP, 0.0)
+  assert [r.getMessage() for r in caplog.records] == [
+    "preparing the program ...", "compiling ...", "compiled in 0.0 s"]
+
+
+def test_an_interrupted_preparation_clears_the_live_line_and_leaves_no_listener(cache):
+  out = Tty()
+  compiler_log = logging.getLogger("jax._src.compiler")
+  level = compiler_log.level
+  with pytest.raises(KeyboardInterrupt), progress.Progress(1, stream=out).compiling() as lowered:
+    lowered()
+    _miss()
+    raise KeyboardInterrupt
+  text = out.getvalue()
+  assert text.endswith("\r\x1b[K") and "compiled in" not in text
+  jax.monitoring.record_event(HIT)  # a listener left behind would redraw the line
+  time.sleep(2 * progress.TICK_SECONDS)  # and so would a ticker left running
+  assert out.getvalue() == text
+  assert compiler_log.filters == [] and compiler_log.level == level
 
 
 @pytest.mark.parametrize("requested,tty,want", [(None, True, True), (None, False, False),

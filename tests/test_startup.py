@@ -3,13 +3,17 @@
 Each check runs in a fresh Python process, because both settings are process-wide JAX state.
 """
 
+import io
+import logging as std_logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
 
 from absl import flags
+from absl import logging as absl_logging
 
 from upzeroir_jax import startup
 
@@ -79,3 +83,66 @@ def test_xla_log_lines_are_hidden_unless_verbose():
   assert quiet.returncode == 0 and loud.returncode == 0
   assert "save_profile.cc" in loud.stderr
   assert ".cc:" not in quiet.stderr, quiet.stderr
+
+
+_WATCH = """
+  import sys, logging, jax, jax.numpy as jnp
+  from upzeroir_jax import compile_watch, startup
+  startup.enable_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else "{arg}")
+  startup.quiet_xla(verbose=False)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  x = jax.ShapeDtypeStruct((32, 32), jnp.float32)
+  f = jax.jit(lambda a: jnp.sin(a) @ a + 1)
+  for attempt in ("first", "again"):
+    seen = []
+    with compile_watch.watch(seen.append) as w:
+      jax.jit(lambda a: a * 2)(jnp.ones(3))  # run while tracing: not the program watched
+      program = f.lower(x)
+      w.lowered("jit__lambda")  # JAX's module name: jit_<function name>
+      program.compile()
+    print(attempt, seen, w.state, w.compile_called, w.saved)
+"""
+
+
+def test_jax_tells_compiling_from_loading_the_cache_as_it_happens(tmp_path):
+  """A fresh process compiles (lookup, then the miss before XLA runs) and saves; the next one
+  loads; a second compile in the same process reuses the program from memory, silently. JAX's
+  own compiler log lines stay hidden throughout."""
+  cache = tmp_path / "jax"
+  first = _python(_WATCH.format(arg=cache))
+  second = _python(_WATCH.format(arg=cache))
+  assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+  assert first.stdout.splitlines() == ["first ['looking up', 'compiling'] compiling True True",
+                                       "again [] preparing False False"]
+  assert second.stdout.splitlines() == ["first ['looking up', 'loaded'] loaded True False",
+                                        "again [] preparing False False"]
+  assert "CACHE MISS" not in first.stderr and "cache hit" not in second.stderr
+
+
+class _Tty(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def _record(level: int, message: str) -> std_logging.LogRecord:
+  return std_logging.LogRecord("upzeroir_jax.auto", level, "auto.py", 80, message, (), None)
+
+
+def test_terminal_log_lines_read_as_the_programs_own_unless_verbose(monkeypatch):
+  """absl's "I1207 21:18:38.058576 1234 auto.py:80] ..." prefix is for log files; a terminal
+  reads "upzeroir: ...". --verbose and a stderr that is not a terminal keep absl's format."""
+  handler = absl_logging.get_absl_handler().python_handler
+  info = _record(std_logging.INFO, "a.png: found lowlight+noise -> task mixed")
+  absl_line = handler.format(info)
+  assert re.match(r"I\d{4} [\d:.]+ +\d+ auto\.py:80\] a\.png: found", absl_line), absl_line
+  monkeypatch.setattr(sys, "stderr", _Tty())
+  with startup.terminal_logs("upzeroir", verbose=False):
+    assert handler.format(info) == "upzeroir: a.png: found lowlight+noise -> task mixed"
+    assert handler.format(_record(std_logging.WARNING, "x")) == "upzeroir: warning: x"
+    assert handler.format(_record(std_logging.ERROR, "y")) == "upzeroir: error: y"
+  assert handler.format(info) == absl_line  # restored
+  with startup.terminal_logs("upzeroir", verbose=True):
+    assert handler.format(info) == absl_line
+  monkeypatch.setattr(sys, "stderr", io.StringIO())
+  with startup.terminal_logs("upzeroir", verbose=False):
+    assert handler.format(info) == absl_line

@@ -3,7 +3,8 @@
 `physics.identify` names what an image shows (low light, haze, noise, several or none); this
 module maps that to a task preset (docs/method.md §6): one degradation → its own row (low light
 → "lowlight", haze → "dehaze", noise → "denoise"); two or more → "mixed" (the low-light row);
-none → `CLEAN_TASK`. The configs come from `config.preset(task, **overrides)`, so every
+none → `CLEAN_TASK`; an image too small to identify (under 16 pixels a side) →
+`UNDETERMINED_TASK`, the same least invasive preset, recorded as "undetermined". The configs come from `config.preset(task, **overrides)`, so every
 per-task setting of a preset comes along.
 
 A clean image is still restored, with the least invasive preset rather than copied: the denoise
@@ -32,6 +33,8 @@ from upzeroir_jax.physics import identify
 
 AUTO = "auto"
 CLEAN_TASK = "denoise"
+UNDETERMINED = "undetermined"
+UNDETERMINED_TASK = CLEAN_TASK  # the least invasive preset, as for a clean-looking image
 _SINGLE_TASK = {"lowlight": "lowlight", "haze": "dehaze", "noise": "denoise"}
 
 
@@ -45,7 +48,21 @@ def task_for(found: identify.Identification) -> str:
 
 def choose_task(img: np.ndarray, name: str = "") -> tuple[str, dict[str, Any]]:
   """The task for `img` `[H, W, 3]` (float in [0, 1]) and a JSON-ready record of what was
-  found (`Identification.report` plus the task); logs one line for a clean-looking image."""
+  found (`Identification.report` plus the task); logs one line for a clean-looking image.
+
+  An image under `identify.MIN_SIDE` pixels a side cannot be identified: it gets
+  `UNDETERMINED_TASK`, recorded with `"detected": "undetermined"` and the reason.
+
+  Raises:
+    ValueError: `img` is not an `[H, W, 3]` image.
+  """
+  if np.ndim(img) == 3 and min(np.shape(img)[:2]) < identify.MIN_SIDE:
+    note = (f"{np.shape(img)[0]}x{np.shape(img)[1]} pixels, under the {identify.MIN_SIDE} a side "
+            "identification needs")
+    logging.warning("%s: not identified (%s); restoring with the %s preset", name or "image",
+                    note, UNDETERMINED_TASK)
+    return UNDETERMINED_TASK, {"detected": UNDETERMINED, "task": UNDETERMINED_TASK,
+                               "note": note}
   found = identify.identify(img)
   task = task_for(found)
   if found.composition == "clean":
@@ -71,12 +88,8 @@ def inspect(job: Job, img: np.ndarray) -> Job:
   """`job` with {"auto": record} added to its sidecar entries (`extra`): what `choose_task`
   found in its decoded input `img` `[H, W, 3]` and the task chosen. Called once per input by
   the pre-flight check (`preflight.check(..., inspect=auto.inspect)`), before models load.
-  An image too small to identify is recorded as such and gets `CLEAN_TASK`."""
-  try:
-    task, record = choose_task(img, job.name)
-  except ValueError as e:
-    task, record = CLEAN_TASK, {"detected": None, "task": CLEAN_TASK, "note": str(e)}
-    logging.warning("%s: not identified (%s); restoring with the %s preset", job.name, e, task)
+  An image too small to identify is recorded as undetermined (`choose_task`)."""
+  task, record = choose_task(img, job.name)
   logging.info("%s: found %s -> task %s", job.name, record["detected"], task)
   return dataclasses.replace(job, extra={**job.extra, AUTO: record})
 

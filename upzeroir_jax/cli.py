@@ -20,10 +20,12 @@ an input, outputs named after their inputs never go into a folder holding inputs
 at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
 `upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
 
-Progress goes to stderr: "loading models", "compiling (first run only; cached afterwards)",
-then the images with their rate and time left (on a terminal a bar that also shows the
-sampling step, `--step_progress`; otherwise one log line per image). Compiled programs are
-kept in JAX's persistent compilation cache (`--compilation_cache`, default
+Progress goes to stderr: "loading models", then "compiling" or "loading compiled program from
+cache" as JAX reports it (on a terminal with a spinner and the elapsed time), then the images
+with their rate and time left (on a terminal a bar that also shows the sampling step,
+`--step_progress`; otherwise one log line per image). On a terminal every line reads
+`upzeroir: ...`; `--verbose` and log files keep absl's log format. Compiled programs are kept
+in JAX's persistent compilation cache (`--compilation_cache`, default
 `$XDG_CACHE_HOME/upzeroir-jax/jax` or `~/.cache/upzeroir-jax/jax`), so only the first run of a
 model, size and setting compiles. `--model=tiny` is a smoke test on random weights with small
 defaults of its own (`upzeroir_jax.smoke`), fast on a 2-core CPU. Ctrl-C stops within
@@ -48,7 +50,7 @@ from collections.abc import Callable, Sequence
 from absl import flags, logging
 
 import upzeroir_jax
-from upzeroir_jax import auto, interrupt, io, loading, pipeline, preflight, smoke, startup
+from upzeroir_jax import auto, interrupt, io, loading, pipeline, preflight, records, smoke, startup
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -96,8 +98,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Redo outputs that already exist.", flag_values=fv)
   flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
-                       "on the progress bar (a host callback per step; not cached across "
-                       "runs).", flag_values=fv)
+                       "on the progress bar (a host callback per step: JAX does not keep "
+                       "such programs in the compilation cache, so every run compiles).",
+                       flag_values=fv)
   flags.DEFINE_boolean("report", False, "After the run, write report.html into the output "
                        "folder: every image there with its input, settings and sampling plots "
                        "(eval.report).", flag_values=fv)
@@ -116,11 +119,17 @@ def help_text(usage: str, fv: flags.FlagValues) -> str:
   return usage + "\nflags:\n" + "\n".join(body) + "\n"
 
 
-def _prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
+def prompt_for(src: pathlib.Path, prompt: str, prompt_dir: str | None) -> str:
+  """The prompt of input `src`: `prompt`, or with a `prompt_dir` the stripped text of
+  `<prompt_dir>/<src stem>.txt` ("" when that file does not exist)."""
   if prompt_dir is None:
     return prompt
   path = pathlib.Path(prompt_dir) / f"{src.stem}.txt"
-  return path.read_text().strip() if path.is_file() else ""
+  try:
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+  except UnicodeDecodeError:
+    raise RunError(f"{io.shown(path)}: the prompt file is not UTF-8 text; save it as "
+                   "UTF-8") from None
 
 
 def jobs_for(input_path: str, output_path: str, prompt: str = "",
@@ -147,8 +156,9 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
     raise RunError(f"--output={output_path} is the input itself; choose another "
                             "output so that the originals are kept")
   if src.is_dir():
-    files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in io.IMAGE_SUFFIXES)
+    files, skipped = jobs_lib.list_images(src, f"--input={input_path}")
+    for line in skipped:
+      print(f"{PROG}: {line}", file=sys.stderr)
     if not files:
       raise RunError(f"--input={input_path}: no image files "
                               f"({', '.join(sorted(io.IMAGE_SUFFIXES))}) in this folder")
@@ -156,18 +166,21 @@ def jobs_for(input_path: str, output_path: str, prompt: str = "",
       raise RunError(f"--output={output_path}: the input is a folder, so the output "
                               "must be a folder too")
     out = [jobs_lib.Job(name=f.name, source=f, output=dst / name,
-                        prompt=_prompt_for(f, prompt, prompt_dir))
+                        prompt=prompt_for(f, prompt, prompt_dir))
            for f, name in zip(files, jobs_lib.output_names(files))]
     jobs_lib.check_outputs(out)
     return out
+  kind = io.kind_of(src.stat().st_mode)
+  if kind is not None:
+    raise RunError(f"--input={input_path}: is {kind}, not a regular file")
   named_by_run = dst.suffix.lower() not in io.IMAGE_SUFFIXES
   if named_by_run:
     if dst.suffix and not dst.is_dir():
       raise RunError(f"--output={output_path}: unknown image suffix {dst.suffix!r}; "
                      f"use one of {', '.join(sorted(io.IMAGE_SUFFIXES))} or a folder")
-    dst = dst / f"{src.stem}.png"
+    dst = dst / jobs_lib.output_names([src])[0]
   out = [jobs_lib.Job(name=src.name, source=src, output=dst,
-                      prompt=_prompt_for(src, prompt, prompt_dir))]
+                      prompt=prompt_for(src, prompt, prompt_dir))]
   jobs_lib.check_outputs(out, named_by_run=named_by_run)
   return out
 
@@ -188,7 +201,7 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
   there) and restored with its own task's preset; each resume check uses the image's own
   settings, so a changed identification or `--task` is noticed. The caller holds the output
   folders (`jobs.lock_outputs`).
-  `progress` reports the phases ("loading models", compiling) and images (default: a
+  `progress` reports the phases ("loading models", compiling or loading) and images (default: a
   `progress.Progress` on stderr of process 0); `report_steps` adds each sampling step.
 
   Returns:
@@ -204,7 +217,7 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
       jobs, settings, lambda job: pipeline.resume_key(configs(job), settings, fv.model,
                                                       fv.scorer),
       inspect=auto.inspect if task == auto.AUTO else None)
-  if all(jobs_lib.is_done(job) and not settings.overwrite for job in checked.ready):
+  if all(records.finished(job.output) and not settings.overwrite for job in checked.ready):
     return pipeline.Summary(skipped=[job.name for job in checked.ready] + list(checked.skipped),
                             failed=list(checked.failed))
   for _, message in checked.failed:
@@ -224,12 +237,23 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
 def _restore(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
   jobs = jobs_for(fv.input, fv.output, fv.prompt, fv.prompt_dir)
+  if fv.report:  # the report page is a file the run writes too
+    from upzeroir_jax.report import page
+    jobs_lib.check_outputs(jobs, named_by_run=False, written=[
+        folder / page.REPORT for folder in {job.output.parent for job in jobs}])
   settings = flags_lib.settings_from_flags(fv, bits=int(fv.bits))
   report = progress_lib.Progress(0, prog=PROG)
   with jobs_lib.lock_outputs(job.output.parent for job in jobs):
     summary = restore_checked(PROG, fv, jobs, fv.task, settings,
                               record={"command": "upzeroir restore"}, progress=report,
                               report_steps=fv.step_progress and report.interactive)
+  # The failures first, then the summary and the smoke-test notice: the run's last words.
+  if len(summary.failed) == 1:
+    _error(PROG, summary.failed[0][1])
+  elif summary.failed:
+    _error(PROG, f"{len(summary.failed)} images could not be restored:")
+    for _, message in summary.failed:
+      print(f"  {message}", file=sys.stderr)
   print(f"{PROG}: restored {len(summary.done)}, skipped {len(summary.skipped)} already "
         f"finished (--overwrite redoes them), failed {len(summary.failed)}; outputs in "
         f"{fv.output}")
@@ -238,14 +262,7 @@ def _restore(fv: flags.FlagValues) -> int:
   if fv.model == loading.SMOKE_TEST_MODEL:
     print(f"{PROG}: SMOKE TEST: --model=tiny has random weights; the outputs only show that "
           "the pipeline runs, they are not restorations")
-  if not summary.failed:
-    return 0
-  if len(summary.failed) == 1:
-    return _error(PROG, summary.failed[0][1])
-  _error(PROG, f"{len(summary.failed)} images could not be restored:")
-  for _, message in summary.failed:
-    print(f"  {message}", file=sys.stderr)
-  return 2
+  return 2 if summary.failed else 0
 
 
 def _write_reports(folders: set[pathlib.Path]) -> None:
@@ -263,7 +280,8 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
   `--help` prints the help (exit 0), no arguments print it too (exit 2), `--version` the
   versions (exit 0). The positional arguments must be `command` alone (`upzeroir restore`) or,
   with `command` None, none. After parsing, `startup.configure` applies `--compilation_cache`
-  and hides XLA's logs unless `--verbose`. Flag errors and `ValueError`s (bad input, missing or
+  and hides XLA's logs unless `--verbose`; on a terminal, log lines read `<prog>: ...` unless
+  `--verbose` (`startup.terminal_logs`). Flag errors and `ValueError`s (bad input, missing or
   unreadable weights) print one line `<prog>: error: ...` (exit 2; all missing weights files
   are listed on the lines after it); other exceptions one line (exit 1); a traceback only with
   `--verbose`. Ctrl-C prints one line and exits 130: with `argv` None (the process's own
@@ -294,7 +312,8 @@ def run_main(prog: str, usage: str, fv: flags.FlagValues, argv: Sequence[str] | 
     logging.set_verbosity(logging.INFO)
     startup.configure(fv)
     _check_positional(prog, command, rest[1:])
-    return body(fv)
+    with startup.terminal_logs(prog, verbose):
+      return body(fv)
   except flags.Error as e:
     return _error(prog, f"{e} (see `{prog} --help`)")
   except (ValueError, FileNotFoundError) as e:

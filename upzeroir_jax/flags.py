@@ -38,7 +38,7 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("steps", None, "DDIM steps (default: the preset's, 450).",
                        flag_values=fv, lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Base seed; image keys are fold_in(seed, crc32(name)).",
-                       flag_values=fv)
+                       flag_values=fv, lower_bound=-2**63, upper_bound=2**63 - 1)
   flags.DEFINE_integer("batch", 1, "Images restored together (vmapped; split over the "
                        "devices, rounded up to a multiple of their count).", flag_values=fv,
                        lower_bound=1)
@@ -112,9 +112,16 @@ def load_models(fv: flags.FlagValues) -> loading.Loaded:
 
 
 def settings_from_flags(fv: flags.FlagValues, bits: int = 8) -> pipeline.Settings:
-  """The pipeline settings of --seed, --grid, --size, --batch and --overwrite."""
-  return pipeline.Settings(seed=fv.seed, grid=fv.grid, size=fv.size, batch=fv.batch, bits=bits,
-                           overwrite=fv.overwrite)
+  """The pipeline settings of --seed, --grid, --size, --batch and --overwrite, checked before
+  any model is loaded (`pipeline.check_settings` with `loading.GRID_MULTIPLE`).
+
+  Raises:
+    RunError: a bad grid mode, size or batch.
+  """
+  settings = pipeline.Settings(seed=fv.seed, grid=fv.grid, size=fv.size, batch=fv.batch,
+                               bits=bits, overwrite=fv.overwrite)
+  pipeline.check_settings(settings, loading.GRID_MULTIPLE)
+  return settings
 
 
 def model_argv(fv: flags.FlagValues, **changes: Any) -> list[str]:

@@ -25,6 +25,10 @@ from upzeroir_jax.sampler import models as models_lib
 
 DEFAULT_MODEL = places.SD_HUB_ID
 SMOKE_TEST_MODEL = "tiny"
+# The model grid of every supported backbone (SD 1.x/2.x and the tiny test model: a factor-8
+# VAE times 8), so that --size is checked before a model is loaded; the loaded model's own
+# `grid_multiple` is checked again before restoring.
+GRID_MULTIPLE = 64
 SCORERS = ("arniqa", "niqe", "none")
 CHECKPOINT_DIR = places.CHECKPOINT_DIR
 DEFAULT_VGG = f"{CHECKPOINT_DIR}/{vgg.CHECKPOINT_FILE}"
@@ -82,7 +86,7 @@ def _load_backbone(source: str) -> Any:
   if source == SMOKE_TEST_MODEL:
     return sd.tiny(jax.random.PRNGKey(0))
   try:
-    return sd.load(source)
+    return sd.load(source, text_encoder=False)
   except ImportError as e:
     raise RunError(f"reading the diffusion model {source!r} needs {e.name or 'torch'}: "
                    "pip install -e '.[convert]', or convert it once with "
@@ -122,11 +126,15 @@ def load_models(source: str = DEFAULT_MODEL, *, vgg_path: str = DEFAULT_VGG,
   scorer_model, scorer_note = _load_scorer(scorer, arniqa_dir, smoke_test)
   backbone = _load_backbone(source)
 
+  with_text = []  # the backbone with its text encoder, read at the first prompt.
+
   def text_context(prompt: str) -> Any:
     if not prompt:
       return None
     from upzeroir_jax.models import sd
-    return sd.text_context(backbone, [prompt])
+    if not with_text:
+      with_text.append(sd.with_text_encoder(backbone, source))
+    return sd.text_context(with_text[0], [prompt])
 
   return Loaded(
     models=models_lib.Models(backbone=backbone, vgg_params=vgg_params, scorer=scorer_model),

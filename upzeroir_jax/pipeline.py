@@ -2,11 +2,13 @@
 
 A run is a list of `jobs.Job`s (input file -> output file) and a `RestoreConfig`, one for
 every job or one per job (a function of the job, e.g. the preset of its identified
-degradations, `auto.per_image`). A job whose output image and JSON sidecar both exist is
-finished and skipped, so an interrupted run resumes where it stopped (both files are written
-atomically, the sidecar last); a finished output made with other settings (`resume_key`: the
-job's configuration, seed, grid, bits, model, scorer, code version) is refused rather than
-kept (`check_resume`), unless `overwrite` redoes it. The other jobs are grouped by the
+degradations, `auto.per_image`). A job whose output image and JSON sidecar exist and belong
+together (`records.finished`: the sidecar names the image's content) is finished and skipped,
+so an interrupted run resumes where it stopped (both files are written atomically, the sidecar
+last); a finished output made with other settings (`resume_key`: the job's configuration,
+seed, grid, bits, model, scorer, code version) or from another version of its input
+(`records.input_change`) is refused rather than kept (`records.check_resume`), unless `overwrite`
+redoes it. The other jobs are grouped by the
 static part of their configuration (`sampler.state.weightless`: task presets differ only in
 their per-task settings, which are traced), model-grid shape and prompt and restored
 `settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
@@ -22,9 +24,9 @@ image whose sampling the divergence guard failed (docs/method.md §3): its sidec
 record and the run summary name the reason, and no image is written for it.
 
 Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
-batch, announced as "compiling (first run only; cached afterwards)" (JAX's persistent cache,
-`startup`, makes later runs load it), so the per-image rate and time left count restore time
-only. Images are counted per batch; with `report_steps` a host callback inside the compiled
+batch, or loaded from JAX's persistent cache (`startup`) when an earlier run compiled it; the
+progress says which (`progress.Progress.compiling`), and the per-image rate and time left count
+restore time only. Images are counted per batch; with `report_steps` a host callback inside the compiled
 loop reports each sampling step (costs a host round trip per step; off by default).
 
 Ctrl-C: compiling and restoring run through `interrupt.call`, so KeyboardInterrupt reaches
@@ -50,10 +52,10 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import interrupt, io, sharding
+from upzeroir_jax import interrupt, io, records, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
-from upzeroir_jax.jobs import Job, check_outputs, is_done, sidecar_path
+from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
 from upzeroir_jax.loading import Loaded
 from upzeroir_jax.sampler import state as state_lib
 
@@ -122,18 +124,21 @@ class _Batch:
 
 
 def image_key(seed: int, name: str) -> np.ndarray:
-  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`, the CRC of the
+  name's bytes as the filesystem holds them (also when they are not UTF-8)."""
+  raw = name.encode("utf-8", "surrogateescape")
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(raw) & 0x7FFFFFFF)
   return np.asarray(key)
 
 
 def failure(path: pathlib.Path, error: Exception) -> str:
-  """One line naming the file for a per-image failure (an `ImageError` names it already)."""
-  if isinstance(error, io.ImageError):
+  """One line naming the file for a per-image failure (an `ImageError` or `io.WriteError`
+  names it already)."""
+  if isinstance(error, (io.ImageError, io.WriteError)):
     return " ".join(str(error).split())
   if isinstance(error, OSError) and error.strerror:
-    return f"{path}: {error.strerror}"
-  return f"{path}: {' '.join(str(error).split()) or type(error).__name__}"
+    return f"{io.shown(path)}: {error.strerror}"
+  return f"{io.shown(path)}: {' '.join(str(error).split()) or type(error).__name__}"
 
 
 def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -> dict:
@@ -178,25 +183,12 @@ def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str
                scorer: str) -> dict:
   """What decides a restored image, recorded in its sidecar as "settings": the configuration
   (task, steps, overrides, ...), seed, grid, output bits, model, DQR scorer and code version.
-  A finished output is only kept when its record equals the current run's (`check_resume`)."""
+  A finished output is only kept when its record equals the current run's
+  (`records.check_resume`)."""
   key = {"config": dataclasses.asdict(config), "seed": settings.seed, "grid": settings.grid,
          "size": settings.size if settings.grid == "resize" else None, "bits": settings.bits,
          "model": source, "scorer": scorer, "version": upzeroir_jax.__version__}
   return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
-
-
-def _differences(before: Any, now: dict, prefix: str = "") -> str:
-  """The entries that differ, "name: old there, new now" (nested records as "config.task")."""
-  if not isinstance(before, dict):
-    return "it has no settings record"
-  out = []
-  for k in sorted(set(before) | set(now)):
-    old, new = before.get(k), now.get(k)
-    if isinstance(old, dict) and isinstance(new, dict):
-      out += [_differences(old, new, f"{prefix}{k}.")] if old != new else []
-    elif old != new:
-      out.append(f"{prefix}{k}: {old!r} there, {new!r} now")
-  return "; ".join(out)
 
 
 def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
@@ -206,32 +198,13 @@ def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
   return config
 
 
-def check_resume(jobs: Sequence[Job], key: dict | Callable[[Job], dict],
-                 overwrite: bool) -> None:
-  """Refuses to keep a finished output (image and sidecar present) made with other settings.
-
-  `key`: the run's `resume_key`, or a function of the job giving it (per-image configs).
+def check_settings(settings: Settings, multiple: int) -> None:
+  """Refuses an unknown grid mode, a `size` that is not a positive multiple of `multiple` (the
+  model's grid) in "resize" mode, and a batch under 1.
 
   Raises:
-    RunError: one line naming the first such output and what differs; `overwrite` redoes them.
+    RunError: one line naming the flag.
   """
-  if overwrite:
-    return
-  for job in jobs:
-    if not is_done(job):
-      continue
-    try:
-      before = json.loads(sidecar_path(job.output).read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
-      before = None
-    now = key(job) if callable(key) else key
-    if before != now:
-      raise RunError(f"{job.output} was restored with other settings "
-                     f"({_differences(before, now)}); pass --overwrite to redo such outputs, "
-                     "or choose another output")
-
-
-def _check(settings: Settings, multiple: int) -> None:
   if settings.grid not in GRIDS:
     raise RunError(f"unknown grid mode {settings.grid!r}; choose resize or pad")
   if settings.grid == "resize" and (settings.size <= 0 or settings.size % multiple):
@@ -286,20 +259,20 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
   Raises:
     RunError: bad grid settings, an output that is an input, or a finished output made with
-      other settings (`check_resume`).
+      other settings (`records.check_resume`).
   """
-  _check(settings, loaded.multiple)
+  check_settings(settings, loaded.multiple)
   check_outputs(jobs, named_by_run=False)
   configs = config_of(config)
 
   def key_of(job: Job) -> dict:
     return resume_key(configs(job), settings, loaded.source, loaded.scorer)
 
-  check_resume(jobs, key_of, settings.overwrite)
+  records.check_resume(jobs, key_of, settings.overwrite)
   mesh = mesh or sharding.make_mesh()
   summary = Summary()
   pending_mask = sharding.broadcast_from_first(
-      np.asarray([settings.overwrite or not is_done(j) for j in jobs], np.int32))
+      np.asarray([settings.overwrite or not records.finished(j.output) for j in jobs], np.int32))
   summary.skipped = [j.name for j, p in zip(jobs, pending_mask) if not p]
   pending = [j for j, p in zip(jobs, pending_mask) if p]
   groups = _groups(pending, configs, settings, loaded.multiple, summary)
@@ -326,9 +299,10 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   try:
     for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
-      with progress.phase(progress_lib.COMPILING):
+      with progress.compiling(cacheable=ctx.on_step is None) as lowered:
         t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static)
+        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static,
+                                  lowered)
         compile_s = time.perf_counter() - t0
       progress.start_images()
       for start in range(0, len(group), global_batch):
@@ -342,16 +316,20 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
 
 
 def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
-             config: config_lib.RestoreConfig) -> Any:
+             config: config_lib.RestoreConfig, lowered: Callable[[str], None]) -> Any:
   """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
-  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it)."""
+  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it);
+  `lowered(module name)` is called between lowering and compiling
+  (`progress.Progress.compiling`)."""
   ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
   keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
   weights = jax.tree.map(
       lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
       state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
-  return sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
-                                        mesh=ctx.rows.mesh, on_step=ctx.on_step).compile()
+  program = sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
+                                           mesh=ctx.rows.mesh, on_step=ctx.on_step)
+  lowered(f"jit_{sharding.restore_sharded.__name__}")
+  return program.compile()
 
 
 def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]
@@ -441,9 +419,10 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
   try:
     if problem:  # the sidecar alone says why; a stale image of this job must not stay.
       job.output.unlink(missing_ok=True)
+      io.write_json(sidecar_path(job.output), sidecar)
     else:
       io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
-    io.write_json(sidecar_path(job.output), sidecar)
+      io.write_json(sidecar_path(job.output), {**sidecar, "files": records.files_record(job)})
   except IMAGE_FAILURES as e:
     ctx.summary.failed.append((job.name, failure(job.output, e)))
     return

@@ -1,6 +1,6 @@
 """Checks of a run that need no model, done before any model is loaded.
 
-`check` refuses finished outputs made with other settings (`pipeline.check_resume`), then opens
+`check` refuses finished outputs made with other settings (`records.check_resume`), then opens
 every input still to restore and decodes it (readable, an image, finite values) and checks
 its output (a known image suffix, 16 bits only for PNG, not a folder, in a writable place). A
 run whose inputs are all unusable thus fails in seconds; the usable ones go on.
@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from upzeroir_jax import io, pipeline
-from upzeroir_jax.jobs import Job, is_done
+from upzeroir_jax import io, pipeline, records
+from upzeroir_jax.jobs import NAME_MAX, Job
 
 
 class Checked(NamedTuple):
@@ -49,6 +49,8 @@ def output_problem(output: pathlib.Path, bits: int) -> str | None:
     return f"{output}: unknown image suffix {output.suffix!r}"
   if bits == 16 and output.suffix.lower() != ".png":
     return f"{output}: --bits=16 needs a .png output"
+  if len(os.fsencode(output.name)) > NAME_MAX:
+    return f"{io.shown(output)}: file name too long (over {NAME_MAX} bytes)"
   if output.is_dir():
     return f"{output}: is a folder, not an image file"
   if not _writable(output.parent):
@@ -88,10 +90,10 @@ def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable
     RunError: a finished output was made with other settings (and not `settings.overwrite`).
   """
   if inspect is None:
-    pipeline.check_resume(jobs, key, settings.overwrite)
+    records.check_resume(jobs, key, settings.overwrite)
   ready, failed, skipped = [], [], []
   for job in jobs:
-    done = not settings.overwrite and is_done(job)
+    done = not settings.overwrite and records.finished(job.output)
     if done and inspect is None:
       ready.append(job)
       continue
@@ -107,5 +109,5 @@ def check(jobs: Sequence[Job], settings: pipeline.Settings, key: dict | Callable
     else:
       failed.append((job.name, problem))
   if inspect is not None:
-    pipeline.check_resume(ready, key, settings.overwrite)
+    records.check_resume(ready, key, settings.overwrite)
   return Checked(ready, failed, skipped)

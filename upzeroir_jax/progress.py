@@ -1,14 +1,16 @@
 """What a restoration run is doing, on stderr: phases, then images, optionally sampling steps.
 
-A run announces its phases ("loading models", "compiling (first run only; cached
-afterwards)") as they start and end, then counts restored images. The rate and the time left
-(ETA) come from restore time only: compilation and file reading are timed apart, so both are
-right from the first finished image on (time left = images left × seconds per image so far).
+A run announces its phases ("loading models", then each batch program: "compiling" or
+"loading compiled program from cache", as JAX reports it, `compile_watch`) as they start and
+end, then counts restored images. The rate and the time left (ETA) come from restore time only:
+compilation and file reading are timed apart, so both are right from the first finished image
+on (time left = images left × seconds per image so far).
 
-- stderr a terminal: one line per phase and a tqdm bar for the images, whose postfix shows the
-  rate, the time left and, with per-step reporting, the current sampling step;
-- stderr not a terminal (batch jobs, log files): one plain absl log line per phase and per
-  finished image, no bar.
+- stderr a terminal: one line per phase, a live line with a spinner and the elapsed time while
+  a program is prepared (XLA may compile for minutes), and a tqdm bar for the images, whose
+  postfix shows the rate, the time left and, with per-step reporting, the current sampling step;
+- stderr not a terminal (batch jobs, log files): one plain absl log line per phase (and one a
+  minute while XLA compiles) and per finished image, no bar.
 
 Per-step reporting is a host callback inside the compiled sampling loop (`restore(...,
 on_step=progress.on_step)`); it is off unless asked for, because each step then waits for the
@@ -28,8 +30,18 @@ from typing import Any, TextIO
 import numpy as np
 from absl import logging
 
-COMPILING = "compiling (first run only; cached afterwards)"
+from upzeroir_jax import compile_watch
+
 LOADING = "loading models"
+# What the live line says in each state of `compile_watch.Watch`.
+PREPARING = "preparing the program"
+COMPILING = "compiling"
+LOADING_CACHED = "loading compiled program from cache"
+LIVE_TEXT = {compile_watch.PREPARING: PREPARING, compile_watch.LOOKING_UP: LOADING_CACHED,
+             compile_watch.COMPILING: COMPILING, compile_watch.LOADED: LOADING_CACHED}
+SPINNER = "|/-\\"
+TICK_SECONDS = 0.25  # live line redraw period on a terminal
+LOG_EVERY_SECONDS = 60.0  # off a terminal: one "still compiling" line this often
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -97,11 +109,39 @@ class Progress:
 
   @contextlib.contextmanager
   def phase(self, name: str) -> Iterator[None]:
-    """Announces `name` ("loading models", `COMPILING`, ...) and its duration when it ends."""
+    """Announces `name` (e.g. `LOADING`) and its duration when it ends."""
     self._say(f"{name} ...")
     start = self.clock()
     yield
     self._say(f"{name}: done in {self.clock() - start:.1f} s")
+
+  @contextlib.contextmanager
+  def compiling(self, cacheable: bool = True) -> Iterator[Callable[..., None]]:
+    """Reports the preparation of a batch program inside the block: traced, then compiled by
+    XLA, loaded from JAX's persistent cache, or reused from this process (`compile_watch`).
+    The block calls the function it is given once the program is lowered (between `.lower()`
+    and `.compile()`), with the program's module name (`compile_watch.Watch.lowered`). A terminal gets a live line with a spinner and the elapsed time, a log
+    one line per state and one a minute while compiling; the end says what happened and how
+    long it took. `cacheable` False: a program JAX never saves (host callbacks of per-step
+    progress), said at the end."""
+    if not self.enabled:
+      yield lambda program=None: None
+      return
+    report = _CompileReport(self, cacheable)
+    with compile_watch.watch(report.changed) as watch:
+      report.begin(watch)
+      stop = threading.Event()
+      ticker = threading.Thread(target=report.run, args=(stop,), daemon=True)
+      ticker.start()
+      try:
+        yield report.lowered
+      except BaseException:
+        report.abandon()
+        raise
+      finally:
+        stop.set()
+        ticker.join()
+    report.finish()
 
   @property
   def seconds_per_image(self) -> float | None:
@@ -175,3 +215,84 @@ class Progress:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+
+class _CompileReport:
+  """The live report of one program's preparation (`Progress.compiling`); thread-safe."""
+
+  def __init__(self, progress: Progress, cacheable: bool):
+    self.p, self.cacheable = progress, cacheable
+    self.start = self.last_log = progress.clock()
+    self.traced_s = 0.0
+    self.watch: compile_watch.Watch | None = None
+    self.frame = 0
+    self.lock = threading.Lock()
+
+  def begin(self, watch: compile_watch.Watch) -> None:
+    self.watch = watch
+    if not self.p.interactive:
+      logging.info("%s ...", LIVE_TEXT[watch.state])
+    self.tick()
+
+  def lowered(self, program: str | None = None) -> None:
+    """The program (JAX's module name, `compile_watch.Watch.lowered`) is traced and lowered;
+    called from the compiling thread."""
+    self.traced_s = self.p.clock() - self.start
+    self.watch.lowered(program)
+
+  def changed(self, state: str) -> None:
+    """Called by the watch (from the compiling thread) when JAX reports a new state."""
+    if self.watch is None:
+      return
+    if not self.p.interactive and state == compile_watch.COMPILING:
+      logging.info("%s ...", COMPILING)
+    self.tick()
+
+  def run(self, stop: threading.Event) -> None:
+    while not stop.wait(TICK_SECONDS):
+      self.tick()
+
+  def tick(self) -> None:
+    """Redraws the live line (terminal), or logs a "still compiling" line once a minute."""
+    with self.lock:
+      now = self.p.clock()
+      state = self.watch.state
+      if self.p.interactive:
+        self.frame += 1
+        self._write(f"\r{self.p.prog}: {LIVE_TEXT[state]} {SPINNER[self.frame % len(SPINNER)]} "
+                    f"{format_seconds(now - self.start)}\x1b[K")
+      elif state == compile_watch.COMPILING and now - self.last_log >= LOG_EVERY_SECONDS:
+        self.last_log = now
+        logging.info("%s: %s so far", COMPILING, format_seconds(now - self.start))
+
+  def outcome(self) -> str:
+    """What happened, with the time it took (the phase's closing line)."""
+    seconds = self.p.clock() - self.start
+    took = f"{seconds:.1f} s"
+    if self.traced_s >= 1.0:
+      took += f" ({self.traced_s:.1f} s of it tracing the model)"
+    if self.watch.state == compile_watch.LOADED:
+      return f"loaded compiled program from cache in {took}"
+    if self.watch.compile_called:
+      note = ("; saved in the compilation cache for later runs" if self.watch.saved else
+              "" if self.cacheable else
+              "; not saved in the compilation cache: per-step progress is on")
+      return f"compiled in {took}{note}"
+    return f"program ready in {took}, compiled earlier in this process"
+
+  def finish(self) -> None:
+    with self.lock:
+      if self.p.interactive:
+        self._write(f"\r{self.p.prog}: {self.outcome()}\x1b[K\n")
+      else:
+        logging.info("%s", self.outcome())
+
+  def abandon(self) -> None:
+    """Ends the live line without a verdict (an interrupted or failed preparation)."""
+    with self.lock:
+      if self.p.interactive:
+        self._write("\r\x1b[K")
+
+  def _write(self, text: str) -> None:
+    self.p.stream.write(text)
+    self.p.stream.flush()

@@ -7,12 +7,19 @@
   off. Programs with host callbacks (per-step progress) are never cached by JAX.
 - XLA's own log lines (e.g. the multi-line "Very slow compile?" banner of long compilations)
   are hidden unless `--verbose`: JAX's C++ log threshold is raised to FATAL.
+- On a terminal, log lines read as the program's own (`<prog>: message`, `<prog>: warning:
+  message`) instead of absl's log format (`I1207 21:18:38.058576 1234 auto.py:80] message`);
+  `--verbose`, and output that is not a terminal (log files, batch jobs), keep the log format.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import os
 import pathlib
+import sys
+from collections.abc import Iterator
 
 from absl import flags, logging
 
@@ -86,3 +93,34 @@ def configure(fv: flags.FlagValues) -> pathlib.Path | None:
   if CACHE_FLAG not in fv:
     return None
   return enable_compilation_cache(fv[CACHE_FLAG].value)
+
+
+class PlainFormatter(std_logging.Formatter):
+  """`<prog>: message`, `<prog>: warning: message`, `<prog>: error: message`."""
+
+  def __init__(self, prog: str):
+    super().__init__()
+    self.prog = prog
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    level = ("" if record.levelno < std_logging.WARNING else
+             "warning: " if record.levelno < std_logging.ERROR else "error: ")
+    return f"{self.prog}: {level}{record.getMessage()}"
+
+
+@contextlib.contextmanager
+def terminal_logs(prog: str, verbose: bool) -> Iterator[None]:
+  """Inside the block, absl's log lines are `PlainFormatter(prog)` lines when stderr is a
+  terminal and not `verbose` (module docstring); the former format is restored after."""
+  from upzeroir_jax import progress
+
+  handler = logging.get_absl_handler().python_handler
+  if verbose or not progress.is_terminal(sys.stderr):
+    yield
+    return
+  before = handler.formatter
+  handler.setFormatter(PlainFormatter(prog))
+  try:
+    yield
+  finally:
+    handler.setFormatter(before)

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from upzeroir_jax.models import torch_state
+
 
 def require_files(**paths: str | None) -> None:
   """Command-line check of input files given as `flag=path` (None: flag not given).
@@ -22,14 +24,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Loads a PyTorch `.pth` state dict (tensors only, no code execution) as numpy arrays.
 
   A checkpoint that wraps its state dict (`{"state_dict": ...}` or `{"model": ...}`) is unwrapped.
-  """
-  import torch  # Converters only: torch is not a runtime dependency.
 
-  state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+  Raises:
+    CheckpointError: one line for a file that is not a safe, well-formed state dict
+      (`torch_state.load`, `torch_state.named_tensors`).
+  """
+  state = torch_state.load(path)
   for wrapper in ("state_dict", "model"):
     if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
       state = state[wrapper]
-  return to_numpy(state)
+  return to_numpy(torch_state.named_tensors(path, state))
 
 
 def to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -8,12 +8,21 @@ module's TorchScript source). `torch.jit.load` compiles and runs that code (a cr
 with numpy, from the storages in the zip), `OrderedDict`, storage types, and inert stand-ins
 for the archive's own `__torch__.*` classes, whose state is recorded and never interpreted.
 Any other global in the pickle is refused; the code folder is never read.
+
+Nothing is allocated beyond the archive's own bytes: each storage is read once, only when
+stored uncompressed (as torch writes them) and holding the bytes its persistent id declares;
+a tensor is a read-only view into its storage and may neither reach past it nor claim more
+values than it holds (zero strides could otherwise turn one stored number into 100000 ×
+100000 values when copied). Module state that refers to itself or nests deeper than
+`MAX_DEPTH` levels is refused.
 """
 
 import collections
 import io
+import math
 import os
 import pickle
+import reprlib
 import zipfile
 from typing import Any
 
@@ -24,6 +33,10 @@ _STORAGE_DTYPES = {
   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
+
+
+# Modules nest a few levels (a network's submodules); deeper state is not a weights file.
+MAX_DEPTH = 100
 
 
 class TorchScriptError(ValueError):
@@ -43,18 +56,24 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_) -> np.ndarray:
-  """`torch._utils._rebuild_tensor_v2` in numpy, bounds-checked against the storage."""
+  """`torch._utils._rebuild_tensor_v2` in numpy: a read-only view into `storage`, bounds-checked
+  (it neither reaches past the storage nor holds more values than the storage)."""
   size, stride = tuple(size), tuple(stride)
-  if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
-    raise pickle.UnpicklingError(f"invalid tensor layout {size} / {stride}")
+  numbers = size + stride + (offset,)
+  if (len(size) != len(stride) or not all(type(n) is int for n in numbers)
+      or min(numbers, default=0) < 0):
+    raise pickle.UnpicklingError(f"invalid tensor layout {reprlib.repr(size)} / "
+                                 f"{reprlib.repr(stride)}")
   if 0 in size:
     return np.zeros(size, storage.dtype)
   end = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
-  if end > storage.size:
-    raise pickle.UnpicklingError(f"tensor {size} reaches past its storage ({storage.size})")
-  view = np.lib.stride_tricks.as_strided(storage[offset:], size,
-                                         tuple(s * storage.itemsize for s in stride))
-  return np.array(view)
+  if end > storage.size or math.prod(size) > storage.size - offset:
+    raise pickle.UnpicklingError(f"tensor {reprlib.repr(size)} with strides "
+                                 f"{reprlib.repr(stride)} claims more values than its storage "
+                                 f"holds ({storage.size})")
+  return np.lib.stride_tricks.as_strided(storage[offset:], size,
+                                         tuple(s * storage.itemsize for s in stride),
+                                         writeable=False)
 
 
 def _rebuild_parameter(data: np.ndarray, *_) -> np.ndarray:
@@ -71,6 +90,7 @@ class _Unpickler(pickle.Unpickler):
   def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str) -> None:
     super().__init__(io.BytesIO(data))
     self._archive, self._prefix = archive, prefix
+    self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module: str, name: str) -> Any:
     allowed = {
@@ -89,24 +109,41 @@ class _Unpickler(pickle.Unpickler):
 
   def persistent_load(self, pid: Any) -> np.ndarray:
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)):
-      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+            and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+            and type(pid[4]) is int and pid[4] >= 0):
+      raise pickle.UnpicklingError(f"unsupported persistent id {reprlib.repr(pid)}")
     _, kind, key, _, numel = pid
-    raw = self._archive.read(f"{self._prefix}data/{key}")
-    if len(raw) < numel * kind.dtype.itemsize:
-      raise pickle.UnpicklingError(f"storage {key} holds {len(raw)} bytes, needs "
+    if key not in self._storages:
+      self._storages[key] = self._read_storage(key, numel * kind.dtype.itemsize)
+    raw = self._storages[key]
+    if raw.size < numel * kind.dtype.itemsize:
+      raise pickle.UnpicklingError(f"storage {key} holds {raw.size} bytes, needs "
                                    f"{numel * kind.dtype.itemsize}")
-    return np.frombuffer(raw, kind.dtype, numel)
+    return raw[:numel * kind.dtype.itemsize].view(kind.dtype)
+
+  def _read_storage(self, key: str, needed: int) -> np.ndarray:
+    """The bytes of storage `key`, checked before reading: stored uncompressed, `needed` long."""
+    info = self._archive.getinfo(f"{self._prefix}data/{key}")
+    if info.compress_type != zipfile.ZIP_STORED:
+      raise pickle.UnpicklingError(f"storage {key} is compressed (torch stores storages as is)")
+    if info.file_size < needed:
+      raise pickle.UnpicklingError(f"storage {key} holds {info.file_size} bytes, needs {needed}")
+    return np.frombuffer(self._archive.read(info), np.uint8)
 
 
-def _tensors(value: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
+def _tensors(value: Any, prefix: str, out: dict[str, np.ndarray],
+             parents: tuple[int, ...] = ()) -> None:
   """Collects the arrays in a module's state as `a.b.c` keys (submodules recursed)."""
   if isinstance(value, _ScriptObject):
     value = getattr(value, "state", None)
   if isinstance(value, dict):
+    if id(value) in parents:
+      raise TorchScriptError(f"module state {reprlib.repr(prefix[:-1])} refers to itself")
+    if len(parents) >= MAX_DEPTH:
+      raise TorchScriptError(f"module state nested more than {MAX_DEPTH} levels deep")
     for key, item in value.items():
       if isinstance(key, str):
-        _tensors(item, f"{prefix}{key}.", out)
+        _tensors(item, f"{prefix}{key}.", out, parents + (id(value),))
   elif isinstance(value, np.ndarray):
     out[prefix[:-1]] = value
 
@@ -116,7 +153,8 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     TorchScriptError: not a zip TorchScript archive, a refused pickle global, a big-endian or
-      malformed archive.
+      malformed archive, a tensor or storage whose size does not fit (module docstring), or
+      self-referencing or too deeply nested module state.
   """
   name = os.fspath(path)
   try:
@@ -136,5 +174,8 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise TorchScriptError(f"{name}: cannot read as a TorchScript archive "
                            f"({' '.join(str(e).split())})") from None
   out: dict[str, np.ndarray] = {}
-  _tensors(root, "", out)
+  try:
+    _tensors(root, "", out)
+  except TorchScriptError as e:
+    raise TorchScriptError(f"{name}: {e}") from None
   return out

@@ -120,14 +120,16 @@ def convert(output_dir: str | os.PathLike, encoder: str | None = None,
   """Converts the given official files into `output_dir` (see the module docstring)."""
   if regressor:
     dataset = dataset or _dataset_from_name(regressor)
+  # Both inputs are read before anything is written: a bad file leaves no output behind.
+  variables = convert_resnet50(_torch_utils.read_state_dict(encoder)) if encoder else None
+  head = read_regressor(regressor) if regressor else None
   os.makedirs(output_dir, exist_ok=True)
   if encoder:
-    variables = convert_resnet50(_torch_utils.read_state_dict(encoder))
     flat_checkpoint.save(encoder_path(output_dir), variables,
                          {"model": "arniqa_encoder", "source": os.path.basename(encoder)})
     logging.info("wrote the ARNIQA encoder to %s", encoder_path(output_dir))
   if regressor:
-    flat_checkpoint.save(regressor_path(output_dir, dataset), read_regressor(regressor),
+    flat_checkpoint.save(regressor_path(output_dir, dataset), head,
                          {"model": "arniqa_regressor", "dataset": dataset,
                           "source": os.path.basename(regressor)})
     logging.info("wrote the %s regressor to %s", dataset, regressor_path(output_dir, dataset))

@@ -5,8 +5,9 @@ r"""Converts a Stable Diffusion checkpoint (diffusers PyTorch) to our orbax form
 
 `--source` is a diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`;
 safetensors or .bin) or a hub id (downloaded by huggingface_hub). `--output` receives
-`sd_config.json`, `params/` (orbax) and `tokenizer/`; `upzeroir_jax.models.sd.load(output)` then
-needs neither torch nor the network. SD 1.x and 2.x, ε and v prediction.
+`sd_config.json`, `params/` (orbax; with the empty-prompt embedding, so that without a
+prompt the text encoder, in `text_encoder_params/`, is not read) and `tokenizer/`;
+`upzeroir_jax.models.sd.load(output)` then needs neither torch nor the network. SD 1.x and 2.x, ε and v prediction.
 """
 
 import pathlib
@@ -41,6 +42,7 @@ def convert(source: str, output: str | pathlib.Path, dtype: str = "float32") -> 
                           f"a hub id such as {places.SD_HUB_ID}")
   folder = path if path.is_dir() else sd_convert.download(source)
   config, params, tokenizer = sd_convert.read_diffusers(folder)
+  params["null_context"] = sd.assemble(config, params, tokenizer).null_context
   if dtype != "float32":
     params = sd.cast(params, jnp.dtype(dtype))
   sd_convert.write_checkpoint(output, config, params, tokenizer)

@@ -342,17 +342,19 @@ def parity(setup: Setup, probe: dict[str, Any]) -> dict[str, Any]:
   }
 
 
-def torch_ldrps(setup: Setup, scale: float) -> dict[str, Any]:
-  """One image through the LD-RPS procedure (step counts times `scale`), timed end to end."""
+def torch_ldrps(setup: Setup, scale: float, task: str) -> dict[str, Any]:
+  """One image through LD-RPS's procedure for `task` (its per-task recipe, step counts times
+  `scale`), timed end to end and extrapolated to its full step count."""
   if setup.device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(setup.device)
-  proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, setup.config, setup.num_pixels,
-                           setup.torch_cfg_ctx, scale)
+  proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, setup_lib.task_config(setup, task),
+                           setup.num_pixels, scale)
   gen = torch.Generator(setup.device).manual_seed(setup.seed)
   with clock(setup.sync) as c:
-    image = proc.run(setup.torch_y, gen)
-  full_first, full_rec = tr.ldrps_step_counts(1.0)
-  full = full_first + tr.LDRPS_RECURRENCES * full_rec
-  return {"scale": scale, "steps": proc.total_steps(), "full_steps": full, "run_s": c.seconds,
+    image = proc.run(setup.torch_y, gen, setup.torch_prompt)
+  full = tr.ldrps_total_steps(task)
+  return {"scale": scale, "recurrences": proc.recipe.recurrences,
+          "terms": sorted(proc.recipe.terms), "prompt": proc.recipe.prompt,
+          "steps": proc.total_steps(), "full_steps": full, "run_s": c.seconds,
           "per_image_s_full": c.seconds * full / proc.total_steps(),
           "finite": bool(torch.isfinite(image).all())}

@@ -8,8 +8,10 @@ from typing import Any
 from absl import flags
 
 PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
+LDRPS_TASKS = ("lowlight", "dehaze", "denoise")
 ATTENTIONS = ("xla", "cudnn", "auto")
-VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", *ATTENTIONS)
+# "diffusers": the step on diffusers' Flax UNet and VAE instead of ours (side by side).
+VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", "diffusers", *ATTENTIONS)
 
 
 class BenchmarkError(ValueError):
@@ -37,7 +39,11 @@ class Options:
   warmup_steps: int = _opt(2, "Untimed torch warm-up steps.")
   steps: int = _opt(450, "DDIM steps of our restore (config.steps).")
   restore_scale: float = _opt(1.0, "Run our restores with round(scale·steps) steps.")
-  ldrps_scale: float = _opt(1.0, "Run LD-RPS with its 450/225/225 steps times this.")
+  ldrps_scale: float = _opt(1.0, "Run LD-RPS with its 450-step pass and 225-step recurrences "
+                            "times this.")
+  ldrps_tasks: tuple[str, ...] = _opt(
+    LDRPS_TASKS, "Tasks of the ldrps part, each with its script's recipe (recurrences, terms, "
+    f"prompt), any of {', '.join(LDRPS_TASKS)}.")
   dtype: str = _opt("float32", "Compute dtype of our UNet/VAE (PCDM, losses and latents stay "
                     "float32).", ("float32", "bfloat16"))
   remat: bool = _opt(False, "Recompute the decoder in the guidance backward pass.")
@@ -66,6 +72,10 @@ class Options:
     unknown = sorted(set(self.parts) - set(PARTS))
     if unknown:
       raise BenchmarkError(f"unknown --parts {unknown}; choose from {', '.join(PARTS)}")
+    bad_tasks = sorted(set(self.ldrps_tasks) - set(LDRPS_TASKS))
+    if bad_tasks or not self.ldrps_tasks:
+      raise BenchmarkError(f"--ldrps_tasks must be among {', '.join(LDRPS_TASKS)}, got "
+                           f"{','.join(self.ldrps_tasks)}")
     for name in ("batches", "restore_batches"):
       if not getattr(self, name) or min(getattr(self, name)) < 1:
         raise BenchmarkError(f"--{name} must be positive integers, e.g. 1,2,4,8")

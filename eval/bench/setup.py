@@ -69,7 +69,8 @@ class Setup:
   JAX (all on the device): `models` (`restore.Models`), `y` `[1, H, W, 3]`, `ctx` (None, or
   `[1, L, D]` with `--cfg`), `prompt` `[1, L, D]`. torch: `torch_sd`, `torch_vgg`, `torch_y`
   `[1, 3, H, W]`, `torch_ctx` (None or `[2, L, D]`: unconditional and prompt) for the
-  equal-work step, `torch_cfg_ctx` (always `[2, L, D]`) for LD-RPS, which always runs CFG.
+  equal-work step, `torch_prompt` (`[1, L, D]`, the caption LD-RPS's low-light script
+  conditions on; it always runs CFG).
   """
 
   models: Any
@@ -80,7 +81,7 @@ class Setup:
   torch_vgg: tr.VGGRelu22
   torch_y: torch.Tensor
   torch_ctx: Any
-  torch_cfg_ctx: torch.Tensor
+  torch_prompt: torch.Tensor
   prompt: jax.Array
   device: torch.device
   seed: int
@@ -90,9 +91,11 @@ class Setup:
   t_guided: int
   setup_s: float
   attention: str = "default"
+  diffusers_backbone: Any = None  # the same weights in diffusers' Flax modules, if asked for
 
   def tracing(self) -> contextlib.AbstractContextManager:
-    """The context our functions are traced in: the `attention` choice of the UNet."""
+    """The context our functions are traced in: the `attention` choice of diffusers' UNet (our
+    networks take it from the backbone's `attention`, `with_attention`)."""
     if self.attention == "default":
       return contextlib.nullcontext()
     impl = None if self.attention == "auto" else self.attention
@@ -127,6 +130,13 @@ def _dot_product_attention(implementation: str | None, next_fun: Any, args: Any,
   out = jax.nn.dot_product_attention(q, k, v, scale=m.dim_head**-0.5,
                                      implementation=implementation)
   return m.proj_attn(out.reshape(b, -1, m.heads * m.dim_head))
+
+
+def with_attention(backbone: Any, attention: str) -> Any:
+  """The backbone with our networks' attention implementation set from the `attention` choice
+  ("default" is XLA's; "auto" lets JAX choose)."""
+  impl = {"default": "xla", "auto": None}.get(attention, attention)
+  return backbone.replace(attention=impl)
 
 
 def check_devices() -> str:
@@ -182,10 +192,16 @@ def build_setup(opts: Options) -> Setup:
   vae = diffusers.AutoencoderKL(**arch["vae"]).eval().requires_grad_(False)
   vgg = tr.VGGRelu22().random_init()
   backbone = sd_lib.from_torch(arch, unet, vae, dtype=jnp.dtype(opts.dtype))
+  old = None
+  if any("diffusers" in spec.split("+") for spec in opts.variants):
+    old = sd_lib.from_torch({**arch, "nets": "diffusers"}, unet, vae, dtype=jnp.dtype(opts.dtype))
   rng = np.random.default_rng(opts.seed)
   shape = (1, arch["text_encoder"]["max_position_embeddings"], arch["unet"]["cross_attention_dim"])
   null, prompt = rng.standard_normal((2,) + shape).astype(np.float32)
-  backbone = backbone.replace(null_context=null, remat_decode=opts.remat)
+  backbone = with_attention(backbone.replace(null_context=null, remat_decode=opts.remat),
+                            opts.attention)
+  if old is not None:
+    old = old.replace(null_context=null, remat_decode=opts.remat)
   config = config_lib.preset("lowlight", steps=opts.steps, dtype=opts.dtype, remat=opts.remat)
   if opts.size == "tiny":
     config = config.replace(pcdm_features=(16, 32, 64), disc_features=(16, 32, 64))
@@ -205,16 +221,26 @@ def build_setup(opts: Options) -> Setup:
     models=models, config=config, y=y_dev, ctx=prompt_dev if opts.cfg else None,
     torch_sd=torch_sd, torch_vgg=vgg.to(device),
     torch_y=torch.from_numpy(y.transpose(0, 3, 1, 2).copy()).to(device),
-    torch_ctx=both if opts.cfg else None, torch_cfg_ctx=both, prompt=prompt_dev,
+    torch_ctx=both if opts.cfg else None, torch_prompt=both[1:], prompt=prompt_dev,
     device=device, seed=opts.seed, resolution=resolution,
     latent_shape=(1, backbone.latent_channels, resolution // f, resolution // f),
-    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention)
+    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention,
+    diffusers_backbone=None if old is None else on_device(old))
+
+
+def task_config(setup: Setup, task: str) -> config_lib.RestoreConfig:
+  """The preset of `task` with the benchmark's steps, dtype, remat and network widths."""
+  c = setup.config
+  return config_lib.preset(task, steps=c.steps, dtype=c.dtype, remat=c.remat,
+                           pcdm_features=c.pcdm_features, disc_features=c.disc_features)
 
 
 def variant_setup(setup: Setup, spec: str) -> Setup:
   """`setup` with the modifiers of a `--variants` entry applied to our pipeline (on device)."""
   backbone, config, ctx, attention = (setup.models.backbone, setup.config, setup.ctx,
                                       setup.attention)
+  if "diffusers" in spec.split("+"):
+    backbone = setup.diffusers_backbone
   for mod in spec.split("+"):
     if mod == "bfloat16":
       backbone = backbone.replace(unet_params=sd_lib.cast(backbone.unet_params, jnp.bfloat16),
@@ -225,7 +251,8 @@ def variant_setup(setup: Setup, spec: str) -> Setup:
       backbone, config = backbone.replace(remat_decode=True), config.replace(remat=True)
     elif mod == "cfg":
       ctx = setup.prompt
-    else:
+    elif mod != "diffusers":
       attention = mod
+      backbone = with_attention(backbone, mod)
   return dataclasses.replace(setup, models=on_device(setup.models.replace(backbone=backbone)),
                              config=config, ctx=ctx, attention=attention)

@@ -7,11 +7,11 @@ sidecars). The public names are re-exported here.
 """
 
 from upzeroir_jax.io.atomic import WriteError, write_json
-from upzeroir_jax.io.errors import ImageError
+from upzeroir_jax.io.errors import ImageError, kind_of, shown
 from upzeroir_jax.io.files import IMAGE_SUFFIXES, image_size, read_image, write_image
 from upzeroir_jax.io.grid import GridMeta, from_model_grid, grid_shape, to_model_grid
 from upzeroir_jax.io.pixels import orient
 
 __all__ = ["IMAGE_SUFFIXES", "GridMeta", "ImageError", "WriteError", "from_model_grid",
-           "grid_shape", "image_size", "orient", "read_image", "to_model_grid", "write_image",
-           "write_json"]
+           "grid_shape", "image_size", "kind_of", "orient", "read_image", "shown",
+           "to_model_grid", "write_image", "write_json"]

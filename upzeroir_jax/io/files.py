@@ -14,7 +14,9 @@ WebP. Choices made here:
   composited on a white background: `rgb · a + 1 · (1 − a)`.
 - Multi-frame files (animated GIF/WebP, multi-page TIFF) give their first frame.
 - Integer samples are scaled by their type's range (`pixels.to_float`); float TIFF samples must
-  be finite and are clipped to [0, 1].
+  be finite and are clipped to [0, 1]. TIFFs Pillow cannot decode (float or 32-bit colour
+  samples) are decoded by libtiff (`tiff`).
+- Only regular files are read: a FIFO, device or socket is refused at once, never waited on.
 
 Every failure to read (missing path, directory, permission, empty, truncated, corrupt, too
 large, non-finite, or non-image file) raises `ImageError`, a `ValueError` whose one-line message
@@ -28,12 +30,13 @@ import pathlib
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from upzeroir_jax.io import atomic, grid, pixels, png
-from upzeroir_jax.io.errors import ImageError, fail
+from upzeroir_jax.io import atomic, grid, pixels, png, tiff
+from upzeroir_jax.io.errors import ImageError, fail, kind_of
 
 PathLike = str | os.PathLike
 
@@ -70,22 +73,33 @@ def _os_problem(e: OSError) -> str:
   return f"cannot read ({e.strerror or e})"
 
 
-def _open(path: PathLike) -> tuple[bytes | pathlib.Path, png.Header | None]:
-  """What to hand Pillow (the bytes of a checked PNG, else the path) and the PNG header."""
+def _regular(path: PathLike) -> BinaryIO:
+  """`path` opened for reading, refused at once unless it is a regular file (a FIFO is opened
+  without blocking, then refused)."""
   p = pathlib.Path(path)
   try:
-    if p.is_dir():
-      raise fail(path, "is a directory, not an image file")
-    with open(p, "rb") as f:
-      head = f.read(len(png.SIGNATURE))
-      if not head:
-        raise fail(path, "empty file (0 bytes)")
-      if not png.is_png(head):
-        return p, None
-      data = head + f.read()
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
   except OSError as e:
     raise fail(path, _os_problem(e)) from None
-  return data, png.check(data, path)
+  kind = kind_of(os.fstat(fd).st_mode)
+  if kind is not None:
+    os.close(fd)
+    if kind == "a directory":
+      raise fail(path, "is a directory, not an image file")
+    raise fail(path, f"is {kind}, not a regular file")
+  return os.fdopen(fd, "rb")
+
+
+def _open(path: PathLike) -> tuple[bytes, png.Header | None]:
+  """The whole file, and its PNG header (checked) when it is a PNG."""
+  try:
+    with _regular(path) as f:
+      data = f.read()
+  except OSError as e:
+    raise fail(path, _os_problem(e)) from None
+  if not data:
+    raise fail(path, "empty file (0 bytes)")
+  return data, png.check(data, path) if png.is_png(data) else None
 
 
 @contextlib.contextmanager
@@ -119,16 +133,31 @@ def read_image(path: PathLike) -> np.ndarray:
     ImageError: the path is missing, a directory, unreadable, empty, truncated, corrupt, too
       large, holds non-finite samples, or is not an image.
   """
-  source, header = _open(path)
-  with _decoding(path), Image.open(io.BytesIO(source) if header else source) as im:
-    orientation = _orientation(im)
-    if header is not None and header.depth == 16:
-      x = png.decode16(source, header, path)
-    else:
-      im.seek(0)
-      im.load()
-      x = pixels.to_float(im, path)
+  data, header = _open(path)
+  with _decoding(path):
+    if tiff.is_tiff(data) and not _pillow_reads(data):
+      x, orientation = tiff.decode(data, path)
+      return pixels.to_rgb(pixels.orient(x, orientation))
+    with Image.open(io.BytesIO(data)) as im:
+      orientation = _orientation(im)
+      if header is not None and header.depth == 16:
+        x = png.decode16(data, header, path)
+      else:
+        im.seek(0)
+        im.load()
+        x = pixels.to_float(im, path)
+        if im.format == "TIFF":  # Pillow 13 and later orient TIFFs on load and drop the tag
+          orientation = _orientation(im)
   return pixels.to_rgb(pixels.orient(x, orientation))
+
+
+def _pillow_reads(data: bytes) -> bool:
+  """Whether Pillow identifies the image in `data`."""
+  try:
+    with Image.open(io.BytesIO(data)):
+      return True
+  except Image.UnidentifiedImageError:
+    return False
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -137,15 +166,20 @@ def image_size(path: PathLike) -> tuple[int, int]:
   Raises:
     ImageError: as `read_image`, for files whose header cannot be read.
   """
-  p = pathlib.Path(path)
-  with _decoding(path):
-    if p.is_dir():
-      raise fail(path, "is a directory, not an image file")
-    if p.stat().st_size == 0:
+  with _decoding(path), _regular(path) as f:
+    head = f.read(8)
+    if not head:
       raise fail(path, "empty file (0 bytes)")
-    with Image.open(p) as im:
+    f.seek(0)
+    if tiff.is_tiff(head) and not _pillow_reads(f.read()):
+      height, width = read_image(path).shape[:2]
+      return height, width
+    f.seek(0)
+    with Image.open(f) as im:
       width, height = im.size
-      swap = _orientation(im) in (5, 6, 7, 8)
+      stored = (im.tag_v2.get(256), im.tag_v2.get(257)) if im.format == "TIFF" else im.size
+      # Pillow (13 and later) gives TIFFs their upright size already.
+      swap = _orientation(im) in (5, 6, 7, 8) and im.size == stored
   return (width, height) if swap else (height, width)
 
 

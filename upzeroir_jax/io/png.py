@@ -4,7 +4,8 @@
 8- and 16-bit files, stricter than Pillow alone: the signature, exactly one IHDR and it first,
 every chunk's CRC (image data included), at least one IDAT and an IEND. Decoding stays with
 well-kept libraries: Pillow for 8-bit files, libpng (through `imagecodecs`) for 16-bit ones,
-because Pillow keeps only the high byte of 16-bit colour PNGs. Both bit depths are opened by
+because Pillow keeps only the high byte of 16-bit colour PNGs; libpng is handed only the
+chunks that decoding uses (no text chunks, whose defects it reports on stderr). Both bit depths are opened by
 Pillow first, whose decompression-bomb check (more than `2 · PIL.Image.MAX_IMAGE_PIXELS` pixels
 is an error) then applies to the one IHDR there is; libpng decodes no more rows than that IHDR
 declares, so the limit bounds memory at both depths.
@@ -22,6 +23,7 @@ from upzeroir_jax.io.errors import fail
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPES = (0, 2, 3, 4, 6)
+_DECODED = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")  # the chunks `decode16` hands libpng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,20 @@ def _header(body: memoryview, path: str | os.PathLike) -> Header:
   return Header(width, height, depth, ctype)
 
 
+def _essential(data: bytes) -> bytes:
+  """A checked PNG without the chunks decoding does not use (text, EXIF, ...): libpng warns on
+  stderr once for every malformed text chunk, and a file may hold a million of them."""
+  view = memoryview(data)
+  out, pos, kind = [SIGNATURE], len(SIGNATURE), b""
+  while kind != b"IEND":
+    length, kind = struct.unpack_from(">I4s", data, pos)
+    end = pos + 12 + length
+    if kind in _DECODED:
+      out.append(view[pos:end])
+    pos = end
+  return b"".join(out)
+
+
 def decode16(data: bytes, header: Header, path: str | os.PathLike) -> np.ndarray:
   """Decodes a checked 16-bit PNG with libpng.
 
@@ -94,7 +110,7 @@ def decode16(data: bytes, header: Header, path: str | os.PathLike) -> np.ndarray
     becomes an alpha channel (0 at the key, 1 elsewhere).
   """
   try:
-    pixels = imagecodecs.png_decode(data)
+    pixels = imagecodecs.png_decode(_essential(data))
   except (imagecodecs.PngError, ValueError, MemoryError) as e:
     raise fail(path, f"truncated or corrupt PNG image data ({e})") from None
   if pixels.dtype != np.uint16 or pixels.shape[:2] != (header.height, header.width):

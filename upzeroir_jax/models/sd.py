@@ -2,7 +2,8 @@
 
 `SDModel` implements `models.backbone.Backbone`. It is a pytree: parameters are leaves, the
 architecture (configs, tokenizer) and settings are static, so a model passes into `jax.jit` as
-an argument. The networks are diffusers' / transformers' Flax modules (`sd_nets`).
+an argument. The networks are our own (`unet`, `vae`, `clip_text`), or, where the config's
+"nets" entry says "diffusers", diffusers' / transformers' Flax modules (`sd_nets`).
 
 Conventions at this boundary: images float32 NHWC in [0, 1] (the VAE sees [−1, 1]); latents
 NHWC `[B, H/f, W/f, C]`, already multiplied by the VAE's `scaling_factor`.
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from upzeroir_jax.models import conv as conv_lib
-from upzeroir_jax.models import places, sd_configs, sd_convert, sd_nets
+from upzeroir_jax.models import places, sd_configs, sd_convert, sd_layers, sd_nets
 from upzeroir_jax.models import schedule as schedule_lib
+from upzeroir_jax.models import vae as vae_lib
 
 TINY = sd_configs.TINY
 SD21_BASE = sd_configs.SD21_BASE
@@ -48,6 +50,7 @@ class SDModel:
     arch: configs and tokenizer (static).
     remat_decode: decode recomputing activations in the backward pass (less gradient memory).
     dtype: compute dtype of the networks (float32 or bfloat16); outputs are float32.
+    attention: `jax.nn.dot_product_attention` implementation of our networks, "xla" or "cudnn".
   """
 
   unet_params: Any
@@ -58,6 +61,12 @@ class SDModel:
   arch: Architecture = flax.struct.field(pytree_node=False)
   remat_decode: bool = flax.struct.field(pytree_node=False, default=False)
   dtype: Any = flax.struct.field(pytree_node=False, default=jnp.float32)
+  attention: str = flax.struct.field(pytree_node=False, default="xla")
+
+  @property
+  def policy(self) -> sd_layers.Policy:
+    """How our networks compute (`sd_layers.Policy`)."""
+    return sd_layers.Policy(self.dtype, self.attention)
 
   @property
   def latent_factor(self) -> int:
@@ -125,9 +134,13 @@ def encode(model: SDModel, img: jax.Array) -> jax.Array:
     [B, H/f, W/f, C] float32 latents.
   """
   _check_image(model, img)
-  vae = model.arch.vae(model.dtype)
   x = (2.0 * img - 1.0).astype(model.dtype)
-  moments = _apply_stage(vae, sd_nets.encode_moments, model.vae_params, x)
+  if model.arch.nets == "own":
+    vae = model.arch.own_vae(model.policy)
+    moments = vae.apply({"params": model.vae_params}, x, method=vae.encode_moments)
+  else:
+    moments = _apply_stage(model.arch.vae(model.dtype), sd_nets.encode_moments,
+                           model.vae_params, x)
   mean = jnp.split(moments, 2, axis=-1)[0]
   return (mean * model.scaling_factor).astype(jnp.float32)
 
@@ -150,13 +163,22 @@ def decode(model: SDModel, z: jax.Array) -> jax.Array:
     [B, h·f, w·f, 3] float32 image.
   """
   _check_latent(model, z, 1)
-  vae = model.arch.vae(model.dtype)
   h = (z / model.scaling_factor).astype(model.dtype)
-  if model.remat_decode:
-    for stage in sd_nets.decoder_stages(model.arch.config["vae"]):
-      h = _recomputed(functools.partial(_apply_stage, vae, stage), model.vae_params, h)
+  if model.arch.nets == "own":
+    vae = model.arch.own_vae(model.policy)
+    stages = vae_lib.decoder_stages(vae.config, vae.policy)
+    whole = functools.partial(vae.apply, method=vae.decode)
+    apply_whole = lambda params, h: whole({"params": params}, h)
   else:
-    h = _apply_stage(vae, sd_nets.decode_full, model.vae_params, h)
+    vae = model.arch.vae(model.dtype)
+    stages = [functools.partial(_apply_stage, vae, stage)
+              for stage in sd_nets.decoder_stages(model.arch.config["vae"])]
+    apply_whole = functools.partial(_apply_stage, vae, sd_nets.decode_full)
+  if model.remat_decode:
+    for stage in stages:
+      h = _recomputed(stage, model.vae_params, h)
+  else:
+    h = apply_whole(model.vae_params, h)
   return ((h.astype(jnp.float32) + 1.0) / 2.0).astype(jnp.float32)
 
 
@@ -193,6 +215,10 @@ _recomputed.defvjp(_recomputed_fwd, _recomputed_bwd)
 
 def _unet(model: SDModel, z: jax.Array, t: jax.Array, ctx: jax.Array) -> jax.Array:
   """One UNet pass: z [N, h, w, C], t [N], ctx [N, L, D] -> output [N, h, w, C] float32."""
+  if model.arch.nets == "own":
+    out = model.arch.own_unet(model.policy).apply(
+      {"params": model.unet_params}, z.astype(model.dtype), t, ctx.astype(model.dtype))
+    return out.astype(jnp.float32)
   unet = model.arch.unet(model.dtype)
   x = jnp.transpose(z, (0, 3, 1, 2)).astype(model.dtype)
   with sd_nets.quiet(), sd_nets.pytorch_definitions():
@@ -250,6 +276,9 @@ def eps(
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _embed(arch: Architecture, dtype: Any, params: Any, ids: jax.Array) -> jax.Array:
+  if arch.nets == "own":
+    text = arch.own_text(sd_layers.Policy(dtype))
+    return text.apply({"params": params}, ids).astype(jnp.float32)
   text = arch.text(dtype)
   pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
   with sd_nets.quiet():
@@ -309,16 +338,18 @@ def assemble(
   """An `SDModel` from a config (`sd_configs` form), parameters by part, and a tokenizer.
 
   Parameters are cast to `dtype`, which is also the compute dtype; the empty-prompt context
-  is computed once here.
+  is computed once here from the text encoder, or taken from `params["null_context"]` where
+  the text encoder is not given.
   """
   sd_nets.check_supported(config)
   arch = Architecture(json.dumps(config, sort_keys=True), tokenizer)
+  null = params.get("null_context")
   params = {p: None if params.get(p) is None else cast(params[p], dtype) for p in PARTS}
   model = SDModel(
     unet_params=params["unet"],
     vae_params=params["vae"],
     text_params=params["text_encoder"],
-    null_context=None,
+    null_context=None if null is None else jnp.asarray(null, jnp.float32),
     schedule=schedule_lib.from_config(config["scheduler"]),
     arch=arch,
     dtype=jnp.dtype(dtype),
@@ -339,7 +370,9 @@ def from_config(
   fast even for full-size networks, where compiling Flax's `init` takes minutes on a CPU).
 
   Args:
-    config: {"unet", "vae", "text_encoder", "scheduler"} config dicts (see `sd_configs`).
+    config: {"unet", "vae", "text_encoder", "scheduler"} config dicts (see `sd_configs`), and
+      optionally "nets": "own" (our networks, the default) or "diffusers" (the libraries' Flax
+      modules).
     key: PRNG key of the initialisation.
     dtype: parameter and compute dtype.
     parts: the networks to initialise; the others are None (e.g. ("vae",) to time decoding).
@@ -389,7 +422,8 @@ def tiny(key: jax.Array, dtype: Any = jnp.float32, config: dict[str, Any] = TINY
   return from_config(config, key, dtype)
 
 
-def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
+def load(source: str | pathlib.Path, dtype: Any = jnp.float32, nets: str = "own",
+         text_encoder: bool = True) -> SDModel:
   """Loads Stable Diffusion 1.x / 2.x (ε or v prediction) from one of three sources.
 
   (a) a local diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
@@ -401,6 +435,10 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
   Args:
     source: folder path or hub id.
     dtype: parameter and compute dtype (float32, or bfloat16 to halve memory).
+    nets: the networks a PyTorch source is converted for, "own" or "diffusers" (a converted
+      checkpoint records its own).
+    text_encoder: False leaves the text encoder of a converted checkpoint unread (it stores
+      the empty-prompt embedding); `with_text_encoder` reads it when a prompt comes.
 
   Returns:
     The model.
@@ -411,11 +449,11 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
   """
   path = pathlib.Path(source).expanduser()
   if path.is_dir() and (path / sd_convert.CONFIG_NAME).is_file():
-    return assemble(*sd_convert.read_checkpoint(path), dtype)
+    return assemble(*sd_convert.read_checkpoint(path, text_encoder), dtype)
   if path.is_dir():
-    return assemble(*sd_convert.read_diffusers(path), dtype)
+    return assemble(*sd_convert.read_diffusers(path, nets), dtype)
   if places.is_hub_id(str(source)):
-    return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source))), dtype)
+    return assemble(*sd_convert.read_diffusers(sd_convert.download(str(source)), nets), dtype)
   if not path.exists():
     raise WeightsError(places.not_found("Stable Diffusion folder", source, places.SD_DIR,
                                         places.sd_converter(output=str(source))))
@@ -425,7 +463,19 @@ def load(source: str | pathlib.Path, dtype: Any = jnp.float32) -> SDModel:
   )
 
 
+def with_text_encoder(model: SDModel, source: str | pathlib.Path) -> SDModel:
+  """`model` with the text encoder of the converted checkpoint `source` it was loaded from
+  (`load(..., text_encoder=False)`); unchanged where it has one."""
+  if model.text_params is not None:
+    return model
+  _, params, _ = sd_convert.read_checkpoint(pathlib.Path(source).expanduser(), True)
+  return model.replace(text_params=cast(params["text_encoder"], model.dtype))
+
+
 def save(model: SDModel, path: str | pathlib.Path) -> None:
-  """Writes the model as a checkpoint folder that `load` reads without torch (`sd_convert`)."""
-  params = {"unet": model.unet_params, "vae": model.vae_params, "text_encoder": model.text_params}
+  """Writes the model as a checkpoint folder that `load` reads without torch (`sd_convert`),
+  with its empty-prompt embedding in the parameters' dtype."""
+  params = {"unet": model.unet_params, "vae": model.vae_params, "text_encoder": model.text_params,
+            "null_context": None if model.null_context is None
+            else jnp.asarray(model.null_context, model.dtype)}
   sd_convert.write_checkpoint(path, model.arch.config, params, model.arch.tokenizer)

@@ -160,3 +160,29 @@ SD21_BASE = {
   },
   "scheduler": _SD_SCHEDULER,
 }
+
+# runwayml/stable-diffusion-v1-5 (its config.json files): CLIP ViT-L/14 text encoder, 8 heads
+# per level, convolutional projections; the VAE of SD 2.1-base.
+SD15 = {
+  "unet": {
+    **SD21_BASE["unet"],
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "use_linear_projection": False,
+  },
+  "vae": SD21_BASE["vae"],
+  "text_encoder": {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+  },
+  "scheduler": _SD_SCHEDULER,
+}

@@ -7,7 +7,8 @@ Every reader returns `(config, params, tokenizer)`: the {"unet", "vae", "text_en
 when called): it loads the PyTorch networks with diffusers / transformers and maps their state
 dicts with the libraries' own PyTorch→Flax renaming rules.
 
-Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax), `tokenizer/`.
+Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax: UNet, VAE and the
+empty-prompt embedding), `text_encoder_params/` (orbax), `tokenizer/`.
 """
 
 import json
@@ -21,14 +22,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import places, sd_nets, weights_check
+from upzeroir_jax.models import places, sd_nets, sd_params, torch_state, weights_check
 
 CONFIG_NAME = "sd_config.json"
+TEXT_PARAMS = "text_encoder_params"
 FORMAT = "upzeroir-sd"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WeightsError = sd_nets.WeightsError
 # Non-parameter buffers that older transformers versions saved with the text encoder.
-_BUFFERS = frozenset({"text_model.embeddings.position_ids"})
+_BUFFERS = sd_params.BUFFERS
 _FIX = "pass a complete diffusers folder of Stable Diffusion 1.x / 2.x"
 
 # Per part: the safetensors file, else the .bin file, as diffusers folders name them.
@@ -42,50 +44,84 @@ _WEIGHT_FILES = {
 def write_checkpoint(
   path: str | pathlib.Path, config: dict[str, Any], params: dict[str, Any], tokenizer: Any
 ) -> None:
-  """Writes config, parameters (parts that are None are left out) and tokenizer to `path`."""
+  """Writes config, parameters and tokenizer to `path`.
+
+  `params` holds parts by name (None parts are left out) and optionally "null_context", the
+  `[1, L, D]` empty-prompt embedding. The text encoder goes to its own folder
+  (`TEXT_PARAMS`), so a model that is given no prompt loads without it.
+  """
   path = pathlib.Path(path).expanduser().absolute()
   path.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   present = {k: v for k, v in params.items() if v is not None}
+  text = present.pop("text_encoder", None)
   checkpointer.save(path / "params", present, force=True)
+  if text is not None:
+    checkpointer.save(path / TEXT_PARAMS, {"text_encoder": text}, force=True)
   checkpointer.wait_until_finished()
   (path / CONFIG_NAME).write_text(
     json.dumps({"format": FORMAT, "version": 1, **config}, indent=1, sort_keys=True)
   )
   tokenizer.save_pretrained(str(path / "tokenizer"))
-  logging.info("Wrote Stable Diffusion checkpoint (%s) to %s", ", ".join(present), path)
+  parts = [*present] + ([] if text is None else ["text_encoder"])
+  logging.info("Wrote Stable Diffusion checkpoint (%s) to %s", ", ".join(parts), path)
 
 
-def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
-  """Reads a folder written by `write_checkpoint`; checks parameter shapes against the config."""
+def read_checkpoint(path: str | pathlib.Path,
+                    text_encoder: bool = True) -> tuple[dict[str, Any], dict[str, Any], Any]:
+  """Reads a folder written by `write_checkpoint`; checks parameter shapes against the config.
+
+  Without `text_encoder` the text encoder is left unread where the checkpoint stores the
+  empty-prompt embedding ("null_context" in the returned parameters).
+  """
   path = pathlib.Path(path).expanduser().absolute()
   config = json.loads((path / CONFIG_NAME).read_text())
   if config.pop("format", None) != FORMAT:
     raise WeightsError(f"{path / CONFIG_NAME} was not written by weights/convert_sd.py")
   config.pop("version", None)
+  config.setdefault("nets", "diffusers")  # written before our own networks existed
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
-  params = ocp.StandardCheckpointer().restore(path / "params")
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(path / "params")
+  if (text_encoder or "null_context" not in params) and (path / TEXT_PARAMS).is_dir():
+    params.update(checkpointer.restore(path / TEXT_PARAMS))
+  text = config["text_encoder"]
+  null_shape = (1, text.get("max_position_embeddings", 77), text.get("hidden_size", 512))
   for part, tree in params.items():
-    want = jax.tree.map(lambda x: x.shape, sd_nets.abstract_params(arch, part))
+    if part == "null_context":
+      want = null_shape
+    else:
+      want = jax.tree.map(lambda x: x.shape, sd_nets.abstract_params(arch, part))
     if jax.tree.map(lambda x: tuple(x.shape), tree) != want:
       raise WeightsError(f"{path}: the {part} parameters do not match {CONFIG_NAME}")
   return config, params, sd_nets.load_tokenizer(path / "tokenizer")
 
 
-def _convert(part: str, state_dict: Mapping[str, Any], abstract: Any,
+def _convert(part: str, state_dict: Mapping[str, Any], arch: sd_nets.Architecture,
              origin: Callable[[str], str]) -> Any:
-  """Maps a PyTorch state dict onto the Flax parameter tree `abstract`, checking every tensor.
+  """Maps a PyTorch state dict onto the architecture's Flax parameters, checking every tensor.
 
   Args:
     part: "unet", "vae" or "text_encoder".
     state_dict: PyTorch name -> torch tensor.
-    abstract: the Flax parameter tree of shapes the architecture needs.
+    arch: the architecture; its `nets` selects the modules (and so the parameter tree).
     origin: PyTorch name -> the file (or description) it came from, for errors.
 
   Raises:
     WeightsError: a non-float, unexpected, misshaped or non-finite tensor, or a missing one (one
       line naming the file and the first bad key, in sorted order).
   """
+  abstract = sd_nets.abstract_params(arch, part)
+  if arch.nets == "own":
+    for name in sorted(state_dict):
+      if not state_dict[name].is_floating_point():
+        raise WeightsError(f"{origin(name)}: tensor {name!r} is {state_dict[name].dtype}, not a "
+                           f"float type; {_FIX}")
+    arrays = {k: v.detach().float().numpy() for k, v in state_dict.items()}
+    try:
+      return sd_params.convert(part, arrays, abstract, origin, _FIX)
+    except weights_check.CheckpointError as e:
+      raise WeightsError(str(e)) from None
   with sd_nets.quiet():
     from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
     from transformers import modeling_flax_pytorch_utils as transformers_pt
@@ -155,11 +191,15 @@ def _read_tensors(files: Sequence[pathlib.Path]) -> tuple[dict[str, Any], dict[s
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except (safetensors.SafetensorError, OSError, RuntimeError, pickle.UnpicklingError,
             EOFError, ValueError) as e:
-      problem = " ".join(str(e).split())[:200]
-      raise WeightsError(f"{file}: not a readable weights file ({problem}); {_FIX}") from None
+      raise WeightsError(f"{file}: not a readable weights file ({torch_state.reason(e)}); "
+                         f"{_FIX}") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
       raise WeightsError(f"{file}: not a state dict of named tensors; {_FIX}")
+    too_big = [k for k, v in state.items() if not torch_state.fits_storage(v)]
+    if too_big:
+      raise WeightsError(f"{file}: tensor {too_big[0]!r} claims more values than its storage "
+                         f"holds (a malformed file); {_FIX}")
     for name, tensor in state.items():
       if name in tensors:
         raise WeightsError(f"{file}: tensor {name!r} is also in {origin[name]}; {_FIX}")
@@ -173,8 +213,10 @@ def _public(config: Any) -> dict[str, Any]:
   return {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in drop}
 
 
-def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
-  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin)."""
+def read_diffusers(folder: str | pathlib.Path,
+                   nets: str = "own") -> tuple[dict[str, Any], dict[str, Any], Any]:
+  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin) into the
+  parameters of the networks `nets` selects ("own" or "diffusers", `sd_nets.NETS`)."""
   folder = pathlib.Path(folder).expanduser()
   missing = [d for d in SUBFOLDERS if not (folder / d).is_dir()]
   if missing:
@@ -195,7 +237,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
 
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    config, params = {"scheduler": _public(scheduler)}, {}
+    config, params = {"scheduler": _public(scheduler), "nets": nets}, {}
     for part in ("unet", "vae", "text_encoder"):
       try:
         if part == "text_encoder":
@@ -212,8 +254,7 @@ def read_diffusers(folder: str | pathlib.Path) -> tuple[dict[str, Any], dict[str
     files = _weight_files(folder / part, part)
     tensors, origin = _read_tensors(files)
     where = f"{files[0]}" if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
-    params[part] = _convert(part, tensors, sd_nets.abstract_params(arch, part),
-                            lambda name, o=origin, w=where: o.get(name, w))
+    params[part] = _convert(part, tensors, arch, lambda name, o=origin, w=where: o.get(name, w))
     del tensors
   return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
 
@@ -223,8 +264,7 @@ def params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str,
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   return {
-    part: _convert(part, net.state_dict(), sd_nets.abstract_params(arch, part),
-                   lambda name, p=part: f"the in-memory {p} network")
+    part: _convert(part, net.state_dict(), arch, lambda name, p=part: f"the in-memory {p} network")
     for part, net in nets.items()
     if net is not None
   }

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import pathlib
 import tempfile
 import warnings
@@ -24,9 +23,12 @@ import numpy as np
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from upzeroir_jax.models import weights_check
+from upzeroir_jax.models import clip_text, sd_layers, unet, vae, weights_check
 
 PARTS = ("unet", "vae", "text_encoder")
+# The network implementations a config's "nets" entry selects: our modules (`unet`, `vae`,
+# `clip_text`; the default) or diffusers' / transformers' Flax modules.
+NETS = ("own", "diffusers")
 
 
 class WeightsError(weights_check.CheckpointError):
@@ -77,6 +79,22 @@ _UNSUPPORTED = {
     "resnet_time_scale_shift": "default",
     "time_cond_proj_dim": None,
     "time_embedding_type": "positional",
+    "transformer_layers_per_block": 1,
+    "num_attention_heads": None,
+    "only_cross_attention": False,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "addition_time_embed_dim": None,
+    "projection_class_embeddings_input_dim": None,
+    "time_embedding_dim": None,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "resnet_skip_time_act": False,
   },
   "vae": {
     "act_fn": "silu",
@@ -89,8 +107,18 @@ _UNSUPPORTED = {
 }
 
 
+_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+
+
 def check_supported(config: dict[str, Any]) -> None:
   """Raises WeightsError for a UNet / VAE option the Flax modules would silently ignore."""
+  if config.get("nets", "own") not in NETS:
+    raise WeightsError(f"nets={config['nets']!r} is not one of {', '.join(NETS)}")
+  for kinds in ("down_block_types", "up_block_types"):
+    unknown = set(config.get("unet", {}).get(kinds, ())) - set(_BLOCKS)
+    if unknown:
+      raise WeightsError(f"unet {kinds} {sorted(unknown)} are not supported (only "
+                         f"{', '.join(_BLOCKS)}): Stable Diffusion 1.x / 2.x checkpoints are")
   for part, supported in _UNSUPPORTED.items():
     for key, value in supported.items():
       if config.get(part, {}).get(key, value) != value:
@@ -122,6 +150,20 @@ class Architecture:
   def config(self) -> dict[str, Any]:
     return json.loads(self.config_json)
 
+  @property
+  def nets(self) -> str:
+    """"own" (our modules) or "diffusers" (the libraries' Flax modules): config["nets"]."""
+    return self.config.get("nets", "own")
+
+  def own_unet(self, policy: sd_layers.Policy) -> unet.UNet:
+    return unet.UNet(unet.UNetConfig.from_dict(self.config["unet"]), policy)
+
+  def own_vae(self, policy: sd_layers.Policy) -> vae.AutoencoderKL:
+    return vae.AutoencoderKL(vae.VAEConfig.from_dict(self.config["vae"]), policy)
+
+  def own_text(self, policy: sd_layers.Policy) -> clip_text.CLIPText:
+    return clip_text.CLIPText(clip_text.TextConfig.from_dict(self.config["text_encoder"]), policy)
+
   def unet(self, dtype: Any) -> FlaxUNet2DConditionModel:
     with quiet():
       kwargs = _module_kwargs(FlaxUNet2DConditionModel, self.config["unet"], dtype)
@@ -136,15 +178,6 @@ class Architecture:
       return FlaxCLIPTextModule(CLIPTextConfig.from_dict(self.config["text_encoder"]), dtype=dtype)
 
 
-def _timestep_embedding(t: jax.Array, dim: int, flip: bool, shift: float) -> jax.Array:
-  """Sinusoidal timestep features computed as diffusers' PyTorch `get_timestep_embedding`."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(10000) * jnp.arange(half, dtype=jnp.float32) / (half - shift))
-  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-  return jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1) if flip else emb
-
-
 def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
   """Method interceptor: the two UNet pieces where diffusers' Flax port departs from PyTorch.
 
@@ -157,7 +190,7 @@ def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) ->
     linear, gate = jnp.split(module.proj(args[0]), 2, axis=-1)
     return linear * jax.nn.gelu(gate, approximate=False)
   if context.method_name == "__call__" and isinstance(module, FlaxTimesteps):
-    return _timestep_embedding(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
+    return unet.timestep_features(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
   return next_fun(*args, **kwargs)
 
 
@@ -235,8 +268,25 @@ def load_tokenizer(path: str | pathlib.Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(path))
 
 
+def _init_own(arch: Architecture, part: str, key: jax.Array) -> Any:
+  """Flax `init` of one of our networks on a minimal input."""
+  policy = sd_layers.Policy()
+  if part == "unet":
+    cfg = arch.config["unet"]
+    size = 2 ** (len(cfg["down_block_types"]) - 1)
+    z = jnp.zeros((1, size, size, cfg.get("in_channels", 4)))
+    ctx = jnp.zeros((1, 1, cfg["cross_attention_dim"]))
+    return arch.own_unet(policy).init(key, z, jnp.ones((1,), jnp.int32), ctx)["params"]
+  if part == "vae":
+    size = 2 ** (len(arch.config["vae"]["block_out_channels"]) - 1)
+    return arch.own_vae(policy).init(key, jnp.zeros((1, size, size, 3)))["params"]
+  return arch.own_text(policy).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
+
+
 def _init_part(arch: Architecture, part: str, key: jax.Array) -> Any:
   """Flax `init` of one network ("unet", "vae" or "text_encoder") on a minimal input."""
+  if arch.nets == "own":
+    return _init_own(arch, part, key)
   with quiet():
     if part == "unet":
       net, cfg = arch.unet(jnp.float32), arch.config["unet"]

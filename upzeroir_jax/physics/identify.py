@@ -12,7 +12,11 @@ and noise an image shows; no network is trained:
   noise a patch shows, so only patches whose mean stays 2 pilot σ away from both bounds are
   used (in a dark image where fewer than a quarter do, the quarter farthest from them; an
   image under about 21×21 pixels, with too few patches for a 75-dimensional covariance, gets
-  the pilot estimate). The pilot is Donoho's wavelet estimator made block-wise
+  the pilot estimate). A grey photo (three equal channels, as grey files are read) has patches
+  in a 25-dimensional subspace of the 75, so two thirds of the eigenvalues are 0 whatever the
+  noise; its patches are taken from one channel (5×5×1). With 25 dimensions texture leaks into
+  the tail (clean grey photos read up to 11/255), so a grey photo's σ is the smaller of that
+  and the pilot, which both only overestimate. The pilot is Donoho's wavelet estimator made block-wise
   (`_block_sigma`): `σ = MAD / 0.6745` of the finest diagonal (HH) Haar subband becomes the
   10th percentile of the HH RMS over 16×16-pixel blocks without clipped pixels, divided by the
   same quantile of a chi distribution with 64 degrees of freedom (Wilson–Hilferty); it reads
@@ -54,6 +58,7 @@ SMOOTH = 8  # pixels per side of the averaging blocks of illumination and haze d
 DARK_RADIUS = 2  # half-width, in blocks, of the dark channel's minimum window.
 DARK_QUANTILE = 5.0  # percentile of the dark channel that measures haze.
 LUMA = (0.299, 0.587, 0.114)
+MIN_SIDE = 2 * BLOCK  # pixels a side below which nothing is identified.
 KINDS = ("lowlight", "haze", "noise")
 
 
@@ -107,9 +112,9 @@ def _as_image(img: np.ndarray) -> np.ndarray:
   img = np.asarray(img, np.float32)
   if img.ndim != 3 or img.shape[-1] != 3:
     raise ValueError(f"expected an image [H, W, 3], got shape {img.shape}")
-  if min(img.shape[:2]) < 2 * BLOCK:
+  if min(img.shape[:2]) < MIN_SIDE:
     raise ValueError(f"image is {img.shape[0]}x{img.shape[1]}; identification needs at least "
-                     f"{2 * BLOCK} pixels a side")
+                     f"{MIN_SIDE} pixels a side")
   return img
 
 
@@ -163,19 +168,27 @@ def tail_variance(eigenvalues: np.ndarray) -> float:
 def noise_sigma(img: np.ndarray) -> float:
   """Noise standard deviation of `img` `[H, W, 3]` in [0, 1] (Chen et al.'s patch PCA).
 
-  Returns σ on the [0, 1] scale. Patches of PATCH×PATCH pixels and 3 colours (on a grid whose
-  step gives about PATCHES) whose mean stays CLIP_MARGIN pilot σ away from 0 and 1 are
-  kept (where under a share FALLBACK do, or under MIN_PER_DIM per dimension, that many farthest
-  from the bounds); the noise variance is `tail_variance` of their covariance's eigenvalues.
-  An image with fewer than MIN_PER_DIM patches per dimension (under about 21×21 pixels) gets
-  the pilot.
+  Returns σ on the [0, 1] scale. Patches of PATCH×PATCH pixels and 3 colours (for a grey
+  image, `is_grey`, one channel, and the smaller of this and the pilot), on a grid whose step
+  gives about PATCHES, whose mean stays CLIP_MARGIN pilot σ away from 0 and 1 are kept (where under a share FALLBACK do, or under
+  MIN_PER_DIM per dimension, that many farthest from the bounds); the noise variance is
+  `tail_variance` of their covariance's eigenvalues. An image with fewer than MIN_PER_DIM
+  patches per dimension (under about 21×21 pixels) gets the pilot.
   """
   img = _as_image(img)
   pilot = _block_sigma(img)
-  patches = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH, 3))[:, :, 0]
+  if is_grey(img):
+    return min(pilot, _pca_sigma(img[..., :1], pilot))
+  return _pca_sigma(img, pilot)
+
+
+def _pca_sigma(img: np.ndarray, pilot: float) -> float:
+  """The patch-PCA σ of `img` `[H, W, C]` (C = 3, or 1 for a grey photo) given the pilot."""
+  channels = img.shape[-1]
+  patches = np.lib.stride_tricks.sliding_window_view(img, (PATCH, PATCH, channels))[:, :, 0]
   step = max(1, round(math.sqrt(patches.shape[0] * patches.shape[1] / PATCHES)))
-  patches = patches[::step, ::step].reshape(-1, PATCH * PATCH, 3)
-  dims = PATCH * PATCH * 3
+  patches = patches[::step, ::step].reshape(-1, PATCH * PATCH, channels)
+  dims = PATCH * PATCH * channels
   if patches.shape[0] < MIN_PER_DIM * dims:
     return pilot
   means = patches.mean(axis=1)
@@ -188,6 +201,12 @@ def noise_sigma(img: np.ndarray) -> float:
   flat = flat - flat.mean(axis=0)
   cov = np.einsum("ni,nj->ij", flat, flat) / flat.shape[0]  # no BLAS threads
   return math.sqrt(tail_variance(np.linalg.eigvalsh(cov)))
+
+
+def is_grey(img: np.ndarray) -> bool:
+  """Whether the three channels of `img` `[H, W, 3]` are equal (a grey photo read as RGB)."""
+  return bool(np.array_equal(img[..., 0], img[..., 1])
+              and np.array_equal(img[..., 0], img[..., 2]))
 
 
 def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
