@@ -48,11 +48,13 @@ def _story() -> dict[str, np.ndarray]:
   pad = TRACE_LEN - len(T)
   info = {"t": np.array(T + [-1] * pad, np.int32),
           "stage": np.array([1] * 4 + [2] * 8 + [3] * 4 + [0] * pad, np.int32)}
+  info["guard"] = np.zeros(TRACE_LEN, np.int32)
   for i, key in enumerate(k for k in state.TRACE_KEYS if k not in info):
     values = (i + 1) * np.linspace(1.0, 2.0, len(T)) ** (1 + i % 3)
     info[key] = np.concatenate([values, np.zeros(pad)]).astype(np.float32)
   return {**info, "checks": np.int32(7), "steps": np.int32(16), "unet_evals": np.int32(16),
           "restarts": np.int32(1), "stop_reason": np.int32(3), "stop_t": np.int32(0),
+          "failure": np.int32(0), "failure_t": np.int32(-1), "recoveries": np.int32(0),
           "best_score": np.float32(max(SCORES)),
           "scores": np.array(SCORES + [np.nan] * (TRACE_LEN - 7), np.float32),
           "score_t": np.array(SCORE_T + [-1] * (TRACE_LEN - 7), np.int32)}
@@ -65,8 +67,8 @@ def _fake_models(mp: pytest.MonkeyPatch) -> None:
       models=None, source=source, smoke_test=True, scorer="none",
       text_context=lambda p: None, multiple=64, notes={"backbone": "random weights"}))
 
-  def compile_(ctx, full_shape, text, config):
-    del ctx, text, config
+  def compile_(ctx, full_shape, text, config, lowered):
+    del ctx, text, config, lowered
 
     def restored(models, ys, keys, weights, ctx):
       del models, keys, weights, ctx
@@ -342,6 +344,22 @@ def test_tables_link_each_row_to_its_report(tiny_run, tmp_path):
   link = pathlib.Path(os.path.relpath(run / "report.html", tmp_path)).as_posix()
   assert len(ours) == 1 and f"[tiny report]({link})" in ours[0]
   assert (tmp_path / link).resolve() == (run / "report.html").resolve()
+
+
+def test_planted_links_in_report_files_are_replaced_not_followed(tiny_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run / "run", run, symlinks=True)
+  victim = tmp_path / "victim.txt"
+  victim.write_text("keep me")
+  planted = sorted((run / "report_files").iterdir())
+  assert planted
+  for path in planted:
+    path.unlink()
+    path.symlink_to(victim)
+  assert report_bin.main(["eval.report", f"--run_dir={run}"]) == 0
+  assert victim.read_text() == "keep me"
+  for path in planted:
+    assert path.is_file() and not path.is_symlink(), path
 
 
 def test_inputs_browsers_cannot_show_get_a_png_copy(tmp_path):

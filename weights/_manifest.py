@@ -15,18 +15,11 @@ import os
 import pathlib
 from typing import Any
 
+from upzeroir_jax.records import sha256
+
 NAME = "manifest.json"
 FORMAT = "upzeroir-weights"
 _BLOCK = 1 << 22
-
-
-def sha256(path: str | os.PathLike) -> str:
-  """The sha256 of a file, hex."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(_BLOCK):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def git_sha1(path: str | os.PathLike) -> str:

@@ -5,9 +5,8 @@ inline; images are referenced by relative path — the restored image, its input
 where they are, and small JPEG thumbnails and SVG plots written to `<folder>/report_files/`
 (inputs in a format browsers do not show, e.g. TIFF, get a full-size PNG copy there). Images
 load lazily and each image's section is rendered when it scrolls into view, so a report of
-hundreds of images opens fast (docs/evaluation.md, "Reports", has the measured time). Only the
-page itself is written atomically; the files in `report_files/` are plain writes (a report
-rewrites them).
+hundreds of images opens fast (docs/evaluation.md, "Reports", has the measured time). Every
+file is written atomically (a planted link is replaced, never followed).
 """
 
 from __future__ import annotations
@@ -50,7 +49,8 @@ def _href(path: pathlib.Path, folder: pathlib.Path) -> str:
 
 
 def _fresh(target: pathlib.Path, source: pathlib.Path) -> bool:
-  return target.is_file() and target.stat().st_mtime >= source.stat().st_mtime
+  return (not target.is_symlink() and target.is_file()
+          and target.stat().st_mtime >= source.stat().st_mtime)
 
 
 def _thumbnail(source: pathlib.Path, target: pathlib.Path, size: int) -> None:
@@ -60,7 +60,7 @@ def _thumbnail(source: pathlib.Path, target: pathlib.Path, size: int) -> None:
   pixels = np.round(np.clip(io.read_image(source), 0, 1) * 255).astype(np.uint8)
   img = PILImage.fromarray(pixels)
   img.thumbnail((size, size), PILImage.LANCZOS)
-  img.save(target, "JPEG", quality=85)
+  atomic.write(target, lambda f: img.save(f, "JPEG", quality=85))
 
 
 def _viewable(source: pathlib.Path, files: pathlib.Path, stem: str) -> pathlib.Path:
@@ -188,7 +188,7 @@ def _section(image: records.Image, key: str, files: pathlib.Path, folder: pathli
     if svg is None:
       continue
     path = files / f"{key}-{kind}.svg"
-    path.write_text(svg, encoding="utf-8")
+    atomic.write(path, lambda f, svg=svg: f.write(svg.encode("utf-8")))
     plot_html.append(f'<img loading="lazy" alt="{kind} plot" src="{_href(path, folder)}">')
   shape = tuple(image.sidecar.get("grid", {}).get("input_shape") or io.image_size(image.output))
   smoke = ('<p class="smoke">smoke test: random weights, not a restoration</p>'
