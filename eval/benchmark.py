@@ -21,7 +21,7 @@ given host arrays. Measured (`eval/bench/measure.py`):
 - `ldrps` part: the LD-RPS procedure in PyTorch per restored image for each of
   `--ldrps_tasks`, as its script for that task runs it (450 guided steps, then 2 / 0 / 1
   recurrences of 225 from t ≈ 500 for low light / dehaze / denoise, CFG always on, the guidance
-  terms that script computes; `eval/torch_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
+  terms that script computes; `eval/ldrps_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
   it, with linear extrapolation to the full count,
 - `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
   `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each

@@ -20,6 +20,7 @@ import torch
 from absl import flags
 
 from eval import benchmark
+from eval import ldrps_reference as ldrps
 from eval import torch_reference as tr
 from eval.bench import measure
 from eval.bench import options as options_lib
@@ -92,9 +93,9 @@ def test_ldrps_extrapolation_and_step_counts(bench):
   """LD-RPS's scripts: `--iter` 2 / 0 / 1 recurrences for low light / dehaze / denoise, each
   the last 225 steps of its 450-step grid (img2img strength 0.5)."""
   # 0.5 % of 450 steps -> round(2.25) = 2, recurrences of 2 // 2 = 1 step.
-  assert [tr.ldrps_total_steps(t, 0.005) for t in ("lowlight", "dehaze", "denoise")] == [
+  assert [ldrps.ldrps_total_steps(t, 0.005) for t in ("lowlight", "dehaze", "denoise")] == [
     2 + 2 * 1, 2, 2 + 1]
-  assert [tr.ldrps_total_steps(t) for t in ("lowlight", "dehaze", "denoise")] == [
+  assert [ldrps.ldrps_total_steps(t) for t in ("lowlight", "dehaze", "denoise")] == [
     450 + 2 * 225, 450, 450 + 225]
   (task, r), = bench["torch"]["ldrps"].items()
   assert task == "dehaze" and (r["recurrences"], r["steps"], r["full_steps"]) == (0, 2, 450)
@@ -199,7 +200,7 @@ def test_ldrps_procedure_clamps_z0_without_dividing():
             "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
   torch_sd = tr.TorchSD(unet=None, vae=None, scheduler_config=sd_cfg, null_context=None)
   cfg = config_lib.preset("lowlight", threshold="divide")
-  proc = tr.LDRPSProcedure(torch_sd, None, cfg, 64 * 64)
+  proc = ldrps.LDRPSProcedure(torch_sd, None, cfg, 64 * 64)
   x = 20.0 * np.random.default_rng(0).standard_normal((2, 4, 32, 32)).astype(np.float32)
   x[1] *= 1e-3
   s = np.clip(np.quantile(np.abs(x.reshape(2, -1)), 0.995, axis=1), 1.0, 100.0)[:, None, None, None]
@@ -223,7 +224,7 @@ def test_ldrps_procedure_does_the_work_of_its_task_script(tiny_setup, task):
   At t < stage3_t denoise's objective has no perceptual, adversarial or quality term."""
   setup = tiny_setup
   config = setup_lib.task_config(setup, task)
-  proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, config, setup.num_pixels, 0.005)
+  proc = ldrps.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, config, setup.num_pixels, 0.005)
   recurrences = {"lowlight": 2, "denoise": 1}[task]
   steps = 2 + recurrences  # every step below t = 700: all guided
   assert proc.total_steps() == steps

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from eval import ldrps_reference as ldrps
 from eval import torch_reference as tr
 from eval.bench import setup as setup_lib
 from eval.bench.options import BenchmarkError, Options
@@ -347,12 +348,12 @@ def torch_ldrps(setup: Setup, scale: float, task: str) -> dict[str, Any]:
   `scale`), timed end to end and extrapolated to its full step count."""
   if setup.device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(setup.device)
-  proc = tr.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, setup_lib.task_config(setup, task),
+  proc = ldrps.LDRPSProcedure(setup.torch_sd, setup.torch_vgg, setup_lib.task_config(setup, task),
                            setup.num_pixels, scale)
   gen = torch.Generator(setup.device).manual_seed(setup.seed)
   with clock(setup.sync) as c:
     image = proc.run(setup.torch_y, gen, setup.torch_prompt)
-  full = tr.ldrps_total_steps(task)
+  full = ldrps.ldrps_total_steps(task)
   return {"scale": scale, "recurrences": proc.recipe.recurrences,
           "terms": sorted(proc.recipe.terms), "prompt": proc.recipe.prompt,
           "steps": proc.total_steps(), "full_steps": full, "run_s": c.seconds,
