@@ -13,7 +13,7 @@ import tiny_runs
 
 from eval import folders, run
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import io, loading, pipeline
+from upzeroir_jax import io, loading, sampling_summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = tiny_runs.CLI_FLAGS
@@ -147,21 +147,21 @@ def test_sidecar_dqr_record_from_the_loop_info():
           "stop_reason": np.int32(1), "stop_t": np.int32(81), "best_score": np.float32(0.625),
           "checks": np.int32(2), "scores": np.array([0.5, 0.625, np.nan], np.float32),
           "score_t": np.array([481, 81, -1], np.int32)}
-  assert pipeline.dqr_summary(info, config) == {
+  assert sampling_summary.dqr(info, config) == {
       "enabled": True, "steps": 37, "unet_evals": 37, "restarts": 1, "stop_reason": "settled",
       "stop_t": 81, "best_score": 0.625, "scores": [0.5, 0.625], "score_t": [481, 81]}
-  assert pipeline.dqr_summary({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
+  assert sampling_summary.dqr({}, config.replace(dqr=False)) == {"enabled": False, "steps": 50}
 
 
 def test_sidecar_guard_record_and_the_failure_it_reports():
   fine = {"failure": np.int32(0), "failure_t": np.int32(-1), "recoveries": np.int32(1)}
-  guard = pipeline.guard_summary(fine)
+  guard = sampling_summary.guard(fine)
   assert guard == {"recoveries": 1, "failure": None, "failure_t": None}
-  assert pipeline.guard_problem(guard) is None
-  failed = pipeline.guard_summary({**fine, "failure": np.int32(1), "failure_t": np.int32(341),
+  assert sampling_summary.guard_problem(guard) is None
+  failed = sampling_summary.guard({**fine, "failure": np.int32(1), "failure_t": np.int32(341),
                                    "recoveries": np.int32(2)})
   assert failed == {"recoveries": 2, "failure": "non_finite", "failure_t": 341}
-  problem = pipeline.guard_problem(failed)
+  problem = sampling_summary.guard_problem(failed)
   assert "non_finite at t = 341" in problem and "no image written" in problem
 
 

@@ -52,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import interrupt, io, records, sharding
+from upzeroir_jax import interrupt, io, records, sampling_summary, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
 from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
@@ -139,44 +139,6 @@ def failure(path: pathlib.Path, error: Exception) -> str:
   if isinstance(error, OSError) and error.strerror:
     return f"{io.shown(path)}: {error.strerror}"
   return f"{io.shown(path)}: {' '.join(str(error).split()) or type(error).__name__}"
-
-
-def dqr_summary(info: dict[str, np.ndarray], config: config_lib.RestoreConfig) -> dict:
-  """The sidecar's "dqr" record of one image: whether DQR ran and, when it did, its info
-  (docs/method.md §7); without DQR the fixed pass's step count."""
-  if not config.dqr:
-    return {"enabled": False, "steps": config.steps}
-  from upzeroir_jax.sampler import dqr
-
-  checks = int(info["checks"])
-  return {
-    "enabled": True,
-    "steps": int(info["steps"]),
-    "unet_evals": int(info["unet_evals"]),
-    "restarts": int(info["restarts"]),
-    "stop_reason": dqr.STOP_REASONS[int(info["stop_reason"])],
-    "stop_t": int(info["stop_t"]),
-    "best_score": float(info["best_score"]),
-    "scores": [float(s) for s in info["scores"][:checks]],
-    "score_t": [int(t) for t in info["score_t"][:checks]],
-  }
-
-
-def guard_summary(info: dict[str, np.ndarray]) -> dict:
-  """The sidecar's "guard" record of one image (docs/method.md §3, divergence guard): recovered
-  steps, and the failure's name and timestep (None when the image did not fail)."""
-  code = int(info["failure"])
-  return {"recoveries": int(info["recoveries"]),
-          "failure": state_lib.FAILURES[code] if code else None,
-          "failure_t": int(info["failure_t"]) if code else None}
-
-
-def guard_problem(guard: dict) -> str | None:
-  """The run summary's reason for an image the divergence guard failed, else None."""
-  if guard["failure"] is None:
-    return None
-  return (f"sampling diverged ({guard['failure']} at t = {guard['failure_t']}, after "
-          f"{guard['recoveries']} recovered steps); no image written, see docs/method.md §3")
 
 
 def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str,
@@ -411,11 +373,11 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
              "input_shape": [meta.height, meta.width]},
     "timings": timings,
-    "dqr": dqr_summary(info, config),
-    "guard": guard_summary(info),
+    "dqr": sampling_summary.dqr(info, config),
+    "guard": sampling_summary.guard(info),
     "trace": state_lib.trace_rows(info),
   }
-  problem = guard_problem(sidecar["guard"])
+  problem = sampling_summary.guard_problem(sidecar["guard"])
   try:
     if problem:  # the sidecar alone says why; a stale image of this job must not stay.
       job.output.unlink(missing_ok=True)
