@@ -281,7 +281,7 @@ def _restore(capsys, argv):
 
 @pytest.mark.slow
 def test_odd_names_restore_and_resume_trusts_only_matching_pairs(tmp_path, use_tiny, capsys,
-                                                                 monkeypatch):
+                                                                 monkeypatch, caplog):
   src, out = tmp_path / "in", tmp_path / "out"
   rng = np.random.default_rng(0)
   odd = pathlib.Path(os.fsdecode(bytes(src) + b"/caf\xe9.png"))
@@ -296,6 +296,11 @@ def test_odd_names_restore_and_resume_trusts_only_matching_pairs(tmp_path, use_t
     assert records.finished(output)
     assert records.read_sidecar(output)["input"] == str(path)
   first = (out / "good.png").read_bytes()
+  # Log lines name the odd file with its bytes escaped: a log file (UTF-8) can hold them.
+  logged = [r.getMessage() for r in caplog.records]
+  assert any("caf\\xe9.png" in m for m in logged), logged
+  for message in logged:
+    message.encode("utf-8")
 
   # Redone with another seed, the sidecar write of good.png fails (disk full) after its new
   # image is in place: the old sidecar (seed 0) stays beside an image it does not describe.

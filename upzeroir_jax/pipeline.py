@@ -344,8 +344,9 @@ def _run_batch(ctx: _Run, batch: _Batch) -> None:
     _write(ctx, batch, metas[r], image_rows[r], {name: v[r] for name, v in info_rows.items()},
            r, timings)
   done = ctx.summary.done[before:]
-  ctx.progress.images_done(done, batch_s, failed=[j.name for j in batch.jobs[:batch.real]
-                                                  if j.name not in set(done)])
+  failed = [j.name for j in batch.jobs[:batch.real] if j.name not in set(done)]
+  ctx.progress.images_done([io.shown(n) for n in done], batch_s,
+                           failed=[io.shown(n) for n in failed])
 
 
 def _weights(ctx: _Run, batch: _Batch, rows: list[int]) -> state_lib.LossWeights:
