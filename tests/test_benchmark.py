@@ -189,7 +189,7 @@ def test_host_arrays_are_found_and_refused():
 
 
 def test_trace_terms_follow_the_sampler_trace():
-  assert set(measure.TRACE_TERMS) == set(state_lib.TRACE_KEYS) - {"t", "stage"}
+  assert set(measure.TRACE_TERMS) == set(state_lib.TRACE_KEYS) - {"t", "stage", "guard"}
 
 
 @pytest.mark.parity

@@ -27,7 +27,9 @@ from eval.bench.setup import Setup
 from upzeroir_jax.sampler import dqr as dqr_lib
 from upzeroir_jax.sampler import state as state_lib
 
-TRACE_TERMS = tuple(k for k in state_lib.TRACE_KEYS if k not in ("t", "stage"))
+# The per-step values both implementations compute; t, stage and the divergence guard's code
+# are bookkeeping of our sampler.
+TRACE_TERMS = tuple(k for k in state_lib.TRACE_KEYS if k not in ("t", "stage", "guard"))
 
 
 @dataclasses.dataclass
