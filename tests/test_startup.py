@@ -146,3 +146,18 @@ def test_terminal_log_lines_read_as_the_programs_own_unless_verbose(monkeypatch)
   monkeypatch.setattr(sys, "stderr", io.StringIO())
   with startup.terminal_logs("upzeroir", verbose=False):
     assert handler.format(info) == absl_line
+
+
+def test_loading_a_model_never_imports_tensorflow():
+  """The test extra installs TensorFlow (for the tfds builders); diffusers and transformers
+  would import it on every model load unless told not to."""
+  proc = _python("""
+      import importlib.util
+      import sys
+      from upzeroir_jax import loading
+      loading.load_models("tiny", scorer="none")
+      print(importlib.util.find_spec("tensorflow") is not None,
+            sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
+  """)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["True", "[]"], proc.stdout

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import tempfile
 import warnings
@@ -20,6 +21,11 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# diffusers and transformers import TensorFlow whenever it is installed (the tfds extra installs
+# it) unless told not to; the networks here are JAX and Flax only.
+os.environ.setdefault("USE_TF", "0")
+
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
