@@ -14,12 +14,6 @@ the PSNR of the noisy input, of the Wiener filter and of the single samples (mea
 keys that did not fail), and what the divergence guard did (recovered steps, failed keys).
 """
 
-import os
-import sys
-
-if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import pathlib
 from collections.abc import Sequence
 
