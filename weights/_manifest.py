@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Any
 
+from upzeroir_jax import io
 from upzeroir_jax.records import sha256
 
 NAME = "manifest.json"
@@ -76,9 +77,5 @@ class Manifest:
       self.files.pop(path, None)
 
   def save(self) -> None:
-    """Writes the manifest atomically (temporary file, then rename)."""
-    self.folder.mkdir(parents=True, exist_ok=True)
-    tmp = self.folder / f".{NAME}.tmp"
-    tmp.write_text(json.dumps({"format": FORMAT, "version": 1, "files": self.files},
-                              indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, self.folder / NAME)
+    """Writes the manifest atomically (`io.write_json`)."""
+    io.write_json(self.folder / NAME, {"format": FORMAT, "version": 1, "files": self.files})
