@@ -17,7 +17,7 @@ import pytest
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import driver
 from upzeroir_jax import restore as restore_lib
-from upzeroir_jax.models import sd, vgg
+from upzeroir_jax.models import analytic, sd, vgg
 from upzeroir_jax.sampler import dqr
 from upzeroir_jax.sampler import state as state_lib
 
@@ -76,11 +76,48 @@ def dqr_singles(models, items):
   return _singles(models, items, DQR)
 
 
+@pytest.mark.slow
 def test_dqr_queue_equals_single_restores_for_any_slot_count(models, items, dqr_singles):
   steps = [int(r.info["steps"]) for r in dqr_singles]
   assert len(set(steps)) >= 2, steps  # the script makes the images settle at different checks
   for slots in (2, 3):
     got, chunks = _queue(models, items, DQR, slots=slots)
     for g, w in zip(got, dqr_singles):
+      _assert_same(g, w)
+    assert sum(chunks) == sum(steps)
+
+
+@pytest.mark.slow
+def test_fixed_schedule_queue_equals_single_restores_for_a_chunk_that_does_not_divide(
+    models, items):
+  """7 steps in chunks of 3: the last chunk takes one step; nothing is dropped or repeated."""
+  want = _singles(models, items[:3], FIXED)
+  got, chunks = _queue(models, items[:3], FIXED, slots=2, chunk_steps=3)
+  for g, w in zip(got, want):
+    _assert_same(g, w)
+  assert sum(chunks) == 3 * FIXED.steps
+
+
+@pytest.mark.slow
+def test_gaussian_prior_queue_is_independent_of_slots_and_neighbours():
+  """The exact Gaussian prior (docs/method.md §10), 16×16 images, 30 steps checked every 3:
+  each image alone against its place in a queue on 1 and on 4 slots, its neighbours changing
+  as images finish at their own checks."""
+  rng = np.random.default_rng(1)
+  ys = rng.uniform(0.2, 0.8, size=(6, 16, 16, 3)).astype(np.float32)
+  config = config_lib.preset("denoise", steps=30, dqr_every=3, pcdm_features=(8, 8, 8),
+                             disc_features=(8, 8, 8), guidance_ref_pixels=0)
+  models = restore_lib.Models(backbone=analytic.from_noisy(jnp.asarray(ys[0]), 0.1),
+                              vgg_params=vgg.init_random(jax.random.key(2)),
+                              scorer=dqr.wrap(scripted))
+  weights = state_lib.loss_weights(config, 16 * 16)
+  items = [driver.Item(y, np.asarray(jax.random.PRNGKey(7 + i)), weights)
+           for i, y in enumerate(ys)]
+  want = _singles(models, items, config)
+  steps = [int(r.info["steps"]) for r in want]
+  assert len(set(steps)) >= 3, steps
+  for slots in (1, 4):
+    got, chunks = _queue(models, items, config, slots=slots)
+    for g, w in zip(got, want):
       _assert_same(g, w)
     assert sum(chunks) == sum(steps)
