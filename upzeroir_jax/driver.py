@@ -179,10 +179,58 @@ class Result(NamedTuple):
   result: restore_lib.RestoreResult
 
 
+class Programs(NamedTuple):
+  """The three programs of one static configuration, image shape and slot count:
+  `init(models, slots, b, y, key, weights)`, `advance(models, slots, context)` and
+  `finish(models, slots, b)`, jitted or compiled ahead of time (`compile_programs`)."""
+
+  init: Callable[..., Slots]
+  advance: Callable[..., Slots]
+  finish: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _jitted(config: config_lib.RestoreConfig, chunk: int, unet: int) -> Programs:
+  return Programs(init=functools.partial(init, config=config, chunk=chunk),
+                  advance=functools.partial(advance, config=config, chunk=chunk),
+                  finish=functools.partial(finish, config=config, unet_per_step=unet))
+
+
+def prepare(models: restore_lib.Models, config: config_lib.RestoreConfig
+            ) -> tuple[restore_lib.Models, config_lib.RestoreConfig]:
+  """The networks and static settings the programs take: the backbone set to `config`'s
+  precision, the DQR scorer wrapped, the per-task fields of `config` reset."""
+  config = state_lib.weightless(config)
+  return restore_lib._prepared(models, config), config
+
+
+def compile_programs(models: restore_lib.Models, config: config_lib.RestoreConfig,
+            shape: tuple[int, int], *, slots: int, context: Any = None,
+            chunk_steps: int = CHUNK_STEPS,
+            lowered: Callable[[str | None], None] | None = None) -> Programs:
+  """The three programs compiled ahead of time (or loaded from JAX's persistent compilation
+  cache) for images of `shape` (H, W) on `slots` slots; `models` and `config` as `prepare`
+  returns them. `lowered(None)` is called once all three are lowered, before compiling
+  (`progress.Progress.compiling`)."""
+  chunk = chunk_size(config, chunk_steps)
+  batch = jax.eval_shape(lambda: empty(models, shape, slots, config, chunk))
+  b = jax.ShapeDtypeStruct((), jnp.int32)
+  y = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  weights = jax.eval_shape(lambda: state_lib.loss_weights(config, shape[0] * shape[1]))
+  unet = models.backbone.passes_per_step(context)
+  parts = (init.lower(models, batch, b, y, key, weights, config=config, chunk=chunk),
+           advance.lower(models, batch, context, config=config, chunk=chunk),
+           finish.lower(models, batch, b, config=config, unet_per_step=unet))
+  if lowered is not None:
+    lowered(None)
+  return Programs(*(p.compile() for p in parts))
+
+
 def restore_queue(models: restore_lib.Models, items: Iterable[Item],
                   config: config_lib.RestoreConfig, *, slots: int, context: Any = None,
                   chunk_steps: int = CHUNK_STEPS,
-                  on_chunk: Callable[[int], None] | None = None) -> Iterator[Result]:
+                  on_chunk: Callable[[int], None] | None = None,
+                  programs: Programs | None = None) -> Iterator[Result]:
   """Restores a queue of images of one shape on `slots` slots, yielding each as it finishes.
 
   Each image's result equals `restore.restore(models, item.y, item.key, cfg)` for the config
@@ -198,16 +246,18 @@ def restore_queue(models: restore_lib.Models, items: Iterable[Item],
     context: text conditioning (`models.sd.text_context`), or None.
     chunk_steps: steps per chunk of the fixed schedule (DQR: `config.dqr_every`).
     on_chunk: called after each chunk with the sampling steps the images took in it.
+    programs: `compile_programs` for this configuration, shape and slot count (default:
+      jitted on first use).
 
   Yields:
     `Result(index, RestoreResult(image [H, W, 3], info))` in the order images finish.
   """
   if slots < 1:
     raise restore_lib.InputError(f"slots must be at least 1, got {slots}")
-  config = state_lib.weightless(config)
-  models = restore_lib._prepared(models, config)
+  models, config = prepare(models, config)
   chunk = chunk_size(config, chunk_steps)
-  unet = models.backbone.passes_per_step(context)
+  if programs is None:
+    programs = _jitted(config, chunk, models.backbone.passes_per_step(context))
   queue = enumerate(items)
   owner: list[int | None] = [None] * slots
   batch = None
@@ -221,22 +271,22 @@ def restore_queue(models: restore_lib.Models, items: Iterable[Item],
     y = jnp.asarray(item.y, jnp.float32)
     if batch is None:
       batch = empty(models, y.shape[:2], slots, config, chunk)
-    return init(models, batch, jnp.int32(b), y, jnp.asarray(item.key, jnp.uint32),
-                item.weights, config=config, chunk=chunk)
+    return programs.init(models, batch, jnp.int32(b), y, jnp.asarray(item.key, jnp.uint32),
+                         item.weights)
 
   for b in range(slots):
     batch = refill(batch, b)
   before = np.zeros(slots, np.int64)
   while any(o is not None for o in owner):
-    batch = interrupt.call(lambda b=batch: jax.block_until_ready(
-        advance(models, b, context, config=config, chunk=chunk)))
+    batch = interrupt.call(
+        lambda b=batch: jax.block_until_ready(programs.advance(models, b, context)))
     steps, done = np.asarray(batch.dqr.steps), np.asarray(batch.dqr.done)
     live = np.asarray([o is not None for o in owner])
     if on_chunk is not None:
       on_chunk(int(np.sum(np.where(live, steps - before, 0))))
     before = steps.copy()
     for b in np.flatnonzero(live & done):
-      image, info = finish(models, batch, jnp.int32(b), config=config, unet_per_step=unet)
+      image, info = programs.finish(models, batch, jnp.int32(b))
       yield Result(owner[b], restore_lib.RestoreResult(image, info))
       batch = refill(batch, int(b))
       before[b] = 0
