@@ -93,8 +93,7 @@ def test_fixed_schedule_queue_equals_single_restores_for_a_chunk_that_does_not_d
   """7 steps in chunks of 3: the last chunk takes one step; nothing is dropped or repeated.
   The programs are compiled ahead of time, as the pipeline does."""
   want = _singles(models, items[:3], FIXED)
-  prepared, static = driver.prepare(models, FIXED)
-  programs = driver.compile_programs(prepared, static, SHAPE, slots=2, chunk_steps=3)
+  programs = driver.compile_programs(models, FIXED, SHAPE, slots=2, chunk_steps=3)
   got, chunks = _queue(models, items[:3], FIXED, slots=2, chunk_steps=3, programs=programs)
   for g, w in zip(got, want):
     _assert_same(g, w)

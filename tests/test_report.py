@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import report_browser
+import stand_in
 from PIL import Image
 
 from eval import report as report_bin
 from eval import run as run_bin
 from eval import score, tables
-from upzeroir_jax import cli, io, loading, pipeline
+from upzeroir_jax import cli, io, loading
 from upzeroir_jax.report import page, plots, records
 from upzeroir_jax.sampler import state
 
@@ -67,18 +68,13 @@ def _fake_models(mp: pytest.MonkeyPatch) -> None:
       models=None, source=source, smoke_test=True, scorer="none",
       text_context=lambda p: None, multiple=64, notes={"backbone": "random weights"}))
 
-  def compile_(ctx, full_shape, text, config, lowered):
-    del ctx, text, config, lowered
+  def restored(ys, keys, weights):
+    del keys, weights
+    info = {k: jnp.broadcast_to(jnp.asarray(v), (len(ys), *np.shape(v)))
+            for k, v in _story().items()}
+    return 1.0 - ys, info
 
-    def restored(models, ys, keys, weights, ctx):
-      del models, keys, weights, ctx
-      info = {k: jnp.broadcast_to(jnp.asarray(v), (full_shape[0], *np.shape(v)))
-              for k, v in _story().items()}
-      return 1.0 - ys, info
-
-    return restored
-
-  mp.setattr(pipeline, "_compile", compile_)
+  stand_in.patch_driver(mp, restored)
 
 
 def _images(folder: pathlib.Path) -> None:

@@ -17,12 +17,14 @@ the others are restored. Finished outputs are skipped on a re-run when they were
 same settings (each image's task, steps, overrides, seed, grid, bits, model, scorer,
 version), refused when made with others; `--overwrite` redoes them. No output ever replaces
 an input, outputs named after their inputs never go into a folder holding inputs, and one run
-at a time writes an output folder (`upzeroir_jax.jobs`). Batches run through
-`upzeroir_jax.pipeline` (vmapped `restore`, sharded over the local devices).
+at a time writes an output folder (`upzeroir_jax.jobs`). Images run through
+`upzeroir_jax.pipeline`: on one device the driver (`upzeroir_jax.driver`: `--batch` slots, a
+finished image's slot refilled with the next one), on several a vmapped `restore` sharded
+over the devices.
 
 Progress goes to stderr: "loading models", then "compiling" or "loading compiled program from
 cache" as JAX reports it (on a terminal with a spinner and the elapsed time), then the images
-with their rate and time left (on a terminal a bar that also shows the sampling step,
+with their rate and time left (on a terminal a bar that also shows the sampling steps taken,
 `--step_progress`; otherwise one log line per image). On a terminal every line reads
 `upzeroir: ...`; `--verbose` and log files keep absl's log format. Compiled programs are kept
 in JAX's persistent compilation cache (`--compilation_cache`, default
@@ -97,10 +99,10 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_enum("bits", "8", ["8", "16"], "Bits per channel of PNG outputs.",
                     flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Redo outputs that already exist.", flag_values=fv)
-  flags.DEFINE_boolean("step_progress", True, "On a terminal, show the current sampling step "
-                       "on the progress bar (a host callback per step: JAX does not keep "
-                       "such programs in the compilation cache, so every run compiles).",
-                       flag_values=fv)
+  flags.DEFINE_boolean("step_progress", True, "On a terminal, show the sampling steps taken "
+                       "on the progress bar (counted between compiled chunks of steps; on "
+                       "several devices a host callback per step, whose programs JAX does not "
+                       "keep in the compilation cache).", flag_values=fv)
   flags.DEFINE_boolean("report", False, "After the run, write report.html into the output "
                        "folder: every image there with its input, settings and sampling plots "
                        "(eval.report).", flag_values=fv)

@@ -195,7 +195,7 @@ def _jitted(config: config_lib.RestoreConfig, chunk: int, unet: int) -> Programs
                   finish=functools.partial(finish, config=config, unet_per_step=unet))
 
 
-def prepare(models: restore_lib.Models, config: config_lib.RestoreConfig
+def _prepare(models: restore_lib.Models, config: config_lib.RestoreConfig
             ) -> tuple[restore_lib.Models, config_lib.RestoreConfig]:
   """The networks and static settings the programs take: the backbone set to `config`'s
   precision, the DQR scorer wrapped, the per-task fields of `config` reset."""
@@ -208,9 +208,10 @@ def compile_programs(models: restore_lib.Models, config: config_lib.RestoreConfi
             chunk_steps: int = CHUNK_STEPS,
             lowered: Callable[[str | None], None] | None = None) -> Programs:
   """The three programs compiled ahead of time (or loaded from JAX's persistent compilation
-  cache) for images of `shape` (H, W) on `slots` slots; `models` and `config` as `prepare`
-  returns them. `lowered(None)` is called once all three are lowered, before compiling
+  cache) for `restore_queue` with these arguments and images of `shape` (H, W) on `slots`
+  slots. `lowered(None)` is called once all three are lowered, before compiling
   (`progress.Progress.compiling`)."""
+  models, config = _prepare(models, config)
   chunk = chunk_size(config, chunk_steps)
   batch = jax.eval_shape(lambda: empty(models, shape, slots, config, chunk))
   b = jax.ShapeDtypeStruct((), jnp.int32)
@@ -254,7 +255,7 @@ def restore_queue(models: restore_lib.Models, items: Iterable[Item],
   """
   if slots < 1:
     raise restore_lib.InputError(f"slots must be at least 1, got {slots}")
-  models, config = prepare(models, config)
+  models, config = _prepare(models, config)
   chunk = chunk_size(config, chunk_steps)
   if programs is None:
     programs = _jitted(config, chunk, models.backbone.passes_per_step(context))

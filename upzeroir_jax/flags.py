@@ -39,9 +39,10 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
                        flag_values=fv, lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Base seed; image keys are fold_in(seed, crc32(name)).",
                        flag_values=fv, lower_bound=-2**63, upper_bound=2**63 - 1)
-  flags.DEFINE_integer("batch", 1, "Images restored together (vmapped; split over the "
-                       "devices, rounded up to a multiple of their count).", flag_values=fv,
-                       lower_bound=1)
+  flags.DEFINE_integer("batch", 1, "Images restored together: on one device B slots, a "
+                       "finished image's slot taking the next image; on several a vmapped "
+                       "batch split over the devices, rounded up to a multiple of their "
+                       "count.", flag_values=fv, lower_bound=1)
   flags.DEFINE_enum("grid", "resize", list(pipeline.GRIDS), "Model input grid: 'resize' to "
                     "--size squared (as the paper), or 'pad' every image to multiples of the "
                     "model's grid (keeps all pixels; memory grows with the image).",

@@ -1,4 +1,4 @@
-"""Restoring image files in batches: the engine of the `upzeroir` CLI and `eval.run`.
+"""Restoring image files: the engine of the `upzeroir` CLI and `eval.run`.
 
 A run is a list of `jobs.Job`s (input file -> output file) and a `RestoreConfig`, one for
 every job or one per job (a function of the job, e.g. the preset of its identified
@@ -10,28 +10,30 @@ seed, grid, bits, model, scorer, code version) or from another version of its in
 (`records.input_change`) is refused rather than kept (`records.check_resume`), unless `overwrite`
 redoes it. The other jobs are grouped by the
 static part of their configuration (`sampler.state.weightless`: task presets differ only in
-their per-task settings, which are traced), model-grid shape and prompt and restored
-`settings.batch` images at a time, each with its own per-task settings (docs/method.md §3–§7
-via `restore.restore_weighted`), the batch sharded over the devices (`sharding`); each group
-compiles once, so a folder of mixed tasks shares one compiled program.
+their per-task settings, which are traced), model-grid shape and prompt, each image with its
+own per-task settings; each group compiles once, so a folder of mixed tasks shares one compiled
+program. On one device a group runs through the driver (`driver.restore_queue`) on
+`settings.batch` slots: an image is read when a slot frees up and written as soon as it
+finishes, and its result equals `restore.restore` of it alone, bit for bit. On several devices
+it runs in lockstep batches sharded over them (`lockstep`).
 
-Each image's PRNG key is `fold_in(PRNGKey(seed), crc32(job.name))`: an image's result does not
-depend on its batch, its position, the device count, or which other images are restored.
-The last batch of a group is filled up to the full batch with copies of its last image
-(discarded), so each grid shape compiles once. An image that cannot be read, brought to the
+Each image's PRNG key is `fold_in(PRNGKey(seed), crc32(job.name))` (`outputs.image_key`): an
+image's result does not depend on its slot, its batch, or which other images are restored.
+An image that cannot be read, brought to the
 grid or written fails alone (`failure` names the file); the others are restored. So does an
 image whose sampling the divergence guard failed (docs/method.md §3): its sidecar's "guard"
 record and the run summary name the reason, and no image is written for it.
 
 Progress (`progress.Progress`): each grid shape and prompt is compiled ahead of its first
-batch, or loaded from JAX's persistent cache (`startup`) when an earlier run compiled it; the
+image, or loaded from JAX's persistent cache (`startup`) when an earlier run compiled it; the
 progress says which (`progress.Progress.compiling`), and the per-image rate and time left count
-restore time only. Images are counted per batch; with `report_steps` a host callback inside the compiled
-loop reports each sampling step (costs a host round trip per step; off by default).
+restore time only. With `report_steps` the sampling steps are counted too: between the driver's
+chunks on one device (no host callback, so every program is cached), through a host callback
+inside the compiled loop on several (a host round trip per step; JAX does not cache it).
 
-Ctrl-C: compiling and restoring run through `interrupt.call`, so KeyboardInterrupt reaches
-the caller within a fraction of a second even inside a long compiled call; outputs are
-written atomically, so an interrupted run leaves no partial file.
+Ctrl-C: compiling and each chunk (each batch on several devices) run through `interrupt.call`,
+so KeyboardInterrupt reaches the caller within a fraction of a second; outputs are written
+atomically, so an interrupted run leaves no partial file.
 """
 
 from __future__ import annotations
@@ -39,9 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,16 +52,16 @@ from jax.sharding import Mesh, NamedSharding
 
 import upzeroir_jax
 from upzeroir_jax import config as config_lib
-from upzeroir_jax import interrupt, io, records, sampling_summary, sharding
+from upzeroir_jax import driver, interrupt, io, lockstep, outputs, records, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
-from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
+from upzeroir_jax.jobs import Job, check_outputs
 from upzeroir_jax.loading import Loaded
+from upzeroir_jax.outputs import IMAGE_FAILURES, failure, image_key
 from upzeroir_jax.sampler import state as state_lib
 
 GRIDS = ("resize", "pad")
 ConfigOf = config_lib.RestoreConfig | Callable[[Job], config_lib.RestoreConfig]
-IMAGE_FAILURES = (io.ImageError, OSError, ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,8 @@ class Settings:
     grid: "resize" (to `size` x `size`, as the paper) or "pad" (reflect-pad to multiples of
       the backbone's `grid_multiple`); outputs always have the input's size.
     size: grid side in "resize" mode.
-    batch: images per batch over all devices (rounded up to a multiple of the device count).
+    batch: images sampled at a time: slots of the driver on one device, images per batch over
+      all devices on several (rounded up to a multiple of the device count).
     bits: 8 or 16 (PNG outputs).
     overwrite: redo finished outputs.
   """
@@ -109,36 +110,6 @@ class _Run:
   summary: Summary
   progress: progress_lib.Progress
   on_step: Any  # host callback of each sampling step, or None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Batch:
-  """One batch: `jobs` filled up to the global batch; the first `real` are restored."""
-
-  jobs: list
-  real: int
-  shape: tuple[int, int]
-  ctx: Any
-  compiled: Any  # `sharding.restore_sharded` compiled for this batch's shapes
-  compile_s: float  # seconds compiling took, on the group's first batch; else 0
-
-
-def image_key(seed: int, name: str) -> np.ndarray:
-  """uint32 `[2]` PRNG key of one image: `fold_in(PRNGKey(seed), crc32(name))`, the CRC of the
-  name's bytes as the filesystem holds them (also when they are not UTF-8)."""
-  raw = name.encode("utf-8", "surrogateescape")
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(raw) & 0x7FFFFFFF)
-  return np.asarray(key)
-
-
-def failure(path: pathlib.Path, error: Exception) -> str:
-  """One line naming the file for a per-image failure (an `ImageError` or `io.WriteError`
-  names it already)."""
-  if isinstance(error, (io.ImageError, io.WriteError)):
-    return " ".join(str(error).split())
-  if isinstance(error, OSError) and error.strerror:
-    return f"{io.shown(path)}: {error.strerror}"
-  return f"{io.shown(path)}: {' '.join(str(error).split()) or type(error).__name__}"
 
 
 def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str,
@@ -261,135 +232,52 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
   try:
     for (static, shape, prompt), group in groups.items():
       text = sharding.replicate(loaded.text_context(prompt), mesh)
-      with progress.compiling(cacheable=ctx.on_step is None) as lowered:
-        t0 = time.perf_counter()
-        compiled = interrupt.call(_compile, ctx, (global_batch, *shape, 3), text, static,
-                                  lowered)
-        compile_s = time.perf_counter() - t0
-      progress.start_images()
-      for start in range(0, len(group), global_batch):
-        chunk = group[start:start + global_batch]
-        _run_batch(ctx, _Batch(jobs=chunk + [chunk[-1]] * (global_batch - len(chunk)),
-                               real=len(chunk), shape=shape, ctx=text, compiled=compiled,
-                               compile_s=compile_s if start == 0 else 0.0))
+      if n_dev == 1:
+        _run_queue(ctx, static, shape, text, group)
+      else:
+        lockstep.run_group(ctx, static, shape, text, group, global_batch)
   finally:
     progress.close()
   return summary
 
 
-def _compile(ctx: _Run, full_shape: tuple[int, ...], text: Any,
-             config: config_lib.RestoreConfig, lowered: Callable[[str], None]) -> Any:
-  """`sharding.restore_sharded` compiled for a batch of `full_shape` and the static
-  configuration `config` (loaded from JAX's persistent cache when an earlier run compiled it);
-  `lowered(module name)` is called between lowering and compiling
-  (`progress.Progress.compiling`)."""
-  ys = jax.ShapeDtypeStruct(full_shape, np.float32, sharding=ctx.rows)
-  keys = jax.ShapeDtypeStruct((full_shape[0], 2), np.uint32, sharding=ctx.rows)
-  weights = jax.tree.map(
-      lambda w: jax.ShapeDtypeStruct((full_shape[0],), w.dtype, sharding=ctx.rows),
-      state_lib.loss_weights(config, full_shape[1] * full_shape[2]))
-  program = sharding.restore_sharded.lower(ctx.models, ys, keys, weights, text, config=config,
-                                           mesh=ctx.rows.mesh, on_step=ctx.on_step)
-  lowered(f"jit_{sharding.restore_sharded.__name__}")
-  return program.compile()
+def _run_queue(ctx: _Run, static: config_lib.RestoreConfig, shape: tuple[int, int],
+               text: Any, group: list[Job]) -> None:
+  """Restores one group on one device through the driver (`driver.restore_queue`) on
+  `settings.batch` slots: an image is read when a slot frees up, and written (image, then
+  sidecar) as soon as it finishes, before its slot takes the next one."""
+  with ctx.progress.compiling() as lowered:
+    t0 = time.perf_counter()
+    programs = interrupt.call(driver.compile_programs, ctx.models, static, shape,
+                              slots=ctx.settings.batch, context=text, lowered=lowered)
+    compile_s = time.perf_counter() - t0
+  ctx.progress.start_images()
+  taken = []  # (job, grid meta, read seconds, start time) of each image handed to the driver
 
-
-def _read_rows(ctx: _Run, batch: _Batch, rows: list[int]
-               ) -> tuple[dict[int, np.ndarray], dict[int, io.GridMeta], set[int]]:
-  """This process's rows on the model grid; an unreadable row gets a grey stand-in. Filler
-  rows (copies of the last real one) reuse its grid when this process read it."""
-  s = ctx.settings
-  grids, metas, failed = {}, {}, set()
-  last = batch.real - 1
-  for r in rows:
-    job = batch.jobs[r]
-    if r > last and last in grids:
-      grids[r] = grids[last]
-      continue
-    try:
-      grids[r], metas[r] = io.to_model_grid(io.read_image(job.source), s.size, s.grid,
-                                            ctx.loaded.multiple)
-      if grids[r].shape[:2] != batch.shape:
-        raise io.ImageError(f"{job.source}: size changed while the run was going on")
-    except IMAGE_FAILURES as e:
-      grids[r] = np.full(batch.shape + (3,), 0.5, np.float32)
-      if r < batch.real:
-        failed.add(r)
+  def items():
+    for job in group:
+      t = time.perf_counter()
+      try:
+        y, meta = outputs.read_one(ctx, job, shape)
+      except IMAGE_FAILURES as e:
         ctx.summary.failed.append((job.name, failure(job.source, e)))
-  return grids, metas, failed
+        ctx.progress.images_done([], 0.0, failed=[io.shown(job.name)])
+        continue
+      taken.append((job, meta, time.perf_counter() - t, time.perf_counter()))
+      yield driver.Item(y, image_key(ctx.settings.seed, job.name),
+                        state_lib.loss_weights(ctx.configs(job), shape[0] * shape[1]))
 
-
-def _run_batch(ctx: _Run, batch: _Batch) -> None:
-  """Reads this process's rows of one batch, restores it, writes the real rows."""
-  g = len(batch.jobs)
-  full_shape = (g, *batch.shape, 3)
-  t0 = time.perf_counter()
-  grids, metas, failed = _read_rows(ctx, batch, sharding.local_rows(ctx.rows, full_shape))
-  read_s = time.perf_counter() - t0
-  ys = sharding.from_rows(full_shape, ctx.rows, grids)
-  keys = sharding.from_rows((g, 2), ctx.rows, {
-      r: image_key(ctx.settings.seed, batch.jobs[r].name) for r in grids})
-  weights = _weights(ctx, batch, list(grids))
-  t1 = time.perf_counter()
-  images, info = interrupt.call(
-      lambda: jax.block_until_ready(batch.compiled(ctx.models, ys, keys, weights, batch.ctx)))
-  batch_s = time.perf_counter() - t1
-  image_rows = sharding.rows_of(images)
-  info_rows = {name: sharding.rows_of(v) for name, v in info.items()}
-  real = [r for r in sorted(image_rows) if r < batch.real and r not in failed]
-  timings = {"read_s": read_s, "batch_s": batch_s, "batch_images": batch.real,
-             "per_image_s": batch_s / batch.real, "compile_s": batch.compile_s}
-  before = len(ctx.summary.done)
-  for r in real:
-    _write(ctx, batch, metas[r], image_rows[r], {name: v[r] for name, v in info_rows.items()},
-           r, timings)
-  done = ctx.summary.done[before:]
-  failed = [j.name for j in batch.jobs[:batch.real] if j.name not in set(done)]
-  ctx.progress.images_done([io.shown(n) for n in done], batch_s,
-                           failed=[io.shown(n) for n in failed])
-
-
-def _weights(ctx: _Run, batch: _Batch, rows: list[int]) -> state_lib.LossWeights:
-  """The batch's per-task settings `[G]` (`state.loss_weights` of each row's job), from this
-  process's `rows`."""
-  g = len(batch.jobs)
-  per_row = {r: state_lib.loss_weights(ctx.configs(batch.jobs[r]),
-                                       batch.shape[0] * batch.shape[1]) for r in rows}
-  return state_lib.LossWeights(**{
-      name: sharding.from_rows((g,), ctx.rows, {r: np.asarray(getattr(w, name))
-                                                for r, w in per_row.items()})
-      for name in state_lib.WEIGHT_FIELDS})
-
-
-def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info: dict,
-           r: int, timings: dict) -> None:
-  """Writes one restored image and then its sidecar; a failure is recorded, not raised."""
-  job = batch.jobs[r]
-  config = ctx.configs(job)
-  sidecar = {
-    **ctx.common, "task": config.task, "config": dataclasses.asdict(config),
-    "settings": ctx.key_of(job), "name": job.name, "input": str(job.source),
-    "output": str(job.output),
-    "prompt": job.prompt, **job.extra,
-    "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
-             "input_shape": [meta.height, meta.width]},
-    "timings": timings,
-    "dqr": sampling_summary.dqr(info, config),
-    "guard": sampling_summary.guard(info),
-    "trace": state_lib.trace_rows(info),
-  }
-  problem = sampling_summary.guard_problem(sidecar["guard"])
-  try:
-    if problem:  # the sidecar alone says why; a stale image of this job must not stay.
-      job.output.unlink(missing_ok=True)
-      io.write_json(sidecar_path(job.output), sidecar)
-    else:
-      io.write_image(job.output, io.from_model_grid(image, meta), bits=ctx.settings.bits)
-      io.write_json(sidecar_path(job.output), {**sidecar, "files": records.files_record(job)})
-  except IMAGE_FAILURES as e:
-    ctx.summary.failed.append((job.name, failure(job.output, e)))
-    return
-  if problem:
-    ctx.summary.failed.append((job.name, f"{job.source}: {problem}"))
-    return
-  ctx.summary.done.append(job.name)
+  last = time.perf_counter()
+  for done in driver.restore_queue(ctx.models, items(), static, slots=ctx.settings.batch,
+                                   context=text, programs=programs,
+                                   on_chunk=ctx.progress.steps_done if ctx.on_step else None):
+    job, meta, read_s, start = taken[done.index]
+    now = time.perf_counter()
+    timings = {"read_s": read_s, "restore_s": now - start, "slots": ctx.settings.batch,
+               "compile_s": compile_s if done.index == 0 else 0.0}
+    info = {name: np.asarray(v) for name, v in done.result.info.items()}
+    written = outputs.write(ctx, job, shape, meta, np.asarray(done.result.image), info, timings)
+    name = [io.shown(job.name)]
+    ctx.progress.images_done(name if written else [], now - last,
+                             failed=[] if written else name)
+    last = now

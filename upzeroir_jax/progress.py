@@ -12,9 +12,10 @@ on (time left = images left × seconds per image so far).
 - stderr not a terminal (batch jobs, log files): one plain absl log line per phase (and one a
   minute while XLA compiles) and per finished image, no bar.
 
-Per-step reporting is a host callback inside the compiled sampling loop (`restore(...,
-on_step=progress.on_step)`); it is off unless asked for, because each step then waits for the
-host (see `step_callback_wanted`).
+Sampling steps are counted between the driver's chunks (`steps_done`, no host callback in any
+compiled program); `on_step` is the host callback `restore(..., on_step=progress.on_step)`
+takes, for a call of `restore` itself or a run sharded over several devices, whose program JAX
+then cannot keep in its persistent cache.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Progress:
     self.clock = clock
     self.done = 0
     self.restore_seconds = 0.0
+    self.steps = 0
     self.step_text = ""
     self._bar = None
     self._lock = threading.Lock()
@@ -207,6 +209,15 @@ class Progress:
       if text == self.step_text:
         return
       self.step_text = text
+      if self.enabled and self._bar is not None:
+        self._bar.set_postfix_str(self._postfix())
+
+  def steps_done(self, count: int) -> None:
+    """Counts `count` sampling steps the run's images just took (one chunk of the driver,
+    `driver.restore_queue`'s `on_chunk`) and shows the run's total on the bar."""
+    with self._lock:
+      self.steps += count
+      self.step_text = f"{self.steps} steps"
       if self.enabled and self._bar is not None:
         self._bar.set_postfix_str(self._postfix())
 

@@ -19,9 +19,7 @@ from upzeroir_jax.loading import SMOKE_TEST_MODEL
 
 DEFAULTS = {"size": 64, "steps": 10, "scorer": "none"}
 OVERRIDES = {"pcdm_features": "16,16,16", "disc_features": "16,16,16"}
-COST = ("about 1.5 CPU-minutes the first time (it compiles) and half a minute once compiled "
-        "(from a terminal only with --nostep_progress: programs with per-step progress are not "
-        "cached)")
+COST = "about 1.5 CPU-minutes the first time (it compiles) and half a minute once compiled"
 
 
 def describe() -> str:

@@ -4,7 +4,8 @@
   (`default_cache_dir()`: `$XDG_CACHE_HOME/upzeroir-jax/jax`, else `~/.cache/upzeroir-jax/jax`),
   so only the first run of a model, size and setting compiles; later runs load the compiled
   program from disk. `--compilation_cache=DIR` moves it, `--compilation_cache=` (empty) turns it
-  off. Programs with host callbacks (per-step progress) are never cached by JAX.
+  off. Programs with host callbacks (per-step progress on several devices) are never cached by
+  JAX.
 - XLA's own log lines (e.g. the multi-line "Very slow compile?" banner of long compilations)
   are hidden unless `--verbose`: JAX's C++ log threshold is raised to FATAL.
 - On a terminal, log lines read as the program's own (`<prog>: message`, `<prog>: warning:
@@ -24,8 +25,10 @@ from collections.abc import Iterator
 from absl import flags, logging
 
 CACHE_FLAG = "compilation_cache"
-# Compilations shorter than this are not worth a disk entry (JAX's default is 1 s).
-MIN_COMPILE_SECONDS = 0.5
+# Every program goes to disk (JAX's default skips those compiled in under 1 s): a run's small
+# programs (the driver's init and finish) are then loaded too, and a second run compiles
+# nothing.
+MIN_COMPILE_SECONDS = 0.0
 
 
 def default_cache_dir() -> pathlib.Path:
