@@ -75,17 +75,13 @@ def chunk_size(config: config_lib.RestoreConfig, chunk_steps: int = CHUNK_STEPS)
   return config.dqr_every if config.dqr else chunk_steps
 
 
-def _timesteps(models: restore_lib.Models, config: config_lib.RestoreConfig) -> jax.Array:
-  return restore_lib._timesteps(models, config)
-
-
 def _fresh(models: restore_lib.Models, y: jax.Array, key: jax.Array,
            weights: state_lib.LossWeights, config: config_lib.RestoreConfig,
            chunk: int) -> Slots:
   """One slot's content before its first step (what `restore` starts from)."""
-  ts = _timesteps(models, config)
+  ts = restore_lib.timesteps(models, config)
   st = state_lib.init(models, config, y[None], key, weights=weights,
-                      trace_len=restore_lib._trace_len(config))
+                      trace_len=restore_lib.trace_len(config))
   d = dqr.init(st, dqr.trace_len(ts.shape[0], chunk, config.dqr_max_restarts), ts[st.i],
                config.dqr_max_restarts)
   return Slots(state=st, dqr=d)
@@ -118,22 +114,16 @@ def advance(models: restore_lib.Models, slots: Slots, context: Any,
             config: config_lib.RestoreConfig, chunk: int) -> Slots:
   """Every slot `chunk` steps further (a done slot stays as it is), then, with DQR, its check
   (docs/method.md §7). The slots are mapped one at a time (module docstring)."""
-  ts = _timesteps(models, config)
+  ts = restore_lib.timesteps(models, config)
   n = ts.shape[0]
   i_restart = dqr.restart_index(ts, config.dqr_t_restart)
   alphas = models.backbone.schedule.alphas_cumprod
 
   def one(slot: Slots) -> Slots:
-    def guarded(_, carry):
-      s, d = carry
-      active = ~d.done & (s.i < n)
-      s = jax.lax.cond(active, lambda s: step_lib.step(s, models, config, ts, context),
-                       lambda s: s, s)
-      return s, d.replace(steps=d.steps + active.astype(jnp.int32))
-
-    s, d = jax.lax.fori_loop(0, chunk, guarded, (slot.state, slot.dqr))
+    s, d = dqr.guarded_steps(slot.state, slot.dqr,
+                             lambda s: step_lib.step(s, models, config, ts, context), n, chunk)
     if config.dqr:
-      s, d = dqr._check(s, d, models.scorer, config, ts, alphas, i_restart)
+      s, d = dqr.check(s, d, models.scorer, config, ts, alphas, i_restart)
     else:
       end = ~d.done & (s.i >= n)
       d = d.replace(done=d.done | end,
@@ -151,25 +141,11 @@ def finish(models: restore_lib.Models, slots: Slots, b: jax.Array,
   slot = jax.tree.map(lambda a: a[b], slots)
   s, d = slot.state, slot.dqr
   if not config.dqr:
-    image, info = restore_lib._finish(s)
+    image, info = restore_lib.finish(s)
     return image[0], info
-  ts = _timesteps(models, config)
-  image, info = _outcome(s, d, config, ts, unet_per_step)
-  return jnp.clip(image, 0.0, 1.0)[0], {**s.trace, **info, **restore_lib._guard_info(s)}
-
-
-def _outcome(s, d, config, ts, unet_per_step):
-  n = ts.shape[0]
-  image = s.x0
-  if config.dqr_output == "best":
-    image = jnp.where(jnp.isfinite(d.best), d.best_x0, s.x0)
-  info = {
-    "steps": d.steps, "unet_evals": d.steps * unet_per_step, "restarts": d.restarts,
-    "passes": d.restarts + 1, "pass_t": d.pass_t, "stop_reason": d.reason,
-    "stop_t": ts[jnp.clip(s.i - 1, 0, n - 1)], "checks": d.checks,
-    "best_score": d.best_score, "scores": d.scores, "score_t": d.score_t,
-  }
-  return image, info
+  ts = restore_lib.timesteps(models, config)
+  image, info = dqr.outcome(s, d, config, ts, unet_per_step)
+  return jnp.clip(image, 0.0, 1.0)[0], {**s.trace, **info, **restore_lib.guard_info(s)}
 
 
 class Result(NamedTuple):
@@ -200,7 +176,7 @@ def _prepare(models: restore_lib.Models, config: config_lib.RestoreConfig
   """The networks and static settings the programs take: the backbone set to `config`'s
   precision, the DQR scorer wrapped, the per-task fields of `config` reset."""
   config = state_lib.weightless(config)
-  return restore_lib._prepared(models, config), config
+  return restore_lib.prepared(models, config), config
 
 
 def compile_programs(models: restore_lib.Models, config: config_lib.RestoreConfig,

@@ -55,16 +55,18 @@ class RestoreResult(NamedTuple):
   info: dict[str, jax.Array]
 
 
-def _timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
+def timesteps(models: Models, config: config_lib.RestoreConfig) -> jax.Array:
+  """The sampler's descending timesteps `[config.steps]` on the backbone's schedule."""
   return jnp.asarray(schedule_lib.timesteps(models.backbone.schedule, config.steps))
 
 
-def _finish(st: state_lib.SamplerState) -> tuple[jax.Array, dict[str, jax.Array]]:
+def finish(st: state_lib.SamplerState) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The fixed pass's output, x̂0 of its last step clipped, and its info (trace and guard)."""
-  return jnp.clip(st.x0, 0.0, 1.0), {**st.trace, **_guard_info(st)}
+  return jnp.clip(st.x0, 0.0, 1.0), {**st.trace, **guard_info(st)}
 
 
-def _guard_info(st: state_lib.SamplerState) -> dict[str, jax.Array]:
+def guard_info(st: state_lib.SamplerState) -> dict[str, jax.Array]:
+  """The divergence guard's info entries of one image (docs/method.md §3)."""
   return {"failure": st.failure, "failure_t": st.failure_t, "recoveries": st.recoveries}
 
 
@@ -86,10 +88,11 @@ def _run_dqr(st: state_lib.SamplerState, models: Models, config: config_lib.Rest
       lambda s: _reported(step_lib.step(s, models, config, ts, ctx), config, on_step),
       ts, models.backbone.schedule.alphas_cumprod,
       unet_per_step=models.backbone.passes_per_step(ctx))
-  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info, **_guard_info(st)}
+  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info, **guard_info(st)}
 
 
-def _trace_len(config: config_lib.RestoreConfig) -> int:
+def trace_len(config: config_lib.RestoreConfig) -> int:
+  """Rows of the sampler trace: every step of every pass DQR may run."""
   return config.steps * (1 + config.dqr_max_restarts) if config.dqr else config.steps
 
 
@@ -100,11 +103,11 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The compiled restoration: y `[B, 1, H, W, 3]` with keys `[B]` and weights with a leading
   `[B]` axis when batched, else y `[1, H, W, 3]` with one key and unbatched weights."""
-  ts = _timesteps(models, config)
-  trace_len = _trace_len(config)
+  ts = timesteps(models, config)
+  rows = trace_len(config)
 
   def init(yy, key, w):
-    return state_lib.init(models, config, yy, key, weights=w, trace_len=trace_len)
+    return state_lib.init(models, config, yy, key, weights=w, trace_len=rows)
 
   if config.dqr:
     def one(yy, key, w):
@@ -119,10 +122,10 @@ def _run(models: Models, y: jax.Array, keys: jax.Array, weights: state_lib.LossW
     step_b = jax.vmap(step_at, in_axes=(0, None))
     states, _ = jax.lax.scan(lambda s, t: (_reported(step_b(s, t), config, on_step), None),
                              states, ts)
-    return jax.vmap(_finish)(states)
+    return jax.vmap(finish)(states)
   st = init(y, keys, weights)
   st, _ = jax.lax.scan(lambda s, t: (_reported(step_at(s, t), config, on_step), None), st, ts)
-  return _finish(st)
+  return finish(st)
 
 
 def _validate(models: Models, y: Any, key: Any, configs: tuple[Any, ...]) -> int:
@@ -207,7 +210,7 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
   pixels = y.shape[-3] * y.shape[-2]
   if not batch:
     weights = state_lib.loss_weights(configs[0], pixels)
-    image, info = _run(_prepared(models, configs[0]), y[None], key, weights, context,
+    image, info = _run(prepared(models, configs[0]), y[None], key, weights, context,
                        state_lib.weightless(configs[0]), False, on_step)
     return RestoreResult(image[0], info)
   per_image = [state_lib.loss_weights(c, pixels) for c in configs]
@@ -218,7 +221,7 @@ def restore(models: Models, y: jax.Array, key: jax.Array, config: config_lib.Res
                           on_step=on_step)
 
 
-def _prepared(models: Models, config: config_lib.RestoreConfig) -> Models:
+def prepared(models: Models, config: config_lib.RestoreConfig) -> Models:
   """`models` with the backbone set to `config`'s precision and remat, the DQR scorer wrapped."""
   models = models.replace(backbone=models.backbone.configure(jnp.dtype(config.dtype),
                                                             config.remat))
@@ -235,6 +238,6 @@ def restore_weighted(models: Models, y: jax.Array, keys: jax.Array,
   config, which must share `config`'s `state.weightless` form). Images with different task
   presets thus share one compiled function; the result equals `restore` with one config per
   image."""
-  image, info = _run(_prepared(models, config), jnp.asarray(y, jnp.float32)[:, None], keys,
+  image, info = _run(prepared(models, config), jnp.asarray(y, jnp.float32)[:, None], keys,
                      weights, context, state_lib.weightless(config), True, on_step)
   return RestoreResult(image[:, 0], info)

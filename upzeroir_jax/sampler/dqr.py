@@ -239,7 +239,7 @@ def init(state: Any, trace_size: int, first_t: jax.Array, max_restarts: int) -> 
   )
 
 
-def _check(state: Any, d: DQRState, scorer: Scorer, config: Any, timesteps: jax.Array,
+def check(state: Any, d: DQRState, scorer: Scorer, config: Any, timesteps: jax.Array,
            alphas_cumprod: jax.Array, i_restart: jax.Array) -> tuple[Any, DQRState]:
   """One quality check after a block of steps: score, record, stop / continue / re-initiate."""
   n = timesteps.shape[0]
@@ -339,19 +339,37 @@ def run(
   every = config.dqr_every
   i_restart = restart_index(timesteps, config.dqr_t_restart)
 
-  def guarded_step(_, carry):
+  def body(carry):
+    s, d = guarded_steps(*carry, step_fn, n, every)
+    return check(s, d, scorer, config, timesteps, alphas_cumprod, i_restart)
+
+  d = init(state, trace_len(n, every, config.dqr_max_restarts), timesteps[state.i],
+           config.dqr_max_restarts)
+  state, d = jax.lax.while_loop(lambda c: ~c[1].done, body, (state, d))
+  image, info = outcome(state, d, config, timesteps, unet_per_step)
+  return state, image, info
+
+
+def guarded_steps(state: Any, d: DQRState, step_fn: Callable[[Any], Any], n: int,
+                  count: int) -> tuple[Any, DQRState]:
+  """`count` steps of `step_fn` (a `lax.fori_loop`); a step is skipped (`lax.cond`) once the
+  run is done or its pass has reached the last of the `n` timesteps. `d.steps` counts the
+  steps taken. One block of `run`, and one chunk of the sampling driver."""
+
+  def one(_, carry):
     s, d = carry
     active = ~d.done & (s.i < n)
     s = jax.lax.cond(active, step_fn, lambda s: s, s)
     return s, d.replace(steps=d.steps + active.astype(jnp.int32))
 
-  def body(carry):
-    s, d = jax.lax.fori_loop(0, every, guarded_step, carry)
-    return _check(s, d, scorer, config, timesteps, alphas_cumprod, i_restart)
+  return jax.lax.fori_loop(0, count, one, (state, d))
 
-  d = init(state, trace_len(n, every, config.dqr_max_restarts), timesteps[state.i],
-           config.dqr_max_restarts)
-  state, d = jax.lax.while_loop(lambda c: ~c[1].done, body, (state, d))
+
+def outcome(state: Any, d: DQRState, config: Any, timesteps: jax.Array,
+            unet_per_step: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The output x̂0 `[1, H, W, 3]` (per `config.dqr_output`) and the info of a finished run
+  (`run`'s; also the sampling driver's, which takes the steps and checks chunk by chunk)."""
+  n = timesteps.shape[0]
   image = state.x0
   if config.dqr_output == "best":
     image = jnp.where(jnp.isfinite(d.best), d.best_x0, state.x0)
@@ -368,5 +386,4 @@ def run(
     "scores": d.scores,
     "score_t": d.score_t,
   }
-  return state, image, info
-
+  return image, info
