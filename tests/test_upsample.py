@@ -3,6 +3,7 @@ direct reading of He et al.'s equations (per-window covariances, scipy's interpo
 grid round trip, and the settings it refuses."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -135,3 +136,24 @@ def test_settings_and_refusals():
               extra={"auto": {"detected": "lowlight+noise", "noise": True}})
   assert "noise found" in pipeline.noise_refusal(noisy, config.preset("mixed"), settings)
   assert pipeline.noise_refusal(noisy, denoise, pipeline.Settings(grid="pad")) is None
+
+
+def test_oracle_binary_on_a_kodak_crop(tmp_path, kodak_dir):
+  """eval.upsample_oracle on one Kodak24 crop: the transform beats bicubic on low light
+  and loses to it with noise (docs/method.md §11)."""
+  from eval import upsample_oracle
+  crop = io.read_image(kodak_dir / "kodim23.png")[:150, :230]
+  io.write_image(tmp_path / "in" / "a.png", crop)
+  out = tmp_path / "oracle.json"
+  assert upsample_oracle.main([upsample_oracle.PROG, f"--dataset_dir={tmp_path / 'in'}",
+                               f"--out={out}", "--size=64", "--spec=lowlight:light",
+                               "--spec=lowlight:light+noise:light"]) == 0
+  specs = json.loads(out.read_text())["specs"]
+  low, noisy = specs["lowlight:light"]["mean"], specs["lowlight:light+noise:light"]["mean"]
+  key = f"r={upsample.RADIUS},eps={upsample.EPS:g}"
+  clean = io.read_image(tmp_path / "in" / "a.png")
+  oracle, meta = io.to_model_grid(clean, 64, "resize", 64)
+  mse = np.mean((io.from_model_grid(oracle, meta) - clean) ** 2, dtype=np.float64)
+  assert low["bicubic"] == noisy["bicubic"] == pytest.approx(-10 * np.log10(mse), abs=1e-3)
+  assert low[key] > low["bicubic"] + 3
+  assert noisy[key] < noisy["bicubic"]

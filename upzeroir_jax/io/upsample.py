@@ -19,7 +19,7 @@ pass goes in row strips, so memory stays a few coefficient rows above the image 
 import numpy as np
 
 RADIUS = 2  # window radius on the model grid, in grid pixels
-EPS = 1e-3  # ε relative to the squared mean intensity of the grid input
+EPS = 1e-4  # ε relative to the squared mean intensity of the grid input
 _STRIP = 256  # full-resolution rows per strip
 
 
