@@ -3,7 +3,8 @@
 `files` reads and writes images (`read_image`, `image_size`, `write_image`), `png` checks every
 PNG and decodes 16-bit ones, `pixels` turns decoded samples into upright float RGB, `grid` maps
 images onto the model grid and back (`upsample`: the guided transform of its "upsample"
-mode), `atomic` writes files whole or not at all (images and JSON sidecars). The public names are re-exported here.
+mode), `atomic` writes files whole or not at all (images and JSON sidecars). The public
+names are re-exported here.
 """
 
 from upzeroir_jax.io.atomic import WriteError, write_json
