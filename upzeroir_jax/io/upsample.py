@@ -103,7 +103,7 @@ def apply(full: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     img = full[sl]
     out[sl] = np.einsum("...ij,...i->...j", c[..., :9].reshape(*c.shape[:2], 3, 3),
                         img) + c[..., 9:]
-  return np.clip(out, 0.0, 1.0)
+  return np.clip(out, 0.0, 1.0, out=out)
 
 
 def carry(full: np.ndarray, grid_input: np.ndarray, restored: np.ndarray,
