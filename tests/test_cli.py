@@ -140,7 +140,8 @@ def test_upsample_grid_carries_the_grid_restoration_to_full_size(tmp_path, use_t
   assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'a.png'}", f"--output={out}",
                    *TINY, "--grid=upsample"]) == 0
   meta = json.loads(out.with_suffix(".json").read_text())
-  assert meta["grid"] == {"mode": "upsample", "shape": [64, 64], "input_shape": [90, 157]}
+  assert meta["grid"] == {"mode": "upsample", "shape": [64, 64], "input_shape": [90, 157],
+                          "transform": {"radius": upsample.RADIUS, "eps": upsample.EPS}}
   assert (meta["settings"]["grid"], meta["settings"]["size"]) == ("upsample", 64)
   [(seen_full, grid_input, restored, result)] = carried
   np.testing.assert_array_equal(seen_full, io.read_image(tmp_path / "a.png"))

@@ -55,6 +55,7 @@ from upzeroir_jax import config as config_lib
 from upzeroir_jax import interrupt, io, records, sampling_summary, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
+from upzeroir_jax.io import upsample
 from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
 from upzeroir_jax.loading import Loaded
 from upzeroir_jax.sampler import state as state_lib
@@ -408,7 +409,9 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
     "output": str(job.output),
     "prompt": job.prompt, **job.extra,
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
-             "input_shape": [meta.height, meta.width]},
+             "input_shape": [meta.height, meta.width],
+             **({"transform": {"radius": upsample.RADIUS, "eps": upsample.EPS}}
+                if ctx.settings.grid == "upsample" else {})},
     "timings": timings,
     "dqr": sampling_summary.dqr(info, config),
     "guard": sampling_summary.guard(info),
