@@ -8,7 +8,8 @@ Each clean photo x of --dataset_dir is degraded at full size by the project's sy
 oracle: x itself brought to the grid as "resize" does. The oracle is then carried back to the
 photo's size two ways: bicubic, as `--grid=resize` does, and by the guided transform of
 `--grid=upsample` (`io.upsample.carry`) fitted between the degraded photo on the grid and the
-oracle, for each --radius and --eps. Reported: the PSNR against x of each, per image and the
+oracle, for each --radius and --eps (with --per_channel also the per-channel guided filter,
+each output channel fitted on its own input channel). Reported: the PSNR against x of each, per image and the
 mean over images, per spec. Bicubic loses the detail the grid cannot hold; the transform keeps
 the detail of the degraded photo, and its noise too (a spec with noise shows it).
 
@@ -60,6 +61,9 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("size", 256, "Grid side of the oracle restoration.", flag_values=fv,
                        lower_bound=8)
   flags.DEFINE_integer("seed", 0, "Noise seed (eval.synthesize's).", flag_values=fv)
+  flags.DEFINE_boolean("per_channel", False, "Also the per-channel guided filter (each output "
+                       "channel from its own input channel) at each radius and ε.",
+                       flag_values=fv)
   flags.DEFINE_boolean("timing", False, "Also time the full-resolution step.", flag_values=fv)
   flags.DEFINE_integer("timing_grid", 512, "Grid side for --timing.", flag_values=fv,
                        lower_bound=8)
@@ -70,10 +74,25 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   return round(float(psnr(jnp.asarray(a), jnp.asarray(b))), 3)
 
 
+def per_channel_coefficients(guide: np.ndarray, target: np.ndarray, radius: int,
+                             eps: float) -> tuple[np.ndarray, np.ndarray]:
+  """The per-channel guided filter in the form of `upsample.coefficients` (a diagonal Ā):
+  a_c = cov(I_c, p_c) / (var(I_c) + ε'), b_c = p̄_c − a_c·Ī_c per window, then window means."""
+  guide, target = np.asarray(guide, np.float64), np.asarray(target, np.float64)
+  mean_i, mean_p = upsample.box_mean(guide, radius), upsample.box_mean(target, radius)
+  var = upsample.box_mean(guide * guide, radius) - mean_i ** 2
+  cov = upsample.box_mean(guide * target, radius) - mean_i * mean_p
+  a = cov / (var + eps * float(np.mean(guide)) ** 2 + 1e-12)
+  b = mean_p - a * mean_i
+  diag = np.einsum("...i,ij->...ij", upsample.box_mean(a, radius), np.eye(3))
+  return diag, upsample.box_mean(b, radius)
+
+
 def measure(x: np.ndarray, name: str, spec: str, size: int, seed: int,
-            params: Sequence[tuple[int, float]]) -> dict[str, float]:
+            params: Sequence[tuple[int, float]], per_channel: bool = False) -> dict[str, float]:
   """PSNRs against the clean photo `x` `[H, W, 3]` of bicubic and of the guided transform for
-  each (radius, ε) of `params`, from the oracle on the `size`² grid (module doc)."""
+  each (radius, ε) of `params` (and of the per-channel filter with `per_channel`), from the
+  oracle on the `size`² grid (module doc)."""
   key, _ = synthesize.file_key(seed, name)
   y = np.asarray(degrade.apply(jnp.asarray(x), spec, key))
   y = np.round(np.clip(y, 0, 1) * 255) / 255
@@ -83,6 +102,10 @@ def measure(x: np.ndarray, name: str, spec: str, size: int, seed: int,
   for radius, eps in params:
     carried = upsample.carry(y.astype(np.float32), grid_input, oracle, radius, eps)
     out[f"r={radius},eps={eps:g}"] = _psnr(carried, x)
+    if per_channel:
+      diag, b = per_channel_coefficients(grid_input, oracle, radius, eps)
+      out[f"per_channel,r={radius},eps={eps:g}"] = _psnr(
+          upsample.apply(y.astype(np.float32), diag, b), x)
   return out
 
 
@@ -115,7 +138,8 @@ def _main(fv: flags.FlagValues) -> int:
             "specs": {}}
   clean = {f.name: io.read_image(f) for f in files}
   for spec in fv.spec:
-    rows = {name: measure(x, name, spec, fv.size, fv.seed, params) for name, x in clean.items()}
+    rows = {name: measure(x, name, spec, fv.size, fv.seed, params, fv.per_channel)
+            for name, x in clean.items()}
     means = {k: round(statistics.fmean(r[k] for r in rows.values()), 3)
              for k in next(iter(rows.values()))}
     report["specs"][spec] = {"mean": means, "per_image": rows}

@@ -157,3 +157,26 @@ def test_oracle_binary_on_a_kodak_crop(tmp_path, kodak_dir):
   assert low["bicubic"] == noisy["bicubic"] == pytest.approx(-10 * np.log10(mse), abs=1e-3)
   assert low[key] > low["bicubic"] + 3
   assert noisy[key] < noisy["bicubic"]
+
+
+def test_oracle_per_channel_filter_matches_he_et_al_grey_guide():
+  """The per-channel comparison of eval.upsample_oracle: He et al.'s grey-guide filter on each
+  channel, window means by SciPy (cut at the borders), ε' = ε·mean(I)²."""
+  from eval import upsample_oracle
+  guide = _smooth_image(11, 9, seed=5)
+  target = np.clip(guide ** 0.6 - 0.1 * guide[..., ::-1], 0, 1)
+  radius, eps = 2, 0.05
+  size = 2 * radius + 1
+  count = ndimage.uniform_filter(np.ones(guide.shape[:2]), size, mode="constant")
+
+  def mean(v):
+    return ndimage.uniform_filter(v.astype(np.float64), size, mode="constant") / count
+
+  reg = eps * guide.mean() ** 2 + 1e-12
+  diag, b = upsample_oracle.per_channel_coefficients(guide, target, radius, eps)
+  for c in range(3):
+    i, p = guide[..., c], target[..., c]
+    a_c = (mean(i * p) - mean(i) * mean(p)) / (mean(i * i) - mean(i) ** 2 + reg)
+    np.testing.assert_allclose(diag[..., c, c], mean(a_c), atol=1e-6)
+    np.testing.assert_allclose(b[..., c], mean(mean(p) - a_c * mean(i)), atol=1e-6)
+  assert np.all(diag[..., 0, 1] == 0)
