@@ -180,3 +180,17 @@ def test_oracle_per_channel_filter_matches_he_et_al_grey_guide():
     np.testing.assert_allclose(diag[..., c, c], mean(a_c), atol=1e-6)
     np.testing.assert_allclose(b[..., c], mean(mean(p) - a_c * mean(i)), atol=1e-6)
   assert np.all(diag[..., 0, 1] == 0)
+
+
+def test_a_noisy_auto_image_fails_alone(tmp_path):
+  """With --task=auto, an image found noisy is refused by name; a clean one is grouped."""
+  for name in ("clean", "noisy"):
+    io.write_image(tmp_path / f"{name}.png", np.zeros((20, 30, 3)))
+  jobs = [Job(name=f"{n}.png", source=tmp_path / f"{n}.png", output=tmp_path / "o" / f"{n}.png",
+              extra={"auto": {"detected": n, "noise": n == "noisy"}}) for n in ("clean", "noisy")]
+  summary = pipeline.Summary()
+  groups = pipeline._groups(jobs, lambda job: config.preset("denoise"),
+                            pipeline.Settings(grid="upsample", size=64), 64, summary)
+  assert [j.name for g in groups.values() for j in g] == ["clean.png"]
+  [(name, message)] = summary.failed
+  assert name == "noisy.png" and message.endswith("restore it with --grid=resize or --grid=pad")
