@@ -1,5 +1,5 @@
 """`--grid=upsample`: a restoration made on the model grid carried to full resolution by a local
-affine colour transform (docs/method.md, "Full resolution by a guided transform").
+affine colour transform (docs/method.md §11).
 
 The transform is He et al.'s guided filter with a colour guide, fitted on the model grid and
 applied at full resolution as in the fast guided filter: on the grid, each window ω_k of radius
@@ -40,6 +40,11 @@ def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
   return along(along(x, 0), 1)
 
 
+def _outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Per-pixel outer products `[..., 3, 3]` of colour vectors `[..., 3]`."""
+  return a[..., :, None] * b[..., None, :]
+
+
 def coefficients(guide: np.ndarray, target: np.ndarray, radius: int = RADIUS,
                  eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
   """The guided filter's mean coefficients (Ā, b̄) taking `guide` to `target` (module doc).
@@ -60,9 +65,8 @@ def coefficients(guide: np.ndarray, target: np.ndarray, radius: int = RADIUS,
     raise ValueError(f"guide {guide.shape} and target {target.shape} must both be [h, w, 3]")
   mean_i = box_mean(guide, radius)
   mean_p = box_mean(target, radius)
-  outer = lambda a, b: a[..., :, None] * b[..., None, :]
-  sigma = box_mean(outer(guide, guide), radius) - outer(mean_i, mean_i)
-  cross = box_mean(outer(guide, target), radius) - outer(mean_i, mean_p)
+  sigma = box_mean(_outer(guide, guide), radius) - _outer(mean_i, mean_i)
+  cross = box_mean(_outer(guide, target), radius) - _outer(mean_i, mean_p)
   reg = eps * float(np.mean(guide)) ** 2 + 1e-12  # keeps a flat black grid invertible
   a = np.linalg.solve(sigma + reg * np.eye(3), cross)
   b = mean_p - np.einsum("...ij,...i->...j", a, mean_i)
