@@ -92,12 +92,14 @@ def _normalize(module: nn.Module, x: jax.Array, groups: int, eps: float) -> jax.
   scale = module.param("scale", nn.initializers.ones, (c,))
   bias = module.param("bias", nn.initializers.zeros, (c,))
   x = x.astype(jnp.float32)
-  g = x.reshape(*x.shape[:-1], groups, c // groups)
-  axes = (*range(1, x.ndim - 1), x.ndim) if groups > 1 else (x.ndim,)
+  if groups > 1:
+    g, axes = x.reshape(*x.shape[:-1], groups, c // groups), (*range(1, x.ndim - 1), x.ndim)
+    per_channel = lambda s: jnp.repeat(s.reshape(*s.shape[:-2], groups), c // groups, axis=-1)
+  else:
+    g, axes, per_channel = x, (x.ndim - 1,), lambda s: s
   mean = g.mean(axes, keepdims=True)
   var = jnp.maximum(jnp.square(g).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
-  per_channel = lambda s: jnp.repeat(s.reshape(*s.shape[:-2], groups), c // groups, axis=-1)
-  mul = jax.lax.rsqrt(per_channel(var) + eps) * scale
+  mul = per_channel(jax.lax.rsqrt(var + eps)) * scale
   return ((x - per_channel(mean)) * mul + bias).astype(module.dtype)
 
 
