@@ -23,6 +23,9 @@ given host arrays. Measured (`eval/bench/measure.py`):
   recurrences of 225 from t ≈ 500 for low light / dehaze / denoise, CFG always on, the guidance
   terms that script computes; `eval/ldrps_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
   it, with linear extrapolation to the full count,
+- `nets` part: our UNet forward pass, VAE encode and decode, each alone and the VAE with its
+  VJP, beside diffusers' Flax modules on the same weights; `step_cost` part: XLA's flops and
+  bytes of the guided step lowered for each, without compiling it (`eval/bench/nets.py`),
 - `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
   `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each
   timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
@@ -63,7 +66,7 @@ import torch
 from absl import flags
 
 from eval import step_profile
-from eval.bench import measure, report
+from eval.bench import measure, nets, report
 from eval.bench import setup as setup_lib
 from eval.bench.options import Options, define_flags, from_flags
 from upzeroir_jax import cli
@@ -206,6 +209,13 @@ def run_benchmark(opts: Options,
     if b != 1 and due(with_jax or with_torch, f"step times at batch {b}"):
       batch(b, with_jax, with_torch)
       done()
+  if due("nets" in parts, "network pieces alone, ours and diffusers' Flax modules"):
+    res["jax"]["nets"] = nets.measure_nets(setup, nets.backbones(setup), opts.timed_steps,
+                                           opts.repeats)
+    done()
+  if due("step_cost" in parts, "XLA cost of the guided step, ours and diffusers' Flax modules"):
+    res["jax"]["step_cost"] = nets.step_cost(setup, nets.backbones(setup))
+    done()
   for spec in opts.variants:
     if due(base is not None, f"variant {spec}"):
       try:

@@ -22,7 +22,7 @@ from absl import flags
 from eval import benchmark
 from eval import ldrps_reference as ldrps
 from eval import torch_reference as tr
-from eval.bench import measure
+from eval.bench import measure, nets
 from eval.bench import options as options_lib
 from eval.bench import setup as setup_lib
 from upzeroir_jax import config as config_lib
@@ -333,3 +333,28 @@ def bf16_pair():
                      vae_params=sd.cast(f32.vae_params, jnp.bfloat16),
                      dtype=jnp.dtype(jnp.bfloat16))
   return f32, bf16
+
+
+def test_nets_part_reports_best_rounds_and_their_quotient(tiny_setup):
+  own = tiny_setup.models.backbone
+  res = nets.measure_nets(tiny_setup, {"own": own, "diffusers": own}, calls=1, repeats=2)
+  assert set(res) == {"unet_forward", "vae_encode", "vae_encode_vjp", "vae_decode",
+                      "vae_decode_vjp"}
+  for row in res.values():
+    for impl in nets.IMPLEMENTATIONS:
+      assert len(row[impl]["rounds_s"]) == 2 and row[impl]["s"] == min(row[impl]["rounds_s"])
+      assert row[impl]["cpu_s"] == np.median(row[impl]["cpu_rounds_s"]) > 0
+    assert row["speedup"] == row["diffusers"]["s"] / row["own"]["s"]
+    assert row["cpu_ratio"] == row["diffusers"]["cpu_s"] / row["own"]["cpu_s"]
+
+
+def test_step_cost_lowers_the_step_of_each_backbone(tiny_setup):
+  """A bfloat16 backbone moves fewer bytes than the float32 one: each cost is its own program."""
+  own = tiny_setup.models.backbone
+  half = own.replace(unet_params=sd.cast(own.unet_params, jnp.bfloat16),
+                     vae_params=sd.cast(own.vae_params, jnp.bfloat16),
+                     dtype=jnp.dtype(jnp.bfloat16))
+  cost = nets.step_cost(tiny_setup, {"own": own, "diffusers": half})
+  assert cost["own"]["flops"] > 1e6
+  assert cost["ratio"]["bytes accessed"] < 0.99
+  assert cost["ratio"] == {k: cost["diffusers"][k] / cost["own"][k] for k in cost["own"]}

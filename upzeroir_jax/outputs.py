@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from upzeroir_jax import io, records, sampling_summary
+from upzeroir_jax.io import upsample
 from upzeroir_jax.jobs import Job, sidecar_path
 from upzeroir_jax.sampler import state as state_lib
 
@@ -61,7 +62,9 @@ def write(ctx: Any, job: Job, shape: tuple[int, int], meta: io.GridMeta, image: 
     "output": str(job.output),
     "prompt": job.prompt, **job.extra,
     "grid": {"mode": ctx.settings.grid, "shape": list(shape),
-             "input_shape": [meta.height, meta.width]},
+             "input_shape": [meta.height, meta.width],
+             **({"transform": {"radius": upsample.RADIUS, "eps": upsample.EPS}}
+                if ctx.settings.grid == "upsample" else {})},
     "timings": timings,
     "dqr": sampling_summary.dqr(info, config),
     "guard": sampling_summary.guard(info),

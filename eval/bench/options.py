@@ -7,7 +7,8 @@ from typing import Any
 
 from absl import flags
 
-PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
+PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps", "nets",
+         "step_cost")
 LDRPS_TASKS = ("lowlight", "dehaze", "denoise")
 ATTENTIONS = ("xla", "cudnn", "auto")
 # "diffusers": the step on diffusers' Flax UNet and VAE instead of ours (side by side).

@@ -193,7 +193,8 @@ def build_setup(opts: Options) -> Setup:
   vgg = tr.VGGRelu22().random_init()
   backbone = sd_lib.from_torch(arch, unet, vae, dtype=jnp.dtype(opts.dtype))
   old = None
-  if any("diffusers" in spec.split("+") for spec in opts.variants):
+  if (any("diffusers" in spec.split("+") for spec in opts.variants)
+      or {"nets", "step_cost"} & set(opts.parts)):
     old = sd_lib.from_torch({**arch, "nets": "diffusers"}, unet, vae, dtype=jnp.dtype(opts.dtype))
   rng = np.random.default_rng(opts.seed)
   shape = (1, arch["text_encoder"]["max_position_embeddings"], arch["unet"]["cross_attention_dim"])
