@@ -93,6 +93,21 @@ def test_disabled_progress_says_nothing(caplog):
   assert p.done == 1  # still counted, for the caller
 
 
+def test_chunk_steps_add_up_on_the_bar():
+  """The driver reports the steps each chunk took; the bar shows the run's total."""
+  out = Tty()
+  p = progress.Progress(2, stream=out)
+  p.start_images()
+  p.steps_done(12)
+  p.steps_done(7)
+  assert p.steps == 19 and p.step_text == "19 steps"
+  p.images_done(["a"], 1.0)
+  p.steps_done(3)
+  assert p.step_text == "22 steps"
+  p.close()
+  assert "19 steps" in out.getvalue()
+
+
 def test_step_callback_shows_the_furthest_step_of_a_batch_from_any_thread():
   out = Tty()
   p = progress.Progress(1, stream=out)
