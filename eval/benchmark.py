@@ -24,8 +24,7 @@ given host arrays. Measured (`eval/bench/measure.py`):
   terms that script computes; `eval/ldrps_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
   it, with linear extrapolation to the full count,
 - `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
-  `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each
-  timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
+  `jax.nn.dot_product_attention` in our networks), each timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
   our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
 - peak memory: JAX `memory_stats()["peak_bytes_in_use"]` on a GPU (never reset: read in
   order), torch `max_memory_allocated` (reset per part), the process peak RSS, and XLA's

@@ -180,6 +180,17 @@ def test_compiled_functions_get_device_arrays_only(tiny_setup):
   assert setup_lib.host_leaves((tiny_setup.models, tiny_setup.y, tiny_setup.prompt)) == []
 
 
+def test_attention_choices_set_our_networks_policy(tiny_setup):
+  """--attention and the attention variants set `sd_layers.Policy.attention` of our networks
+  ("auto": None, JAX chooses); the base step is XLA's."""
+  assert tiny_setup.models.backbone.policy.attention == "xla"
+  for spec, choice, want in (("cudnn", "cudnn", "cudnn"), ("auto", "auto", None),
+                             ("bfloat16+cudnn", "cudnn", "cudnn"), ("remat", "xla", "xla")):
+    variant = setup_lib.variant_setup(tiny_setup, spec)
+    assert variant.attention == choice and variant.models.backbone.policy.attention == want
+  assert setup_lib.with_attention(tiny_setup.models.backbone, "auto").attention is None
+
+
 def test_host_arrays_are_found_and_refused():
   tree = {"a": np.zeros(2), "b": jnp.zeros(2), "c": [np.float32(1.0)]}
   assert setup_lib.host_leaves(tree) == ["['a']", "['c'][0]"]
