@@ -23,9 +23,12 @@ given host arrays. Measured (`eval/bench/measure.py`):
   recurrences of 225 from t ≈ 500 for low light / dehaze / denoise, CFG always on, the guidance
   terms that script computes; `eval/ldrps_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
   it, with linear extrapolation to the full count,
+- `nets` part: our UNet forward pass, VAE encode and decode, each alone and the VAE with its
+  VJP; `step_cost` part: XLA's flops and bytes of the guided step, lowered without compiling
+  it (`eval/bench/nets.py`),
 - `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
-  `jax.nn.dot_product_attention` in our networks), each timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
-  our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
+  `jax.nn.dot_product_attention` in our networks), each timed in rounds alternating with the
+  base step; `--profile`: milliseconds per model part of our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
 - peak memory: JAX `memory_stats()["peak_bytes_in_use"]` on a GPU (never reset: read in
   order), torch `max_memory_allocated` (reset per part), the process peak RSS, and XLA's
   `memory_analysis()` of every compiled function.
@@ -62,7 +65,7 @@ import torch
 from absl import flags
 
 from eval import step_profile
-from eval.bench import measure, report
+from eval.bench import measure, nets, report
 from eval.bench import setup as setup_lib
 from eval.bench.options import Options, define_flags, from_flags
 from upzeroir_jax import cli
@@ -205,6 +208,12 @@ def run_benchmark(opts: Options,
     if b != 1 and due(with_jax or with_torch, f"step times at batch {b}"):
       batch(b, with_jax, with_torch)
       done()
+  if due("nets" in parts, "network pieces alone"):
+    res["jax"]["nets"] = nets.measure_nets(setup, opts.timed_steps, opts.repeats)
+    done()
+  if due("step_cost" in parts, "XLA cost of the guided step"):
+    res["jax"]["step_cost"] = nets.step_cost(setup)
+    done()
   for spec in opts.variants:
     if due(base is not None, f"variant {spec}"):
       try:

@@ -22,7 +22,7 @@ from absl import flags
 from eval import benchmark
 from eval import ldrps_reference as ldrps
 from eval import torch_reference as tr
-from eval.bench import measure
+from eval.bench import measure, nets
 from eval.bench import options as options_lib
 from eval.bench import setup as setup_lib
 from upzeroir_jax import config as config_lib
@@ -344,3 +344,25 @@ def bf16_pair():
                      vae_params=sd.cast(f32.vae_params, jnp.bfloat16),
                      dtype=jnp.dtype(jnp.bfloat16))
   return f32, bf16
+
+
+def test_nets_part_reports_best_and_median_rounds(tiny_setup):
+  res = nets.measure_nets(tiny_setup, calls=1, repeats=3)
+  assert set(res) == {"unet_forward", "vae_encode", "vae_encode_vjp", "vae_decode",
+                      "vae_decode_vjp"}
+  for row in res.values():
+    assert len(row["rounds_s"]) == 3 and row["s"] == min(row["rounds_s"]) > 0
+    assert row["median_s"] == np.median(row["rounds_s"])
+    assert row["cpu_s"] == np.median(row["cpu_rounds_s"]) > 0 and row["compile_s"] > 0
+
+
+def test_step_cost_lowers_the_step_of_the_backbone_given(tiny_setup):
+  """A bfloat16 backbone moves fewer bytes than the float32 one: each cost is its own program."""
+  own = tiny_setup.models.backbone
+  half = own.replace(unet_params=sd.cast(own.unet_params, jnp.bfloat16),
+                     vae_params=sd.cast(own.vae_params, jnp.bfloat16),
+                     dtype=jnp.dtype(jnp.bfloat16))
+  cost, half_cost = nets.step_cost(tiny_setup), nets.step_cost(tiny_setup, half)
+  assert cost["flops"] > 1e6 and set(cost) == set(half_cost)
+  assert half_cost["bytes accessed"] < 0.99 * cost["bytes accessed"]
+

@@ -7,7 +7,8 @@ from typing import Any
 
 from absl import flags
 
-PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps")
+PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps", "nets",
+         "step_cost")
 LDRPS_TASKS = ("lowlight", "dehaze", "denoise")
 # `jax.nn.dot_product_attention` implementations of our networks (`sd_layers.Policy`); "auto":
 # JAX chooses.

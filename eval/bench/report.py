@@ -143,6 +143,12 @@ def print_report(res: dict[str, Any]) -> None:
           f"{r['step_s_stage1'] * 1e3:.1f} ms ({r.get('speedup_stage1', float('nan')):.2f}x), "
           f"XLA temp {r.get('xla_temp_size_in_bytes', 0) / 1e9:.2f} GB, compile "
           f"{r['compile_s']:.1f} s")
+  for piece, row in res["jax"].get("nets", {}).items():
+    print(f"jax   {piece}: {row['s'] * 1e3:.1f} ms (median {row['median_s'] * 1e3:.1f} ms, "
+          f"CPU {row['cpu_s'] * 1e3:.1f} ms), compile {row['compile_s']:.1f} s")
+  cost = res["jax"].get("step_cost")
+  if cost:
+    print("jax   guided step XLA cost: " + ", ".join(f"{k} {v:.4g}" for k, v in cost.items()))
   prof = res["jax"].get("profile")
   if prof:
     print(f"jax   guided step by part ({prof['matched_ms']:.1f} ms of traced operations per "
