@@ -53,7 +53,7 @@ from absl import flags
 
 from eval import folders, tfds_source
 from eval import protocol as protocol_lib
-from upzeroir_jax import auto, cli, io, loading, smoke
+from upzeroir_jax import auto, cli, io, loading, pipeline, smoke
 from upzeroir_jax import config as config_lib
 from upzeroir_jax import flags as flags_lib
 from upzeroir_jax import jobs as jobs_lib
@@ -166,6 +166,11 @@ def _initialize_distributed(fv: flags.FlagValues) -> None:
 
 def _main(fv: flags.FlagValues) -> int:
   smoke.apply_defaults(fv)
+  settings = flags_lib.settings_from_flags(fv)
+  pipeline.check_task(settings, fv.task)
+  if settings.grid == "upsample" and fv.protocol == protocol_lib.LDRPS:
+    raise RunError("--grid=upsample keeps each photo's full size, --protocol=ldrps restores "
+                   "at 512² and saves 256²; use --protocol=native with --grid=upsample")
   _initialize_distributed(fv)
   import jax
 
@@ -206,8 +211,7 @@ def _main(fv: flags.FlagValues) -> int:
       "seed": fv.seed, "grid": fv.grid, "size": fv.size, "protocol": fv.protocol,
       "prompts_dir": fv.prompts_dir,
     }, fv.overwrite)
-    summary = cli.restore_checked(PROG, fv, jobs, fv.task,
-                                  flags_lib.settings_from_flags(fv),
+    summary = cli.restore_checked(PROG, fv, jobs, fv.task, settings,
                                   record={"benchmark": benchmark, "variant": fv.variant,
                                           "protocol": fv.protocol})
     if fv.protocol == protocol_lib.LDRPS:

@@ -18,6 +18,8 @@ from absl import flags
 from PIL import Image
 
 from upzeroir_jax import auto, cli, config, io, loading, pipeline
+from upzeroir_jax.io import grid as grid_lib
+from upzeroir_jax.io import upsample
 from upzeroir_jax.sampler import state
 
 TINY = tiny_runs.CLI_FLAGS
@@ -120,7 +122,37 @@ def test_pad_grid_keeps_small_images_exact_size(tmp_path, use_tiny):
   assert io.read_image(out).shape == (20, 61, 3)
 
 
+@pytest.mark.slow
+def test_upsample_grid_carries_the_grid_restoration_to_full_size(tmp_path, use_tiny,
+                                                                 monkeypatch):
+  """The photo is restored on the 64² grid (the program of the other tiny runs), and the output
+  is the guided transform of that restoration applied to the full-size input."""
+  full = np.random.default_rng(4).random((90, 157, 3))
+  io.write_image(tmp_path / "a.png", full)
+  carried, carry = [], upsample.carry
+
+  def spy(full, grid_input, restored, **kw):
+    carried.append((full, grid_input, restored, carry(full, grid_input, restored)))
+    return carried[-1][-1]
+
+  monkeypatch.setattr(grid_lib.upsample, "carry", spy)
+  out = tmp_path / "a_out.png"
+  assert cli.main(["upzeroir", "restore", f"--input={tmp_path / 'a.png'}", f"--output={out}",
+                   *TINY, "--grid=upsample"]) == 0
+  meta = json.loads(out.with_suffix(".json").read_text())
+  assert meta["grid"] == {"mode": "upsample", "shape": [64, 64], "input_shape": [90, 157],
+                          "transform": {"radius": upsample.RADIUS, "eps": upsample.EPS}}
+  assert (meta["settings"]["grid"], meta["settings"]["size"]) == ("upsample", 64)
+  [(seen_full, grid_input, restored, result)] = carried
+  np.testing.assert_array_equal(seen_full, io.read_image(tmp_path / "a.png"))
+  np.testing.assert_array_equal(grid_input, io.to_model_grid(seen_full, 64, "resize", 64)[0])
+  assert restored.shape == (64, 64, 3)
+  assert np.abs(io.read_image(out) - result).max() <= 0.5 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["restore", "--input=.", "--output=o", "--task=mixed", "--grid=upsample"],
+     "so it does not apply to --task=mixed; use --grid=resize or --grid=pad"),
     (["restore", "--input=/nonexistent/x.png", "--output=o", "--task=lowlight"],
      "--input=/nonexistent/x.png: no such file or folder"),
     (["restore", "--input=.", "--output=o", "--task=sharpen"], "value should be one of"),

@@ -141,6 +141,18 @@ def test_missing_dataset_gives_exit_2_and_one_line(tmp_path, capsys):
   assert code == 2 and err == [want]
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--task=lowlight", "--protocol=ldrps"], "--grid=upsample keeps each photo's full size"),
+    (["--task=denoise"], "--grid=upsample carries the input's noise to full resolution"),
+])
+def test_upsample_grid_refusals_give_exit_2_and_one_line(tmp_path, capsys, args, message):
+  code = run.main([run.PROG, f"--dataset_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}",
+                   "--grid=upsample", *args])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith(f"{run.PROG}: error: {message}")
+  assert not (tmp_path / "o").exists()
+
+
 def test_sidecar_dqr_record_from_the_loop_info():
   config = config_lib.preset("lowlight", steps=50)
   info = {"steps": np.int32(37), "unet_evals": np.int32(37), "restarts": np.int32(1),

@@ -208,8 +208,10 @@ def restore_checked(prog: str, fv: flags.FlagValues, jobs: Sequence[jobs_lib.Job
     The run's `pipeline.Summary`, the failures found before the run first.
 
   Raises:
-    RunError: a finished output made with other settings, missing weights, bad settings.
+    RunError: a finished output made with other settings, missing weights, bad settings
+      (also `--grid=upsample` with a noisy task, `pipeline.check_task`).
   """
+  pipeline.check_task(settings, task)
   presets = flags_lib.task_configs(fv, task)
   config = auto.per_image(presets) if task == auto.AUTO else presets[task]
   configs = pipeline.config_of(config)

@@ -43,11 +43,13 @@ def define_model_flags(fv: flags.FlagValues) -> flags.FlagValues:
                        "devices, rounded up to a multiple of their count).", flag_values=fv,
                        lower_bound=1)
   flags.DEFINE_enum("grid", "resize", list(pipeline.GRIDS), "Model input grid: 'resize' to "
-                    "--size squared (as the paper), or 'pad' every image to multiples of the "
-                    "model's grid (keeps all pixels; memory grows with the image).",
-                    flag_values=fv)
-  flags.DEFINE_integer("size", 512, "Grid side in --grid=resize mode.", flag_values=fv,
-                       lower_bound=1)
+                    "--size squared (as the paper), 'pad' every image to multiples of the "
+                    "model's grid (keeps all pixels; memory grows with the image), or "
+                    "'upsample': restored as 'resize', then carried to full resolution by a "
+                    "guided colour transform applied to the full-size input (fast; for low "
+                    "light and haze, not for noise).", flag_values=fv)
+  flags.DEFINE_integer("size", 512, "Grid side in --grid=resize and --grid=upsample modes.",
+                       flag_values=fv, lower_bound=1)
   flags.DEFINE_multi_string("override", [], "Change a RestoreConfig field of the task preset "
                             f"(with --task={auto.AUTO}: of every preset): "
                             "field=value (repeatable), e.g. guidance_scale=2000.",

@@ -55,11 +55,14 @@ from upzeroir_jax import config as config_lib
 from upzeroir_jax import interrupt, io, records, sampling_summary, sharding
 from upzeroir_jax import progress as progress_lib
 from upzeroir_jax.errors import RunError
+from upzeroir_jax.io import upsample
 from upzeroir_jax.jobs import Job, check_outputs, sidecar_path
 from upzeroir_jax.loading import Loaded
 from upzeroir_jax.sampler import state as state_lib
 
-GRIDS = ("resize", "pad")
+GRIDS = io.GRID_MODES
+# Tasks whose images carry noise: "upsample" would carry it to full resolution (docs/usage.md).
+NOISY_TASKS = ("denoise", "mixed")
 ConfigOf = config_lib.RestoreConfig | Callable[[Job], config_lib.RestoreConfig]
 IMAGE_FAILURES = (io.ImageError, OSError, ValueError)
 
@@ -70,9 +73,10 @@ class Settings:
 
   Attributes:
     seed: base seed of the per-image keys (`image_key`).
-    grid: "resize" (to `size` x `size`, as the paper) or "pad" (reflect-pad to multiples of
-      the backbone's `grid_multiple`); outputs always have the input's size.
-    size: grid side in "resize" mode.
+    grid: "resize" (to `size` x `size`, as the paper), "pad" (reflect-pad to multiples of
+      the backbone's `grid_multiple`) or "upsample" (restored as "resize", carried to full
+      resolution by a guided transform, `io.upsample`); outputs always have the input's size.
+    size: grid side in "resize" and "upsample" modes.
     batch: images per batch over all devices (rounded up to a multiple of the device count).
     bits: 8 or 16 (PNG outputs).
     overwrite: redo finished outputs.
@@ -148,7 +152,7 @@ def resume_key(config: config_lib.RestoreConfig, settings: Settings, source: str
   A finished output is only kept when its record equals the current run's
   (`records.check_resume`)."""
   key = {"config": dataclasses.asdict(config), "seed": settings.seed, "grid": settings.grid,
-         "size": settings.size if settings.grid == "resize" else None, "bits": settings.bits,
+         "size": settings.size if settings.grid in io.SQUARE_MODES else None, "bits": settings.bits,
          "model": source, "scorer": scorer, "version": upzeroir_jax.__version__}
   return json.loads(json.dumps(key))  # the form a sidecar holds (tuples as lists)
 
@@ -162,29 +166,59 @@ def config_of(config: ConfigOf) -> Callable[[Job], config_lib.RestoreConfig]:
 
 def check_settings(settings: Settings, multiple: int) -> None:
   """Refuses an unknown grid mode, a `size` that is not a positive multiple of `multiple` (the
-  model's grid) in "resize" mode, and a batch under 1.
+  model's grid) in "resize" and "upsample" modes, and a batch under 1.
 
   Raises:
     RunError: one line naming the flag.
   """
   if settings.grid not in GRIDS:
-    raise RunError(f"unknown grid mode {settings.grid!r}; choose resize or pad")
-  if settings.grid == "resize" and (settings.size <= 0 or settings.size % multiple):
+    raise RunError(f"unknown grid mode {settings.grid!r}; choose {', '.join(GRIDS)}")
+  if settings.grid in io.SQUARE_MODES and (settings.size <= 0 or settings.size % multiple):
     raise RunError(f"--size={settings.size} must be a positive multiple of {multiple} for "
                    "this model")
   if settings.batch < 1:
     raise RunError(f"--batch={settings.batch} must be at least 1")
 
 
+def check_task(settings: Settings, task: str) -> None:
+  """Refuses `--grid=upsample` for a task of noisy images (`NOISY_TASKS`): its transform is
+  fitted on a local affine model of the input, so it carries the input's noise to full
+  resolution (docs/usage.md).
+
+  Raises:
+    RunError: one line saying what to use instead.
+  """
+  if settings.grid == "upsample" and task in NOISY_TASKS:
+    raise RunError(f"--grid=upsample carries the input's noise to full resolution, so it "
+                   f"does not apply to --task={task}; use --grid=resize or --grid=pad")
+
+
+def noise_refusal(job: Job, config: config_lib.RestoreConfig, settings: Settings) -> str | None:
+  """Why `job` cannot be restored with `--grid=upsample`, or None: noise found in it by
+  `--task=auto` (its "auto" record), or, without that record, a task of `NOISY_TASKS`."""
+  if settings.grid != "upsample":
+    return None
+  found = job.extra.get("auto")
+  noisy = found.get("noise", False) if isinstance(found, dict) else config.task in NOISY_TASKS
+  if not noisy:
+    return None
+  return (f"{io.shown(job.source)}: noise found; --grid=upsample would carry it to full "
+          "resolution: restore it with --grid=resize or --grid=pad")
+
+
 def _groups(jobs: Sequence[Job], configs: Callable[[Job], config_lib.RestoreConfig],
             settings: Settings, multiple: int, summary: Summary
             ) -> dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]]:
-  """Readable jobs by (static configuration, model-grid shape, prompt); unreadable ones go to
-  `summary.failed`."""
+  """Readable jobs by (static configuration, model-grid shape, prompt); unreadable ones, and
+  those `noise_refusal` refuses, go to `summary.failed`."""
   out: dict[tuple[config_lib.RestoreConfig, tuple[int, int], str], list[Job]] = {}
   for job in jobs:
+    refusal = noise_refusal(job, configs(job), settings)
+    if refusal:
+      summary.failed.append((job.name, refusal))
+      continue
     try:
-      h, w = ((settings.size, settings.size) if settings.grid == "resize"
+      h, w = ((settings.size, settings.size) if settings.grid in io.SQUARE_MODES
               else io.image_size(job.source))
     except IMAGE_FAILURES as e:
       summary.failed.append((job.name, failure(job.source, e)))
@@ -220,10 +254,13 @@ def run(jobs: Sequence[Job], loaded: Loaded, config: ConfigOf,
     `Summary` of done, skipped and failed jobs.
 
   Raises:
-    RunError: bad grid settings, an output that is an input, or a finished output made with
-      other settings (`records.check_resume`).
+    RunError: bad grid settings (also "upsample" for one config of `NOISY_TASKS`,
+      `check_task`), an output that is an input, or a finished output made with other settings
+      (`records.check_resume`).
   """
   check_settings(settings, loaded.multiple)
+  if isinstance(config, config_lib.RestoreConfig):
+    check_task(settings, config.task)
   check_outputs(jobs, named_by_run=False)
   configs = config_of(config)
 
@@ -372,7 +409,9 @@ def _write(ctx: _Run, batch: _Batch, meta: io.GridMeta, image: np.ndarray, info:
     "output": str(job.output),
     "prompt": job.prompt, **job.extra,
     "grid": {"mode": ctx.settings.grid, "shape": list(batch.shape),
-             "input_shape": [meta.height, meta.width]},
+             "input_shape": [meta.height, meta.width],
+             **({"transform": {"radius": upsample.RADIUS, "eps": upsample.EPS}}
+                if ctx.settings.grid == "upsample" else {})},
     "timings": timings,
     "dqr": sampling_summary.dqr(info, config),
     "guard": sampling_summary.guard(info),

@@ -1,11 +1,19 @@
 """The map between an image of any size and the model's input grid, and back."""
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from typing import Literal
 
 import numpy as np
 from PIL import Image
+
+from upzeroir_jax.io import upsample
+
+# The grid modes: "resize" and "upsample" restore on a `size x size` grid, "pad" at full size.
+MODES = ("resize", "pad", "upsample")
+SQUARE_MODES = ("resize", "upsample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,11 +23,16 @@ class GridMeta:
   Attributes:
     height: original height H.
     width: original width W.
-    mode: "resize" (stretched to a square grid) or "pad" (reflect-padded at bottom and right).
+    mode: "resize" (stretched to a square grid), "pad" (reflect-padded at bottom and right) or
+      "upsample" (stretched as "resize"; back by the guided transform of `io.upsample`).
+    full: in "upsample" mode, the full-resolution input `[H, W, 3]`; else None.
+    grid_input: in "upsample" mode, the input on the model grid; else None.
   """
   height: int
   width: int
   mode: str
+  full: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+  grid_input: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def as_float_image(img: np.ndarray, name: str = "image") -> np.ndarray:
@@ -51,14 +64,14 @@ def _resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
 def grid_shape(height: int, width: int, size: int, mode: str,
                multiple: int) -> tuple[int, int]:
   """The model-grid `(H', W')` that `to_model_grid` gives an `H x W` image."""
-  if mode == "resize":
+  if mode in SQUARE_MODES:
     return size, size
   if mode == "pad":
     return multiple * math.ceil(height / multiple), multiple * math.ceil(width / multiple)
-  raise ValueError(f"grid mode must be 'resize' or 'pad', got {mode!r}")
+  raise ValueError(f"grid mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
-def to_model_grid(img: np.ndarray, size: int, mode: Literal["resize", "pad"],
+def to_model_grid(img: np.ndarray, size: int, mode: Literal["resize", "pad", "upsample"],
                   multiple: int) -> tuple[np.ndarray, GridMeta]:
   """Brings an image of any size onto the model's input grid.
 
@@ -66,12 +79,14 @@ def to_model_grid(img: np.ndarray, size: int, mode: Literal["resize", "pad"],
   method feeds 512 x 512 inputs to SD. "pad" keeps every pixel: reflect padding at the bottom
   and right up to the next multiple of `multiple` (the model's own, e.g. 64 = the SD VAE's 8 x
   the UNet's 8), repeating the reflection for images smaller than the padding; docs/method.md
-  §3 rescales the guidance weight by the grid's pixel count in that mode.
+  §3 rescales the guidance weight by the grid's pixel count in that mode. "upsample" brings it
+  to the grid as "resize" does and keeps the full-resolution input in the GridMeta, for
+  `from_model_grid` to carry the restoration back by the guided transform (`io.upsample`).
 
   Args:
     img: float `[H, W, 3]` in [0, 1] (or uint8).
-    size: side of the square grid in "resize" mode (unused in "pad" mode).
-    mode: "resize" or "pad".
+    size: side of the square grid in "resize" and "upsample" modes (unused in "pad" mode).
+    mode: "resize", "pad" or "upsample".
     multiple: grid sizes in "pad" mode are multiples of this (unused in "resize" mode).
 
   Returns:
@@ -80,15 +95,18 @@ def to_model_grid(img: np.ndarray, size: int, mode: Literal["resize", "pad"],
   x = as_float_image(img)
   h, w, _ = x.shape
   gh, gw = grid_shape(h, w, size, mode, multiple)
-  if mode == "resize":
-    out = _resize(x, gh, gw)
-  else:
-    out = np.pad(x, ((0, gh - h), (0, gw - w), (0, 0)), mode="reflect")
+  if mode == "pad":
+    return (np.pad(x, ((0, gh - h), (0, gw - w), (0, 0)), mode="reflect"),
+            GridMeta(height=h, width=w, mode=mode))
+  out = _resize(x, gh, gw)
+  if mode == "upsample":
+    return out, GridMeta(height=h, width=w, mode=mode, full=x, grid_input=out)
   return out, GridMeta(height=h, width=w, mode=mode)
 
 
 def from_model_grid(out: np.ndarray, meta: GridMeta) -> np.ndarray:
-  """Inverse of `to_model_grid`: crops ("pad") or resizes back ("resize") to the original size.
+  """Inverse of `to_model_grid`: crops ("pad"), resizes back ("resize") or carries the output
+  to the full-resolution input by the guided transform ("upsample", `io.upsample.carry`).
 
   Args:
     out: float `[H', W', 3]` image on the model grid (numpy or jax).
@@ -103,4 +121,9 @@ def from_model_grid(out: np.ndarray, meta: GridMeta) -> np.ndarray:
       raise ValueError(f"model output {x.shape} is smaller than the original "
                        f"{meta.height}x{meta.width}")
     return np.ascontiguousarray(np.clip(x[:meta.height, :meta.width], 0.0, 1.0))
+  if meta.mode == "upsample":
+    if meta.full is None or meta.grid_input is None or meta.grid_input.shape != x.shape:
+      raise ValueError(f"model output {x.shape} does not match the grid input this GridMeta "
+                       "holds; bring the image to the grid with to_model_grid(..., 'upsample')")
+    return upsample.carry(meta.full, meta.grid_input, x)
   return _resize(x, meta.height, meta.width)
