@@ -24,12 +24,11 @@ given host arrays. Measured (`eval/bench/measure.py`):
   terms that script computes; `eval/ldrps_reference.LDRPS_RECIPES`); `--ldrps_scale` shortens
   it, with linear extrapolation to the full count,
 - `nets` part: our UNet forward pass, VAE encode and decode, each alone and the VAE with its
-  VJP, beside diffusers' Flax modules on the same weights; `step_cost` part: XLA's flops and
-  bytes of the guided step lowered for each, without compiling it (`eval/bench/nets.py`),
+  VJP; `step_cost` part: XLA's flops and bytes of the guided step, lowered without compiling
+  it (`eval/bench/nets.py`),
 - `--variants` of our batch-1 step (bf16, remat, CFG, the attention implementation of
-  `jax.nn.dot_product_attention`, `diffusers`: diffusers' Flax UNet and VAE instead of ours), each
-  timed in rounds alternating with the base step; `--profile`: milliseconds per model part of
-  our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
+  `jax.nn.dot_product_attention` in our networks), each timed in rounds alternating with the
+  base step; `--profile`: milliseconds per model part of our batch-1 guided step from a `jax.profiler` trace (`eval/step_profile.py`),
 - peak memory: JAX `memory_stats()["peak_bytes_in_use"]` on a GPU (never reset: read in
   order), torch `max_memory_allocated` (reset per part), the process peak RSS, and XLA's
   `memory_analysis()` of every compiled function.
@@ -209,12 +208,11 @@ def run_benchmark(opts: Options,
     if b != 1 and due(with_jax or with_torch, f"step times at batch {b}"):
       batch(b, with_jax, with_torch)
       done()
-  if due("nets" in parts, "network pieces alone, ours and diffusers' Flax modules"):
-    res["jax"]["nets"] = nets.measure_nets(setup, nets.backbones(setup), opts.timed_steps,
-                                           opts.repeats)
+  if due("nets" in parts, "network pieces alone"):
+    res["jax"]["nets"] = nets.measure_nets(setup, opts.timed_steps, opts.repeats)
     done()
-  if due("step_cost" in parts, "XLA cost of the guided step, ours and diffusers' Flax modules"):
-    res["jax"]["step_cost"] = nets.step_cost(setup, nets.backbones(setup))
+  if due("step_cost" in parts, "XLA cost of the guided step"):
+    res["jax"]["step_cost"] = nets.step_cost(setup)
     done()
   for spec in opts.variants:
     if due(base is not None, f"variant {spec}"):

@@ -6,11 +6,12 @@
 #
 #   eval/gpu_measure.sh OUT_DIR [WHEEL_DIR]
 #
-# WHEEL_DIR holds the pinned wheels of diffusers' Flax modules and their companions (made where a
-# package index is reachable: pip download --no-deps -d WHEEL_DIR diffusers==0.39.0
-# transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 importlib_metadata); they are
-# installed into OUT_DIR/site with --no-deps --target and put on PYTHONPATH, so the machine's own
-# jax / torch stay as they are. Without WHEEL_DIR the installed packages are used.
+# WHEEL_DIR holds wheels of the project's other dependencies where the machine lacks them: the
+# PyTorch reference's diffusers (>= 0.42) and the prompt tokenizer's transformers (>= 5), with
+# their companions (made where a package index is reachable: pip download -d WHEEL_DIR
+# "diffusers>=0.42" "transformers>=5" with --no-deps for each and its missing requirements); they
+# are installed into OUT_DIR/site with --no-deps --target and put on PYTHONPATH, so the machine's
+# own jax / torch stay as they are. Without WHEEL_DIR the installed packages are used.
 #
 # Runs, each a separate process writing OUT_DIR/<name>.json (and <name>.log):
 #   restore   our compiled fixed-schedule restore at batch 1, 2, 4, 8 (90 of 450 steps, scaled),

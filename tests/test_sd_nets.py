@@ -213,3 +213,19 @@ def test_converter_errors_name_the_tensor(tiny_vae, edit, message):
   abstract = jax.eval_shape(module.init, jax.random.key(0), img)["params"]
   with pytest.raises(weights_check.CheckpointError, match=message):
     sd_params.convert("vae", state, abstract, lambda n: "file", "fix")
+
+
+def test_text_encoder_names_of_published_folders_convert():
+  """Published SD folders (written by transformers 4) name the text encoder's tensors
+  "text_model.…" and may hold the position-ids buffer; transformers 5 writes neither. Both
+  forms convert to the same parameters."""
+  net = sd_reference.torch_network(sd_configs.TINY, "text_encoder", 6)
+  module = clip_text.CLIPText(clip_text.TextConfig.from_dict(sd_configs.TINY["text_encoder"]))
+  state = {k.removeprefix("text_model."): v.detach().numpy() for k, v in net.state_dict().items()}
+  published = {f"text_model.{k}": v for k, v in state.items()}
+  published["text_model.embeddings.position_ids"] = np.arange(16, dtype=np.int64)[None]
+  abstract = jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+  got = sd_params.convert("text_encoder", published, abstract, lambda n: "f", "fix")
+  want = sd_params.convert("text_encoder", state, abstract, lambda n: "f", "fix")
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)

@@ -3,6 +3,7 @@
 Each check runs in a fresh Python process, because both settings are process-wide JAX state.
 """
 
+import ast
 import io
 import logging as std_logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from absl import flags
 from absl import logging as absl_logging
 
@@ -148,16 +150,38 @@ def test_terminal_log_lines_read_as_the_programs_own_unless_verbose(monkeypatch)
     assert handler.format(info) == absl_line
 
 
-def test_loading_a_model_never_imports_tensorflow():
-  """The test extra installs TensorFlow (for the tfds builders); diffusers and transformers
-  would import it on every model load unless told not to."""
-  proc = _python("""
-      import importlib.util
-      import sys
-      from upzeroir_jax import loading
-      loading.load_models("tiny", scorer="none")
-      print(importlib.util.find_spec("tensorflow") is not None,
-            sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))
-  """)
-  assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.split() == ["True", "[]"], proc.stdout
+_RESTORE_THEN_PROMPT = """
+  import sys
+  import numpy as np
+  from upzeroir_jax import cli, io, loading
+
+  def libraries():
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("diffusers", "transformers",
+                                                                 "torch", "tensorflow"))
+
+  io.write_image("{folder}/x.png", np.full((64, 64, 3), 0.2))
+  code = cli.main(["upzeroir", "restore", "--input={folder}/x.png", "--output={folder}/out",
+                   "--task=lowlight", "--model=tiny", "--steps=2", "--nostep_progress",
+                   "--compilation_cache="])
+  print("RESTORE", code, libraries())
+  loading.load_models("tiny", scorer="none").text_context("a photo of a cat")
+  print("PROMPT", libraries())
+"""
+
+
+@pytest.mark.slow
+def test_restore_imports_no_diffusers_transformers_or_torch_and_a_prompt_only_the_tokenizer(
+    tmp_path):
+  """Without a prompt (the tiny model included), `upzeroir restore` and the `restore` it runs
+  import none of diffusers, transformers, torch or TensorFlow (which the test extra installs);
+  a prompt adds transformers' tokenizer modules only."""
+  proc = _python(_RESTORE_THEN_PROMPT.format(folder=tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
+               if line.startswith(("RESTORE", "PROMPT")))
+  assert lines["RESTORE"] == "0 []", lines
+  modules = ast.literal_eval(lines["PROMPT"])
+  assert modules and all(m.split(".")[0] == "transformers" for m in modules), modules
+  models = {m for m in modules if m.startswith("transformers.models.")}
+  assert models == {"transformers.models.clip", "transformers.models.clip.tokenization_clip"}
+  assert not [m for m in modules if "modeling" in m], modules

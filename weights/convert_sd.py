@@ -7,7 +7,9 @@ r"""Converts a Stable Diffusion checkpoint (diffusers PyTorch) to our orbax form
 safetensors or .bin) or a hub id (downloaded by huggingface_hub). `--output` receives
 `sd_config.json`, `params/` (orbax; with the empty-prompt embedding, so that without a
 prompt the text encoder, in `text_encoder_params/`, is not read) and `tokenizer/`;
-`upzeroir_jax.models.sd.load(output)` then needs neither torch nor the network. SD 1.x and 2.x, ε and v prediction.
+`upzeroir_jax.models.sd.load(output)` then needs neither torch nor the network. SD 1.x and 2.x,
+ε and v prediction. Converting needs the `convert` extra (torch and diffusers, which read the
+folder's configs and PyTorch weights).
 """
 
 import pathlib

@@ -154,8 +154,13 @@ def _base_url(mirror: str) -> str:
 
 
 def _require(todo: Sequence[Step]) -> None:
-  if todo and importlib.util.find_spec("torch") is None:
-    raise _download.FetchError("converting the weights needs torch: pip install -e '.[convert]'")
+  """Stops before any download where the converters' libraries (the `convert` extra) are absent:
+  torch for every converter, diffusers for Stable Diffusion's."""
+  needed = ["torch"] + (["diffusers"] if any(step.source == SD for step in todo) else [])
+  missing = [name for name in needed if importlib.util.find_spec(name) is None]
+  if todo and missing:
+    raise _download.FetchError(f"converting the weights needs {' and '.join(missing)}: "
+                               "pip install -e '.[convert]'")
 
 
 def fetch(output: str | pathlib.Path, hub_id: str = places.SD_HUB_ID,

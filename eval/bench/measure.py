@@ -141,7 +141,7 @@ class JaxStepper:
     if batch == 1:
       self.probe["before"] = jax.device_get(
         {k: getattr(st, k) for k in ("z", "pcdm", "disc", "disc2")})
-    with clock() as c_compile, setup.tracing():
+    with clock() as c_compile:
       self.compiled = jax.jit(fn, donate_argnums=(0,)).lower(st, models, t2).compile()
     with clock() as c_first:
       st = jax.block_until_ready(self.compiled(st, models, t2))
@@ -184,7 +184,7 @@ def jax_restore(setup: Setup, batch: int, dqr: bool, steps: int) -> dict[str, An
 
   y, key = restore_arguments(setup, batch)
   _check_on_device("the models and input given to the compiled restore", (setup.models, y))
-  with clock() as c_compile, setup.tracing():
+  with clock() as c_compile:
     compiled = jax.jit(run).lower(setup.models, y, key).compile()
   with clock() as c_run:
     image, info = jax.block_until_ready(compiled(setup.models, y, key))

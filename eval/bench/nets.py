@@ -1,13 +1,11 @@
-"""The benchmark's `nets` and `step_cost` parts: our Stable Diffusion networks beside diffusers'
-Flax modules on the same weights.
+"""The benchmark's `nets` and `step_cost` parts: our Stable Diffusion networks alone.
 
 `nets` times the pieces the networks make up, each compiled alone (`lower().compile()`): the
 UNet forward pass, and VAE encode and decode each forward and with its VJP (the gradient the
-guidance takes through the decoder, docs/method.md §3). The rounds of the two implementations
-alternate, so a load that changes during the run falls on both; each is reported by its best
-round. `step_cost` reads XLA's cost analysis (flops, bytes accessed) of the whole guided step,
-lowered from abstract arguments: nothing is compiled or run, so it fits where compiling the
-SD-2.1 step does not.
+guidance takes through the decoder, docs/method.md §3); each is reported by its best round and
+its median round. `step_cost` reads XLA's cost analysis (flops, bytes accessed) of the whole
+guided step, lowered from abstract arguments: nothing is compiled or run, so it fits where
+compiling the SD-2.1 step does not.
 """
 
 import time
@@ -21,8 +19,6 @@ import numpy as np
 from eval.bench import setup as setup_lib
 from eval.bench.setup import Setup
 from upzeroir_jax.models import sd as sd_lib
-
-IMPLEMENTATIONS = ("own", "diffusers")
 
 
 def _pieces(setup: Setup) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]:
@@ -61,66 +57,40 @@ def _timed(fn: Callable[..., Any], args: tuple[Any, ...], n: int) -> tuple[float
   return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
 
 
-def measure_nets(setup: Setup, backbones: dict[str, Any], calls: int, repeats: int
-                 ) -> dict[str, Any]:
-  """Per piece and implementation: compile seconds, the best and median round's wall seconds per
-  call and the median round's CPU seconds per call (`cpu_s`); per piece, `speedup` = diffusers'
-  best time / ours (> 1: ours faster), `speedup_median` the same of the medians and `cpu_ratio`
-  of the CPU times.
+def measure_nets(setup: Setup, calls: int, repeats: int) -> dict[str, Any]:
+  """Per piece of the setup's backbone: compile seconds, the wall seconds per call of each round
+  (`rounds_s`), of the best (`s`) and the median round (`median_s`), and the median round's CPU
+  seconds per call (`cpu_s`).
 
   Args:
-    setup: the benchmark setup (resolution, timestep, seed).
-    backbones: {"own": SDModel, "diffusers": SDModel} with the same weights, on the device.
+    setup: the benchmark setup (backbone on the device, resolution, timestep, seed).
     calls: calls per round.
-    repeats: rounds per piece and implementation, alternating between implementations.
+    repeats: rounds per piece.
   """
-  out: dict[str, Any] = {}
+  backbone, out = setup.models.backbone, {}
   for name, (fn, args) in _pieces(setup).items():
-    compiled, row = {}, {}
-    for impl, backbone in backbones.items():
-      start = time.perf_counter()
-      compiled[impl] = jax.jit(fn).lower(backbone, *args).compile()
-      row[impl] = {"compile_s": time.perf_counter() - start, "rounds_s": [], "cpu_rounds_s": []}
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(backbone, *args).compile()
+    row = {"compile_s": time.perf_counter() - start, "rounds_s": [], "cpu_rounds_s": []}
     for _ in range(repeats):
-      for impl, backbone in backbones.items():
-        wall, cpu = _timed(compiled[impl], (backbone, *args), calls)
-        row[impl]["rounds_s"].append(wall)
-        row[impl]["cpu_rounds_s"].append(cpu)
-    for impl in backbones:
-      row[impl]["s"] = min(row[impl]["rounds_s"])
-      row[impl]["median_s"] = float(np.median(row[impl]["rounds_s"]))
-      row[impl]["cpu_s"] = float(np.median(row[impl]["cpu_rounds_s"]))
-    if set(IMPLEMENTATIONS) <= set(row):
-      for ratio, key in (("speedup", "s"), ("speedup_median", "median_s"),
-                         ("cpu_ratio", "cpu_s")):
-        row[ratio] = row["diffusers"][key] / row["own"][key]
+      wall, cpu = _timed(compiled, (backbone, *args), calls)
+      row["rounds_s"].append(wall)
+      row["cpu_rounds_s"].append(cpu)
+    row["s"] = min(row["rounds_s"])
+    row["median_s"] = float(np.median(row["rounds_s"]))
+    row["cpu_s"] = float(np.median(row["cpu_rounds_s"]))
     out[name] = row
   return out
 
 
-def step_cost(setup: Setup, backbones: dict[str, Any]) -> dict[str, Any]:
-  """XLA's cost analysis of the guided step (batch 1) lowered for each backbone: flops,
-  transcendentals and bytes accessed of the unoptimised program, and the ratio diffusers / ours
-  of each (> 1: ours lower)."""
-  out: dict[str, Any] = {}
+def step_cost(setup: Setup, backbone: Any = None) -> dict[str, float]:
+  """XLA's cost analysis of the guided step (batch 1) lowered for `backbone` (default: the
+  setup's): flops, transcendentals and bytes accessed of the unoptimised program."""
+  models = setup.models if backbone is None else setup.models.replace(backbone=backbone)
   config, ctx, t = setup.config, setup.ctx, jnp.int32(setup.t_guided)
-  for impl, backbone in backbones.items():
-    models = setup.models.replace(backbone=backbone)
-    state = jax.eval_shape(lambda y, k, m=models: setup_lib.sampler_init(m, config, y, k),
-                           setup.y, jax.random.key(setup.seed))
-    step = jax.jit(lambda st, m, t: setup_lib.sampler_step(st, m, config, t, ctx))
-    cost = step.lower(state, models, t).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    out[impl] = {k: float(cost[k]) for k in ("flops", "transcendentals", "bytes accessed")
-                 if k in cost}
-  if set(IMPLEMENTATIONS) <= set(out):
-    out["ratio"] = {k: out["diffusers"][k] / out["own"][k] for k in out["own"]}
-  return out
-
-
-def backbones(setup: Setup) -> dict[str, Any]:
-  """The implementations to compare: ours, and diffusers' when the setup holds it."""
-  found = {"own": setup.models.backbone}
-  if setup.diffusers_backbone is not None:
-    found["diffusers"] = setup.diffusers_backbone
-  return found
+  state = jax.eval_shape(lambda y, k: setup_lib.sampler_init(models, config, y, k), setup.y,
+                         jax.random.key(setup.seed))
+  step = jax.jit(lambda st, m, t: setup_lib.sampler_step(st, m, config, t, ctx))
+  cost = step.lower(state, models, t).cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return {k: float(cost[k]) for k in ("flops", "transcendentals", "bytes accessed") if k in cost}

@@ -10,9 +10,10 @@ from absl import flags
 PARTS = ("step", "restore", "dqr", "batch", "torch_step", "torch_batch", "ldrps", "nets",
          "step_cost")
 LDRPS_TASKS = ("lowlight", "dehaze", "denoise")
+# `jax.nn.dot_product_attention` implementations of our networks (`sd_layers.Policy`); "auto":
+# JAX chooses.
 ATTENTIONS = ("xla", "cudnn", "auto")
-# "diffusers": the step on diffusers' Flax UNet and VAE instead of ours (side by side).
-VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", "diffusers", *ATTENTIONS)
+VARIANT_MODIFIERS = ("bfloat16", "remat", "cfg", *ATTENTIONS)
 
 
 class BenchmarkError(ValueError):
@@ -48,9 +49,9 @@ class Options:
   dtype: str = _opt("float32", "Compute dtype of our UNet/VAE (PCDM, losses and latents stay "
                     "float32).", ("float32", "bfloat16"))
   remat: bool = _opt(False, "Recompute the decoder in the guidance backward pass.")
-  attention: str = _opt("default", "UNet attention of our pipeline: diffusers' einsum-softmax "
-                        "(default) or jax.nn.dot_product_attention with this implementation "
-                        "(auto: JAX chooses).", ("default", *ATTENTIONS))
+  attention: str = _opt("xla", "Attention of our UNet, VAE and text encoder: the "
+                        "jax.nn.dot_product_attention implementation (auto: JAX chooses).",
+                        ATTENTIONS)
   variants: tuple[str, ...] = _opt(
     (), "Speed variants of our batch-1 step, timed after the other parts: each a '+'-joined "
     f"set of {', '.join(VARIANT_MODIFIERS)}, e.g. bfloat16,bfloat16+cudnn,remat.")

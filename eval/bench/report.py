@@ -144,16 +144,11 @@ def print_report(res: dict[str, Any]) -> None:
           f"XLA temp {r.get('xla_temp_size_in_bytes', 0) / 1e9:.2f} GB, compile "
           f"{r['compile_s']:.1f} s")
   for piece, row in res["jax"].get("nets", {}).items():
-    print(f"jax   {piece}: " + ", ".join(
-      f"{impl} {row[impl]['s'] * 1e3:.1f} ms" for impl in ("own", "diffusers") if impl in row)
-      + (f" (diffusers / own {row['speedup']:.2f}, of medians {row['speedup_median']:.2f}, "
-         f"of CPU times {row['cpu_ratio']:.2f})"
-         if "speedup" in row else ""))
-  cost = res["jax"].get("step_cost", {})
-  for impl in ("own", "diffusers"):
-    if impl in cost:
-      print(f"jax   guided step XLA cost, {impl}: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in cost[impl].items()))
+    print(f"jax   {piece}: {row['s'] * 1e3:.1f} ms (median {row['median_s'] * 1e3:.1f} ms, "
+          f"CPU {row['cpu_s'] * 1e3:.1f} ms), compile {row['compile_s']:.1f} s")
+  cost = res["jax"].get("step_cost")
+  if cost:
+    print("jax   guided step XLA cost: " + ", ".join(f"{k} {v:.4g}" for k, v in cost.items()))
   prof = res["jax"].get("profile")
   if prof:
     print(f"jax   guided step by part ({prof['matched_ms']:.1f} ms of traced operations per "

@@ -5,20 +5,16 @@ random weights and input, with every array our compiled functions take held on t
 sampler and `restore`, so a change of their signatures is fixed here.
 """
 
-import contextlib
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import diffusers
-import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from diffusers.models.attention_flax import FlaxAttention
 
 from eval import torch_reference as tr
 from eval.bench.options import BenchmarkError, Options
@@ -90,16 +86,7 @@ class Setup:
   t_stage1: int
   t_guided: int
   setup_s: float
-  attention: str = "default"
-  diffusers_backbone: Any = None  # the same weights in diffusers' Flax modules, if asked for
-
-  def tracing(self) -> contextlib.AbstractContextManager:
-    """The context our functions are traced in: the `attention` choice of diffusers' UNet (our
-    networks take it from the backbone's `attention`, `with_attention`)."""
-    if self.attention == "default":
-      return contextlib.nullcontext()
-    impl = None if self.attention == "auto" else self.attention
-    return flax.linen.intercept_methods(functools.partial(_dot_product_attention, impl))
+  attention: str = "xla"
 
   @property
   def num_pixels(self) -> int:
@@ -114,29 +101,10 @@ class Setup:
     return lambda: None
 
 
-def _dot_product_attention(implementation: str | None, next_fun: Any, args: Any, kwargs: Any,
-                           context: Any) -> Any:
-  """Flax method interceptor: diffusers' `FlaxAttention` through `jax.nn.dot_product_attention`
-  (same projections and scale; dropout is 0 in SD)."""
-  m = context.module
-  if context.method_name != "__call__" or not isinstance(m, FlaxAttention):
-    return next_fun(*args, **kwargs)
-  hidden = args[0]
-  ctx = kwargs.get("context", args[1] if len(args) > 1 else None)
-  ctx = hidden if ctx is None else ctx
-  b = hidden.shape[0]
-  q, k, v = (proj(x).reshape(b, -1, m.heads, m.dim_head)
-             for proj, x in ((m.query, hidden), (m.key, ctx), (m.value, ctx)))
-  out = jax.nn.dot_product_attention(q, k, v, scale=m.dim_head**-0.5,
-                                     implementation=implementation)
-  return m.proj_attn(out.reshape(b, -1, m.heads * m.dim_head))
-
-
 def with_attention(backbone: Any, attention: str) -> Any:
-  """The backbone with our networks' attention implementation set from the `attention` choice
-  ("default" is XLA's; "auto" lets JAX choose)."""
-  impl = {"default": "xla", "auto": None}.get(attention, attention)
-  return backbone.replace(attention=impl)
+  """The backbone with our networks' attention implementation (`sd_layers.Policy.attention`)
+  set from the `attention` choice ("auto" lets JAX choose)."""
+  return backbone.replace(attention=None if attention == "auto" else attention)
 
 
 def check_devices() -> str:
@@ -192,17 +160,11 @@ def build_setup(opts: Options) -> Setup:
   vae = diffusers.AutoencoderKL(**arch["vae"]).eval().requires_grad_(False)
   vgg = tr.VGGRelu22().random_init()
   backbone = sd_lib.from_torch(arch, unet, vae, dtype=jnp.dtype(opts.dtype))
-  old = None
-  if (any("diffusers" in spec.split("+") for spec in opts.variants)
-      or {"nets", "step_cost"} & set(opts.parts)):
-    old = sd_lib.from_torch({**arch, "nets": "diffusers"}, unet, vae, dtype=jnp.dtype(opts.dtype))
   rng = np.random.default_rng(opts.seed)
   shape = (1, arch["text_encoder"]["max_position_embeddings"], arch["unet"]["cross_attention_dim"])
   null, prompt = rng.standard_normal((2,) + shape).astype(np.float32)
   backbone = with_attention(backbone.replace(null_context=null, remat_decode=opts.remat),
                             opts.attention)
-  if old is not None:
-    old = old.replace(null_context=null, remat_decode=opts.remat)
   config = config_lib.preset("lowlight", steps=opts.steps, dtype=opts.dtype, remat=opts.remat)
   if opts.size == "tiny":
     config = config.replace(pcdm_features=(16, 32, 64), disc_features=(16, 32, 64))
@@ -225,8 +187,7 @@ def build_setup(opts: Options) -> Setup:
     torch_ctx=both if opts.cfg else None, torch_prompt=both[1:], prompt=prompt_dev,
     device=device, seed=opts.seed, resolution=resolution,
     latent_shape=(1, backbone.latent_channels, resolution // f, resolution // f),
-    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention,
-    diffusers_backbone=None if old is None else on_device(old))
+    t_stage1=t1, t_guided=t2, setup_s=time.perf_counter() - start, attention=opts.attention)
 
 
 def task_config(setup: Setup, task: str) -> config_lib.RestoreConfig:
@@ -240,8 +201,6 @@ def variant_setup(setup: Setup, spec: str) -> Setup:
   """`setup` with the modifiers of a `--variants` entry applied to our pipeline (on device)."""
   backbone, config, ctx, attention = (setup.models.backbone, setup.config, setup.ctx,
                                       setup.attention)
-  if "diffusers" in spec.split("+"):
-    backbone = setup.diffusers_backbone
   for mod in spec.split("+"):
     if mod == "bfloat16":
       backbone = backbone.replace(unet_params=sd_lib.cast(backbone.unet_params, jnp.bfloat16),
@@ -252,7 +211,7 @@ def variant_setup(setup: Setup, spec: str) -> Setup:
       backbone, config = backbone.replace(remat_decode=True), config.replace(remat=True)
     elif mod == "cfg":
       ctx = setup.prompt
-    elif mod != "diffusers":
+    else:
       attention = mod
       backbone = with_attention(backbone, mod)
   return dataclasses.replace(setup, models=on_device(setup.models.replace(backbone=backbone)),

@@ -17,13 +17,11 @@ kernel gradient then becomes a grouped convolution whose window is the whole ima
 matmuls a batched matmul.
 
 `Conv` is a Flax layer on `conv` (same parameters as `nn.Conv`: `kernel` `[kh, kw, Cin, Cout]`,
-`bias` `[Cout]`); `fast_gradients()` routes the `nn.Conv` layers of modules applied inside it
-(diffusers' VAE) through `conv` and their nearest 2× upsampling through `upsample_nearest2x`,
-whose gradient is a reshape and a sum rather than a scatter-add.
+`bias` `[Cout]`). `upsample_nearest2x` is the VAE's nearest 2× upsampling, whose gradient is a
+reshape and a sum rather than a scatter-add.
 """
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -146,71 +144,9 @@ class Conv(nn.Module):
     return conv(x, w.astype(x.dtype), self.stride, k // 2) + b.astype(x.dtype)
 
 
-def _explicit_padding(m: nn.Conv, kernel_shape: tuple[int, ...]) -> Padding | None:
-  """`nn.Conv`'s padding as ((top, bottom), (left, right)), or None where `conv` has no form."""
-  p = m.padding
-  if p == "VALID":
-    return ((0, 0), (0, 0))
-  if isinstance(p, int):
-    return ((p, p), (p, p))
-  if isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
-    pairs = tuple((q, q) if isinstance(q, int) else tuple(q) for q in p)
-    if all(len(pair) == 2 for pair in pairs):
-      return pairs
-  if p == "SAME" and all(s in (None, 1) for s in _pair(m.strides)):
-    return tuple(((k - 1) // 2, k // 2) for k in kernel_shape[:2])
-  return None
-
-
-def _pair(v) -> tuple:
-  if v is None or isinstance(v, int):
-    return (v, v)
-  return tuple(v)
-
-
-def _route_conv(next_fun, args, kwargs, context):
-  """Method interceptor: plain 2-D `nn.Conv` calls with existing params go through `conv`."""
-  m = context.module
-  if (context.method_name != "__call__" or type(m) is not nn.Conv or kwargs or len(args) != 1
-      or args[0].ndim != 4 or jax.default_backend() != "cpu"
-      or not m.has_variable("params", "kernel")):
-    return next_fun(*args, **kwargs)
-  kernel = m.get_variable("params", "kernel")
-  padding = _explicit_padding(m, kernel.shape)
-  plain = (m.feature_group_count == 1 and m.mask is None and kernel.ndim == 4
-           and m.precision is None and m.conv_general_dilated is None
-           and m.conv_general_dilated_cls is None
-           and all(d in (None, 1) for d in _pair(m.kernel_dilation) + _pair(m.input_dilation)))
-  if padding is None or not plain:
-    return next_fun(*args, **kwargs)
-  bias = m.get_variable("params", "bias") if m.use_bias else None
-  x, kernel, bias = m.promote_dtype(args[0], kernel, bias, dtype=m.dtype)
-  stride = tuple(1 if s is None else s for s in _pair(m.strides))
-  y = conv(x, kernel, stride, padding)
-  return y if bias is None else y + bias
-
-
 def upsample_nearest2x(x: jax.Array) -> jax.Array:
   """Nearest-neighbour 2× upsampling `[B, H, W, C] -> [B, 2H, 2W, C]` (each pixel repeated in a
   2×2 block) as a broadcast and a reshape, so its gradient is a reshape and a sum over each
   block (`jax.image.resize`'s is a scatter-add)."""
   b, h, w, c = x.shape
   return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-
-
-def _route_upsample(next_fun, args, kwargs, context):
-  """Method interceptor: diffusers' `FlaxUpsample2D` (nearest 2× resize, then its conv) with the
-  resize as `upsample_nearest2x`."""
-  m = context.module
-  if (context.method_name != "__call__" or type(m).__name__ != "FlaxUpsample2D" or kwargs
-      or len(args) != 1 or args[0].ndim != 4):
-    return next_fun(*args, **kwargs)
-  return m.conv(upsample_nearest2x(args[0]))
-
-
-@contextlib.contextmanager
-def fast_gradients() -> Iterator[None]:
-  """Context in which the `nn.Conv` layers of applied modules run as `conv` (on a CPU backend)
-  and diffusers' `FlaxUpsample2D` layers upsample with `upsample_nearest2x` (any backend)."""
-  with nn.intercept_methods(_route_upsample), nn.intercept_methods(_route_conv):
-    yield

@@ -2,13 +2,16 @@
 
 Every reader returns `(config, params, tokenizer)`: the {"unet", "vae", "text_encoder",
 "scheduler"} config dicts (`sd_configs` form), float32 Flax parameters by part, and the
-`CLIPTokenizer`; `sd.load` and `sd.from_torch` assemble the model (this module never imports
-`sd`). Only `read_diffusers` needs torch (imported
-when called): it loads the PyTorch networks with diffusers / transformers and maps their state
-dicts with the libraries' own PyTorch→Flax renaming rules.
+tokenizer (`sd_tokenizer.Tokenizer`); `sd.load` and `sd.from_torch` assemble the model (this
+module never imports `sd`). Only `read_diffusers` needs torch and diffusers (imported when
+called): it reads the networks' full configs with diffusers and maps their PyTorch state dicts
+onto our networks' parameters (`sd_params`).
 
-Checkpoint layout (`write_checkpoint`): `sd_config.json`, `params/` (orbax: UNet, VAE and the
-empty-prompt embedding), `text_encoder_params/` (orbax), `tokenizer/`.
+Checkpoint layout (`write_checkpoint`): `sd_config.json` (with "nets": "own", the mark of
+parameters in our networks' layout), `params/` (orbax: UNet, VAE and the empty-prompt
+embedding), `text_encoder_params/` (orbax), `tokenizer/`. A checkpoint written for diffusers'
+former Flax modules (no "nets", or "nets": "diffusers") is refused with the command that
+re-converts it.
 """
 
 import json
@@ -16,21 +19,26 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax.traverse_util
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from upzeroir_jax.models import places, sd_nets, sd_params, torch_state, weights_check
+from upzeroir_jax.models import (
+  places,
+  sd_nets,
+  sd_params,
+  sd_tokenizer,
+  torch_state,
+  weights_check,
+)
 
 CONFIG_NAME = "sd_config.json"
 TEXT_PARAMS = "text_encoder_params"
 FORMAT = "upzeroir-sd"
+# The "nets" entry of sd_config.json: parameters in the layout of our networks.
+NETS = "own"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WeightsError = sd_nets.WeightsError
-# Non-parameter buffers that older transformers versions saved with the text encoder.
-_BUFFERS = sd_params.BUFFERS
 _FIX = "pass a complete diffusers folder of Stable Diffusion 1.x / 2.x"
 
 # Per part: the safetensors file, else the .bin file, as diffusers folders name them.
@@ -42,7 +50,8 @@ _WEIGHT_FILES = {
 
 
 def write_checkpoint(
-  path: str | pathlib.Path, config: dict[str, Any], params: dict[str, Any], tokenizer: Any
+  path: str | pathlib.Path, config: dict[str, Any], params: dict[str, Any],
+  tokenizer: sd_tokenizer.Tokenizer
 ) -> None:
   """Writes config, parameters and tokenizer to `path`.
 
@@ -60,26 +69,35 @@ def write_checkpoint(
     checkpointer.save(path / TEXT_PARAMS, {"text_encoder": text}, force=True)
   checkpointer.wait_until_finished()
   (path / CONFIG_NAME).write_text(
-    json.dumps({"format": FORMAT, "version": 1, **config}, indent=1, sort_keys=True)
+    json.dumps({"format": FORMAT, "version": 1, **config, "nets": NETS}, indent=1,
+               sort_keys=True)
   )
-  tokenizer.save_pretrained(str(path / "tokenizer"))
+  tokenizer.save(path / "tokenizer")
   parts = [*present] + ([] if text is None else ["text_encoder"])
   logging.info("Wrote Stable Diffusion checkpoint (%s) to %s", ", ".join(parts), path)
 
 
 def read_checkpoint(path: str | pathlib.Path,
-                    text_encoder: bool = True) -> tuple[dict[str, Any], dict[str, Any], Any]:
+                    text_encoder: bool = True
+                    ) -> tuple[dict[str, Any], dict[str, Any], sd_tokenizer.Tokenizer]:
   """Reads a folder written by `write_checkpoint`; checks parameter shapes against the config.
 
   Without `text_encoder` the text encoder is left unread where the checkpoint stores the
   empty-prompt embedding ("null_context" in the returned parameters).
+
+  Raises:
+    WeightsError: not our checkpoint, one written for diffusers' former Flax modules (the
+      message names the command that re-converts it), or parameters that do not fit.
   """
   path = pathlib.Path(path).expanduser().absolute()
   config = json.loads((path / CONFIG_NAME).read_text())
   if config.pop("format", None) != FORMAT:
     raise WeightsError(f"{path / CONFIG_NAME} was not written by weights/convert_sd.py")
   config.pop("version", None)
-  config.setdefault("nets", "diffusers")  # written before our own networks existed
+  if config.pop("nets", None) != NETS:
+    redo = places.how_to_create(path, places.SD_DIR, places.sd_converter(output=str(path)))
+    raise WeightsError(f"{path} holds weights for diffusers' former Flax modules, which this "
+                       f"version no longer runs: re-convert it with {redo}")
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   checkpointer = ocp.StandardCheckpointer()
   params = checkpointer.restore(path / "params")
@@ -94,66 +112,32 @@ def read_checkpoint(path: str | pathlib.Path,
       want = jax.tree.map(lambda x: x.shape, sd_nets.abstract_params(arch, part))
     if jax.tree.map(lambda x: tuple(x.shape), tree) != want:
       raise WeightsError(f"{path}: the {part} parameters do not match {CONFIG_NAME}")
-  return config, params, sd_nets.load_tokenizer(path / "tokenizer")
+  return config, params, sd_tokenizer.from_folder(path / "tokenizer")
 
 
 def _convert(part: str, state_dict: Mapping[str, Any], arch: sd_nets.Architecture,
              origin: Callable[[str], str]) -> Any:
-  """Maps a PyTorch state dict onto the architecture's Flax parameters, checking every tensor.
+  """Maps a PyTorch state dict onto our network's Flax parameters, checking every tensor.
 
   Args:
     part: "unet", "vae" or "text_encoder".
     state_dict: PyTorch name -> torch tensor.
-    arch: the architecture; its `nets` selects the modules (and so the parameter tree).
+    arch: the architecture (its configs give the parameter tree).
     origin: PyTorch name -> the file (or description) it came from, for errors.
 
   Raises:
     WeightsError: a non-float, unexpected, misshaped or non-finite tensor, or a missing one (one
       line naming the file and the first bad key, in sorted order).
   """
-  abstract = sd_nets.abstract_params(arch, part)
-  if arch.nets == "own":
-    for name in sorted(state_dict):
-      if not state_dict[name].is_floating_point():
-        raise WeightsError(f"{origin(name)}: tensor {name!r} is {state_dict[name].dtype}, not a "
-                           f"float type; {_FIX}")
-    arrays = {k: v.detach().float().numpy() for k, v in state_dict.items()}
-    try:
-      return sd_params.convert(part, arrays, abstract, origin, _FIX)
-    except weights_check.CheckpointError as e:
-      raise WeightsError(str(e)) from None
-  with sd_nets.quiet():
-    from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
-    from transformers import modeling_flax_pytorch_utils as transformers_pt
-
-  target = flax.traverse_util.flatten_dict(abstract)
-  out = {}
   for name in sorted(state_dict):
-    tensor, file = state_dict[name], origin(name)
-    if name in _BUFFERS:
-      continue
-    if not tensor.is_floating_point():
-      raise WeightsError(f"{file}: tensor {name!r} is {tensor.dtype}, not a float type; {_FIX}")
-    array = tensor.detach().float().numpy()
-    if part == "text_encoder":
-      key = tuple(name.split("."))
-      key, array = transformers_pt.rename_key_and_reshape_tensor(key, array, target, "text_model")
-    else:
-      key = tuple(diffusers_pt.rename_key(name).split("."))
-      key, array = diffusers_pt.rename_key_and_reshape_tensor(key, array, target)
-    if key not in target:
-      raise WeightsError(f"{file}: unexpected tensor {name!r} (not in the {part} architecture); "
-                         f"{_FIX}")
-    try:
-      weights_check.check_tensor(file, name, array, target[key].shape, _FIX)
-    except weights_check.CheckpointError as e:
-      raise WeightsError(str(e)) from None
-    out[key] = np.asarray(array, np.float32)
-  missing = sorted(set(target) - set(out))
-  if missing:
-    raise WeightsError(f"{origin('')}: the {part} parameter {'/'.join(missing[0])} has no tensor "
-                       f"({len(missing)} of {len(target)} missing); {_FIX}")
-  return flax.traverse_util.unflatten_dict(out)
+    if not state_dict[name].is_floating_point():
+      raise WeightsError(f"{origin(name)}: tensor {name!r} is {state_dict[name].dtype}, not a "
+                         f"float type; {_FIX}")
+  arrays = {k: v.detach().float().numpy() for k, v in state_dict.items()}
+  try:
+    return sd_params.convert(part, arrays, sd_nets.abstract_params(arch, part), origin, _FIX)
+  except weights_check.CheckpointError as e:
+    raise WeightsError(str(e)) from None
 
 
 def _weight_files(part_dir: pathlib.Path, part: str) -> list[pathlib.Path]:
@@ -213,10 +197,10 @@ def _public(config: Any) -> dict[str, Any]:
   return {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in drop}
 
 
-def read_diffusers(folder: str | pathlib.Path,
-                   nets: str = "own") -> tuple[dict[str, Any], dict[str, Any], Any]:
-  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin) into the
-  parameters of the networks `nets` selects ("own" or "diffusers", `sd_nets.NETS`)."""
+def read_diffusers(folder: str | pathlib.Path
+                   ) -> tuple[dict[str, Any], dict[str, Any], sd_tokenizer.Tokenizer]:
+  """Reads a diffusers Stable Diffusion folder (PyTorch weights, safetensors or .bin) into our
+  networks' parameters; the configs are read with diffusers (needs torch and diffusers)."""
   folder = pathlib.Path(folder).expanduser()
   missing = [d for d in SUBFOLDERS if not (folder / d).is_dir()]
   if missing:
@@ -226,28 +210,27 @@ def read_diffusers(folder: str | pathlib.Path,
     )
   try:
     import torch
-  except ImportError:
-    raise WeightsError(
-      "reading PyTorch weights needs torch (pip install torch), or load a checkpoint that "
-      "weights/convert_sd.py wrote elsewhere"
-    ) from None
-  with sd_nets.quiet():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
+  except ImportError as e:
+    raise WeightsError(
+      f"reading PyTorch weights needs {e.name or 'torch'} (pip install -e '.[convert]'), or load "
+      "a checkpoint that weights/convert_sd.py wrote elsewhere"
+    ) from None
 
-    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    config, params = {"scheduler": _public(scheduler), "nets": nets}, {}
-    for part in ("unet", "vae", "text_encoder"):
-      try:
-        if part == "text_encoder":
-          cfg = json.loads(CLIPTextConfig.from_pretrained(str(folder / part)).to_json_string())
-        else:
-          with torch.device("meta"):  # the full config with defaults, no weights allocated
-            cfg = classes[part].from_config(classes[part].load_config(str(folder / part))).config
-      except (OSError, ValueError) as e:
-        raise WeightsError(f"cannot read {folder / part}: {str(e).splitlines()[0]}") from None
-      config[part] = _public(cfg)
+  classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+  scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+  config, params = {"scheduler": _public(scheduler)}, {}
+  for part in ("unet", "vae", "text_encoder"):
+    try:
+      if part == "text_encoder":
+        cfg = json.loads(CLIPTextConfig.from_pretrained(str(folder / part)).to_json_string())
+      else:
+        with torch.device("meta"):  # the full config with defaults, no weights allocated
+          cfg = classes[part].from_config(classes[part].load_config(str(folder / part))).config
+    except (OSError, ValueError) as e:
+      raise WeightsError(f"cannot read {folder / part}: {str(e).splitlines()[0]}") from None
+    config[part] = _public(cfg)
   sd_nets.check_supported(config)
   arch = sd_nets.Architecture(json.dumps(config, sort_keys=True))
   for part in ("unet", "vae", "text_encoder"):  # one network at a time, to bound host memory.
@@ -256,7 +239,7 @@ def read_diffusers(folder: str | pathlib.Path,
     where = f"{files[0]}" if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
     params[part] = _convert(part, tensors, arch, lambda name, o=origin, w=where: o.get(name, w))
     del tensors
-  return config, params, sd_nets.load_tokenizer(folder / "tokenizer")
+  return config, params, sd_tokenizer.from_folder(folder / "tokenizer")
 
 
 def params_from_torch(config: dict[str, Any], nets: dict[str, Any]) -> dict[str, Any]:

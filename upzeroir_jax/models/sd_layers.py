@@ -3,12 +3,13 @@
 
 `Policy` is the numerics of a network: parameters stay float32 and are cast to the compute
 dtype where used; group and layer norms compute their statistics in float32; attention runs
-through `jax.nn.dot_product_attention` with a selectable implementation ("xla" or "cudnn").
+through `jax.nn.dot_product_attention` with a selectable implementation ("xla", "cudnn", or None:
+JAX chooses).
 Convolution kernels are stored `[kh, kw, Cin, Cout]` (HWIO, the layout of the NHWC
 convolution) and run through `conv.conv`, whose gradients take the forms XLA:CPU runs fast.
 
 Parameter names follow the PyTorch modules of diffusers / transformers (`down_blocks_0` for
-`down_blocks.0`), so `sd_torch` maps a state dict onto them by renaming.
+`down_blocks.0`), so `sd_params` maps a state dict onto them by renaming.
 """
 
 import dataclasses
@@ -27,12 +28,13 @@ class Policy:
 
   Attributes:
     dtype: compute dtype (float32, or bfloat16); parameters stay float32.
-    attention: `jax.nn.dot_product_attention` implementation, "xla" or "cudnn".
+    attention: `jax.nn.dot_product_attention` implementation, "xla", "cudnn" or None (JAX
+      chooses).
     remat: recompute each block's activations in the backward pass (less memory).
   """
 
   dtype: Any = jnp.float32
-  attention: str = "xla"
+  attention: str | None = "xla"
   remat: bool = False
 
 

@@ -1,20 +1,14 @@
-"""The Stable Diffusion networks: diffusers / transformers Flax modules built from configs.
+"""The Stable Diffusion networks of a config: our UNet, VAE and CLIP text encoder.
 
-With `sd_convert`, the only files of the package that import diffusers and transformers; their
-Flax deprecation notices are silenced in one place, `quiet`. `Architecture` turns the config
-dicts of `sd_configs` (the form diffusers checkpoints store) into Flax modules; the helpers
-below run pieces of the VAE, build a tokenizer without downloads, and draw random weights.
+`Architecture` turns the config dicts of `sd_configs` (the form diffusers checkpoints store)
+into our Flax modules (`unet`, `vae`, `clip_text`); `check_supported` refuses the options they
+do not implement; `abstract_params` and `random_params` give parameter shapes and random
+weights without compiling Flax's `init`.
 """
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
-import pathlib
-import tempfile
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import flax.traverse_util
@@ -22,52 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# diffusers and transformers import TensorFlow whenever it is installed (the tfds extra installs
-# it) unless told not to; the networks here are JAX and Flax only.
-os.environ.setdefault("USE_TF", "0")
-
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
-
-from upzeroir_jax.models import clip_text, sd_layers, unet, vae, weights_check
+from upzeroir_jax.models import clip_text, sd_layers, weights_check
+from upzeroir_jax.models import unet as unet_lib
+from upzeroir_jax.models import vae as vae_lib
 
 PARTS = ("unet", "vae", "text_encoder")
-# The network implementations a config's "nets" entry selects: our modules (`unet`, `vae`,
-# `clip_text`; the default) or diffusers' / transformers' Flax modules.
-NETS = ("own", "diffusers")
 
 
 class WeightsError(weights_check.CheckpointError):
   """Stable Diffusion weights that cannot be found, read or used."""
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-  """Silences the deprecation notices diffusers and transformers emit for their Flax classes."""
-  libraries = (diffusers_logging, transformers_logging)
-  levels = [lib.get_verbosity() for lib in libraries]
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    for lib in libraries:
-      lib.set_verbosity(lib.ERROR)
-    try:
-      yield
-    finally:
-      for lib, level in zip(libraries, levels):
-        lib.set_verbosity(level)
-
-
-with quiet():
-  import flax.linen as nn
-  from diffusers.models.attention_flax import FlaxGEGLU
-  from diffusers.models.embeddings_flax import FlaxTimesteps
-  from diffusers.models.unets.unet_2d_condition_flax import FlaxUNet2DConditionModel
-  from diffusers.models.vae_flax import FlaxAutoencoderKL
-  from transformers import CLIPTextConfig, CLIPTokenizer
-  from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule
-
-# PyTorch options the Flax modules do not implement, with the only value they support.
+# diffusers options our networks do not implement, with the only value they support.
 _UNSUPPORTED = {
   "unet": {
     "act_fn": "silu",
@@ -117,9 +77,7 @@ _BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock
 
 
 def check_supported(config: dict[str, Any]) -> None:
-  """Raises WeightsError for a UNet / VAE option the Flax modules would silently ignore."""
-  if config.get("nets", "own") not in NETS:
-    raise WeightsError(f"nets={config['nets']!r} is not one of {', '.join(NETS)}")
+  """Raises WeightsError for a UNet / VAE option our networks would silently ignore."""
   for kinds in ("down_block_types", "up_block_types"):
     unknown = set(config.get("unet", {}).get(kinds, ())) - set(_BLOCKS)
     if unknown:
@@ -134,16 +92,10 @@ def check_supported(config: dict[str, Any]) -> None:
         )
 
 
-def _module_kwargs(cls: type, cfg: dict[str, Any], dtype: Any) -> dict[str, Any]:
-  """The config entries that are fields of a Flax module class, lists turned into tuples."""
-  names = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "dtype"}
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in names}
-  return {**kwargs, "dtype": dtype}
-
-
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-  """The static half of an SD model: network configs (as JSON) and the tokenizer.
+  """The static half of an SD model: network configs (as JSON) and the tokenizer
+  (`sd_tokenizer.Tokenizer`, built at the first prompt).
 
   Equal configs compare equal, so jit caches are shared; the tokenizer is not compared.
   `config_json` holds {"unet", "vae", "text_encoder", "scheduler"} (see `sd_configs`).
@@ -156,125 +108,17 @@ class Architecture:
   def config(self) -> dict[str, Any]:
     return json.loads(self.config_json)
 
-  @property
-  def nets(self) -> str:
-    """"own" (our modules) or "diffusers" (the libraries' Flax modules): config["nets"]."""
-    return self.config.get("nets", "own")
+  def unet(self, policy: sd_layers.Policy) -> unet_lib.UNet:
+    return unet_lib.UNet(unet_lib.UNetConfig.from_dict(self.config["unet"]), policy)
 
-  def own_unet(self, policy: sd_layers.Policy) -> unet.UNet:
-    return unet.UNet(unet.UNetConfig.from_dict(self.config["unet"]), policy)
+  def vae(self, policy: sd_layers.Policy) -> vae_lib.AutoencoderKL:
+    return vae_lib.AutoencoderKL(vae_lib.VAEConfig.from_dict(self.config["vae"]), policy)
 
-  def own_vae(self, policy: sd_layers.Policy) -> vae.AutoencoderKL:
-    return vae.AutoencoderKL(vae.VAEConfig.from_dict(self.config["vae"]), policy)
-
-  def own_text(self, policy: sd_layers.Policy) -> clip_text.CLIPText:
+  def text(self, policy: sd_layers.Policy) -> clip_text.CLIPText:
     return clip_text.CLIPText(clip_text.TextConfig.from_dict(self.config["text_encoder"]), policy)
 
-  def unet(self, dtype: Any) -> FlaxUNet2DConditionModel:
-    with quiet():
-      kwargs = _module_kwargs(FlaxUNet2DConditionModel, self.config["unet"], dtype)
-      return FlaxUNet2DConditionModel(**kwargs)
 
-  def vae(self, dtype: Any) -> FlaxAutoencoderKL:
-    with quiet():
-      return FlaxAutoencoderKL(**_module_kwargs(FlaxAutoencoderKL, self.config["vae"], dtype))
-
-  def text(self, dtype: Any) -> FlaxCLIPTextModule:
-    with quiet():
-      return FlaxCLIPTextModule(CLIPTextConfig.from_dict(self.config["text_encoder"]), dtype=dtype)
-
-
-def _pytorch_definitions(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
-  """Method interceptor: the two UNet pieces where diffusers' Flax port departs from PyTorch.
-
-  `FlaxGEGLU` uses the tanh approximation of GELU (PyTorch: exact erf GELU, which SD was
-  trained with) and `FlaxTimesteps` orders the frequency arithmetic differently (its float32
-  result differs by up to ~1e-4 rad at t ≈ 1000). Both are replaced by PyTorch's definitions.
-  """
-  module = context.module
-  if context.method_name == "__call__" and isinstance(module, FlaxGEGLU):
-    linear, gate = jnp.split(module.proj(args[0]), 2, axis=-1)
-    return linear * jax.nn.gelu(gate, approximate=False)
-  if context.method_name == "__call__" and isinstance(module, FlaxTimesteps):
-    return unet.timestep_features(args[0], module.dim, module.flip_sin_to_cos, module.freq_shift)
-  return next_fun(*args, **kwargs)
-
-
-def pytorch_definitions() -> contextlib.AbstractContextManager:
-  """Context in which the Flax UNet computes what diffusers' PyTorch UNet computes."""
-  return nn.intercept_methods(_pytorch_definitions)
-
-
-def encode_moments(m: FlaxAutoencoderKL, x: jax.Array) -> jax.Array:
-  """VAE method: NHWC image in [−1, 1] -> posterior (mean, logvar) stacked on channels."""
-  return m.quant_conv(m.encoder(x))
-
-
-def decode_full(m: FlaxAutoencoderKL, z: jax.Array) -> jax.Array:
-  """VAE method: unscaled NHWC latent -> NHWC image in [−1, 1]."""
-  return m.decoder(m.post_quant_conv(z))
-
-
-def _decode_in(m: FlaxAutoencoderKL, z: jax.Array) -> jax.Array:
-  d = m.decoder
-  return d.mid_block(d.conv_in(m.post_quant_conv(z)))
-
-
-def _decode_resnet(m: FlaxAutoencoderKL, h: jax.Array, block: int, layer: int) -> jax.Array:
-  return m.decoder.up_blocks[block].resnets[layer](h)
-
-
-def _decode_upsample(m: FlaxAutoencoderKL, h: jax.Array, block: int) -> jax.Array:
-  return m.decoder.up_blocks[block].upsamplers_0(h)
-
-
-def _decode_out(m: FlaxAutoencoderKL, h: jax.Array) -> jax.Array:
-  d = m.decoder
-  return d.conv_out(jax.nn.silu(d.conv_norm_out(h)))
-
-
-def decoder_stages(vae_config: dict[str, Any]) -> list[Any]:
-  """`decode_full` as a chain of VAE methods: input block, each resnet and upsampler, head."""
-  n_blocks = len(vae_config["block_out_channels"])
-  stages = [_decode_in]
-  for b in range(n_blocks):
-    for layer in range(vae_config.get("layers_per_block", 1) + 1):
-      stages.append(functools.partial(_decode_resnet, block=b, layer=layer))
-    if b < n_blocks - 1:
-      stages.append(functools.partial(_decode_upsample, block=b))
-  return stages + [_decode_out]
-
-
-def _byte_symbols() -> list[str]:
-  """The 256 printable symbols CLIP's byte-level BPE uses for the bytes 0–255."""
-  keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-  extra = iter(range(256, 512))
-  return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def tiny_tokenizer(max_length: int) -> CLIPTokenizer:
-  """A `CLIPTokenizer` over single bytes (no merges), built without any download.
-
-  Its vocabulary is `sd_configs.TINY_VOCAB_SIZE` ids: 256 byte symbols, the same with the
-  end-of-word mark, then <|startoftext|> (`TINY_BOS`) and <|endoftext|> (`TINY_EOS`).
-  """
-  symbols = _byte_symbols()
-  vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-  with tempfile.TemporaryDirectory() as tmp:
-    vocab_file, merges_file = pathlib.Path(tmp, "vocab.json"), pathlib.Path(tmp, "merges.txt")
-    vocab_file.write_text(json.dumps({s: i for i, s in enumerate(vocab)}))
-    merges_file.write_text("#version: 0.2\n")
-    with quiet():
-      return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)
-
-
-def load_tokenizer(path: str | pathlib.Path) -> CLIPTokenizer:
-  """The `CLIPTokenizer` saved in a folder (vocab.json, merges.txt, tokenizer_config.json)."""
-  with quiet():
-    return CLIPTokenizer.from_pretrained(str(path))
-
-
-def _init_own(arch: Architecture, part: str, key: jax.Array) -> Any:
+def _init_part(arch: Architecture, part: str, key: jax.Array) -> Any:
   """Flax `init` of one of our networks on a minimal input."""
   policy = sd_layers.Policy()
   if part == "unet":
@@ -282,30 +126,11 @@ def _init_own(arch: Architecture, part: str, key: jax.Array) -> Any:
     size = 2 ** (len(cfg["down_block_types"]) - 1)
     z = jnp.zeros((1, size, size, cfg.get("in_channels", 4)))
     ctx = jnp.zeros((1, 1, cfg["cross_attention_dim"]))
-    return arch.own_unet(policy).init(key, z, jnp.ones((1,), jnp.int32), ctx)["params"]
+    return arch.unet(policy).init(key, z, jnp.ones((1,), jnp.int32), ctx)["params"]
   if part == "vae":
     size = 2 ** (len(arch.config["vae"]["block_out_channels"]) - 1)
-    return arch.own_vae(policy).init(key, jnp.zeros((1, size, size, 3)))["params"]
-  return arch.own_text(policy).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
-
-
-def _init_part(arch: Architecture, part: str, key: jax.Array) -> Any:
-  """Flax `init` of one network ("unet", "vae" or "text_encoder") on a minimal input."""
-  if arch.nets == "own":
-    return _init_own(arch, part, key)
-  with quiet():
-    if part == "unet":
-      net, cfg = arch.unet(jnp.float32), arch.config["unet"]
-      size = 2 ** (len(cfg["down_block_types"]) - 1)
-      x = jnp.zeros((1, cfg.get("in_channels", 4), size, size))
-      ctx = jnp.zeros((1, 1, cfg["cross_attention_dim"]))
-      return net.init({"params": key, "dropout": key}, x, jnp.ones((1,), jnp.int32), ctx)["params"]
-    if part == "vae":
-      size = 2 ** (len(arch.config["vae"]["block_out_channels"]) - 1)
-      x = jnp.zeros((1, 3, size, size))
-      return arch.vae(jnp.float32).init({"params": key, "gaussian": key}, x)["params"]
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return arch.text(jnp.float32).init(key, ids, ids, ids)["params"]
+    return arch.vae(policy).init(key, jnp.zeros((1, size, size, 3)))["params"]
+  return arch.text(policy).init(key, jnp.zeros((1, 1), jnp.int32))["params"]
 
 
 @functools.lru_cache(maxsize=16)
