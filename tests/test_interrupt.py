@@ -25,6 +25,17 @@ def test_call_returns_the_result_and_raises_the_error_of_the_worker():
   assert not interrupt.busy()
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_handled():
+  """Python's Ctrl-C handler in this process for each test, whatever the suite inherited (a
+  shell starts background jobs with SIGINT ignored, and Python then installs no handler); the
+  children started here then begin with SIGINT delivered too (a handled signal is reset on
+  exec, an ignored one is inherited)."""
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, before)
+
+
 def test_after_ctrl_c_the_abandoned_worker_counts_as_busy():
   release = threading.Event()
   threading.Timer(0.3, _thread.interrupt_main).start()
