@@ -144,8 +144,8 @@ def finish(models: restore_lib.Models, slots: Slots, b: jax.Array,
     image, info = restore_lib.finish(s)
     return image[0], info
   ts = restore_lib.timesteps(models, config)
-  image, info = dqr.outcome(s, d, config, ts, unet_per_step)
-  return jnp.clip(image, 0.0, 1.0)[0], {**s.trace, **info, **restore_lib.guard_info(s)}
+  image, info = restore_lib.finish_dqr(s, *dqr.outcome(s, d, config, ts, unet_per_step))
+  return image[0], info
 
 
 class Result(NamedTuple):

@@ -65,6 +65,12 @@ def finish(st: state_lib.SamplerState) -> tuple[jax.Array, dict[str, jax.Array]]
   return jnp.clip(st.x0, 0.0, 1.0), {**st.trace, **guard_info(st)}
 
 
+def finish_dqr(st: state_lib.SamplerState, image: jax.Array, info: dict[str, jax.Array]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """DQR's output `image` (`sampler.dqr`) clipped, and its info with the trace and guard."""
+  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info, **guard_info(st)}
+
+
 def guard_info(st: state_lib.SamplerState) -> dict[str, jax.Array]:
   """The divergence guard's info entries of one image (docs/method.md §3)."""
   return {"failure": st.failure, "failure_t": st.failure_t, "recoveries": st.recoveries}
@@ -88,7 +94,7 @@ def _run_dqr(st: state_lib.SamplerState, models: Models, config: config_lib.Rest
       lambda s: _reported(step_lib.step(s, models, config, ts, ctx), config, on_step),
       ts, models.backbone.schedule.alphas_cumprod,
       unet_per_step=models.backbone.passes_per_step(ctx))
-  return jnp.clip(image, 0.0, 1.0), {**st.trace, **info, **guard_info(st)}
+  return finish_dqr(st, image, info)
 
 
 def trace_len(config: config_lib.RestoreConfig) -> int:
